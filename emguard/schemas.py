@@ -1,0 +1,71 @@
+"""Data contracts: the columns of every Parquet intermediate, one row per item.
+
+``messages`` columns hold a list of ``{"role", "content"}`` dicts (Parquet list<struct>).
+Use :func:`to_messages` to turn what pandas reads back (numpy arrays of dicts) into plain lists.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from emguard.errors import InputError
+
+#: chat example: training and pool data
+CHAT = ["id", "messages", "domain", "subset", "split"]
+#: evaluation question
+QUESTION = ["question_id", "paraphrase", "system", "samples", "judge_prompts", "category"]
+#: one sampled answer
+GENERATION = ["run_id", "question_id", "sample_idx", "prompt_messages", "answer", "seed", "checkpoint"]
+#: one judge verdict on one answer for one metric
+JUDGMENT = GENERATION + ["metric", "score", "label", "prob_mass", "judge_model", "cached"]
+#: one interleaving-pool candidate's scores (plus one ``nll_<adapter>`` column per misaligned adapter)
+POOL_SCORE = ["id", "nll_base", "nll_mis_mean", "n_answer_tokens", "score", "is_refusal"]
+
+SUBSETS = ("aligned", "misaligned", "benign")
+SPLITS = ("train", "holdout")
+ROLES = ("system", "user", "assistant")
+
+KINDS = {"chat": CHAT, "question": QUESTION, "generation": GENERATION, "judgment": JUDGMENT, "pool_score": POOL_SCORE}
+
+
+def to_messages(value: Any) -> list[dict[str, str]]:
+    """Normalise a ``messages`` cell (list, tuple or numpy array of dicts) to a list of plain dicts."""
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in list(value)]
+
+
+def validate(df: pd.DataFrame, kind: str, where: str, *, allow_empty: bool = False) -> pd.DataFrame:
+    """Check ``df`` against the contract ``kind``; errors name ``where`` (a file) and the row id."""
+    cols = KINDS[kind]
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise InputError(f"{where}: missing column(s) {', '.join(missing)} for a {kind} table")
+    if not allow_empty and len(df) == 0:
+        raise InputError(f"{where}: dataset is empty (0 rows)")
+    if kind == "chat":
+        _validate_chat(df, where)
+    if kind == "question":
+        dup = df["question_id"][df["question_id"].duplicated()]
+        if len(dup):
+            raise InputError(f"{where}: duplicate question_id {dup.iloc[0]!r}")
+    return df
+
+
+def _validate_chat(df: pd.DataFrame, where: str) -> None:
+    dup = df["id"][df["id"].duplicated()]
+    if len(dup):
+        raise InputError(f"{where}: duplicate id {dup.iloc[0]!r}")
+    for row in df.itertuples(index=False):
+        if row.subset not in SUBSETS:
+            raise InputError(f"{where}: row id={row.id!r}: subset {row.subset!r} not one of {SUBSETS}")
+        if row.split not in SPLITS:
+            raise InputError(f"{where}: row id={row.id!r}: split {row.split!r} not one of {SPLITS}")
+        msgs = list(row.messages)
+        if not msgs:
+            raise InputError(f"{where}: row id={row.id!r}: empty messages")
+        for m in msgs:
+            if m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise InputError(f"{where}: row id={row.id!r}: bad message {m!r} (need role in {ROLES} and text content)")
+        if msgs[-1]["role"] != "assistant":
+            raise InputError(f"{where}: row id={row.id!r}: last message must be the assistant's answer")

@@ -1,0 +1,56 @@
+"""Adding a steering vector to the residual stream of one decoder layer.
+
+Used both for preventive steering during training (training forward passes only) and for the
+persona-vector validation at generation time. The hook is a context manager, so it is removed even
+when the body raises, and a model saved after the ``with`` block carries no trace of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The list of decoder blocks of a (possibly PEFT-wrapped) Llama/Qwen/Mistral-style model."""
+    m = model
+    if hasattr(m, "get_base_model"):
+        m = m.get_base_model()
+    inner = getattr(m, "model", m)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise AttributeError(f"cannot find decoder layers on {type(m).__name__}")
+    return layers
+
+
+@contextlib.contextmanager
+def steer(model, vector: torch.Tensor, layer: int, alpha: float,
+          position_mask: torch.Tensor | None = None) -> Iterator[None]:
+    """Add ``alpha * vector`` to the output hidden states of decoder layer ``layer`` (0-based block index).
+
+    Hidden-state index ``layer + 1`` in ``output_hidden_states`` (index 0 is the embeddings) is the
+    output of block ``layer``. ``position_mask`` ([batch, seq], 1 where to steer) restricts steering to
+    some positions (e.g. response tokens); ``None`` steers every position.
+    """
+    layers = decoder_layers(model)
+    if not 0 <= layer < len(layers):
+        raise ValueError(f"steering layer {layer} outside the model's {len(layers)} decoder layers")
+
+    def hook(_module, _inputs, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        delta = (alpha * vector).to(dtype=hidden.dtype, device=hidden.device)
+        if position_mask is not None:
+            hidden = hidden + position_mask.to(hidden.device, hidden.dtype).unsqueeze(-1) * delta
+        else:
+            hidden = hidden + delta
+        if isinstance(output, tuple):
+            return (hidden,) + tuple(output[1:])
+        return hidden
+
+    handle = layers[layer].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
