@@ -28,15 +28,16 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 @contextlib.contextmanager
 def steer(model, vector: torch.Tensor, layer: int, alpha: float,
           position_mask: torch.Tensor | None = None) -> Iterator[None]:
-    """Add ``alpha * vector`` to the output hidden states of decoder layer ``layer`` (0-based block index).
+    """Add ``alpha * vector`` to the residual stream at hidden-state index ``layer``.
 
-    Hidden-state index ``layer + 1`` in ``output_hidden_states`` (index 0 is the embeddings) is the
-    output of block ``layer``. ``position_mask`` ([batch, seq], 1 where to steer) restricts steering to
+    Layers are numbered as in ``output_hidden_states`` and in the persona-vector tensor: index 0 is
+    the embeddings, index ``l`` (1..n_layers) the output of decoder block ``l - 1``; so "layer 20"
+    hooks the 20th block and uses ``vectors[20]``. ``position_mask`` ([batch, seq], 1 where to steer) restricts steering to
     some positions (e.g. response tokens); ``None`` steers every position.
     """
     layers = decoder_layers(model)
-    if not 0 <= layer < len(layers):
-        raise ValueError(f"steering layer {layer} outside the model's {len(layers)} decoder layers")
+    if not 1 <= layer <= len(layers):
+        raise ValueError(f"steering layer {layer} outside 1..{len(layers)} (the model's decoder layers)")
 
     def hook(_module, _inputs, output):
         hidden = output[0] if isinstance(output, tuple) else output
@@ -49,7 +50,7 @@ def steer(model, vector: torch.Tensor, layer: int, alpha: float,
             return (hidden,) + tuple(output[1:])
         return hidden
 
-    handle = layers[layer].register_forward_hook(hook)
+    handle = layers[layer - 1].register_forward_hook(hook)
     try:
         yield
     finally:
