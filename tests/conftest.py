@@ -13,3 +13,10 @@ def tiny_model_dir(tmp_path_factory):
     from emguard.testing import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+def pytest_configure(config):
+    import torch
+
+    # Tests use tiny models; one thread avoids oversubscribing CI's 2 cores.
+    torch.set_num_threads(1)
