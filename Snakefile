@@ -1,0 +1,26 @@
+# emguard: in-training defenses against emergent misalignment, end to end.
+# Stages (one rule file each): model -> data -> train -> generate -> judge -> metrics -> report.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/generate.smk"
+include: "workflow/rules/judge.smk"
+include: "workflow/rules/metrics.smk"
+
+
+rule all:
+    input:
+        get_final_output(),

@@ -1,0 +1,551 @@
+"""LLM-as-a-judge: a 0-100 score from the judge's next-token probabilities.
+
+The judge is asked (a single user message) to answer with one integer from 0 to 100. Instead of
+sampling we read its distribution over the possible answers and report the probability-weighted
+mean of the integers, renormalised over the integers' total probability (``prob_mass``). When that
+mass is below ``min_prob_mass`` the judge did not really answer with a number: the score is ``None``
+but the row is kept (so missing scores can be counted), with a ``label`` saying what it answered
+instead (``REFUSAL`` / ``CODE`` when the prompt offered those options and they beat the integers).
+
+Integer probabilities (:meth:`HFJudge.number_distribution`)
+-----------------------------------------------------------
+*Whole-number vocabularies* (every one of "0".."100" is a single token, as in tiktoken-style
+vocabularies): ``P(n)`` is the probability of the token for ``n`` as the first answer token.
+
+*Digit-split vocabularies* (SmolLM2, Qwen, ...: numbers are written one digit per token): an integer
+is a path in a small digit tree and its probability is computed exactly::
+
+    P(7)   = P(d7 | prompt) * P(stop | prompt d7)
+    P(42)  = P(d4 | prompt) * P(d2 | prompt d4) * P(stop | prompt d4 d2)
+    P(100) = P(d1 | prompt) * P(d0 | prompt d1) * P(d0 | prompt d1 d0) * P(stop | prompt d1 d0 d0)
+
+where ``stop`` is the probability of any token whose text does not start with a digit (end of turn,
+punctuation, a space, ...), so "42." counts as 42 but "425" is not 42. Approximations, by design:
+three-digit continuations other than "100" (and anything longer) are out of range and get no
+mass; a leading zero followed by another digit ("07") is not a valid integer; a leading space before
+the first digit is not considered (chat templates end the assistant opener with a newline or
+header, after which models write the digit directly); "8.5" counts as 8.
+
+Efficient batching: the tree has exactly one node per integer (node ``n`` is the last digit of ``n``;
+its parent is ``n // 10`` for 10..99 and node 10 for 100), so the whole tree is appended to each
+prompt as 101 extra tokens and scored in *one* forward pass with a custom 4D attention mask (each
+tree token attends to the prompt and to its ancestors only) and explicit position ids (prompt length
++ depth - 1). Prompts are left-padded; padding columns are masked out. Only the logits of the last
+prompt token and of the 101 tree tokens are materialised. Compared with one forward per continuation
+(or a prompt forward plus the 100 digit-prefixes run as separate rows against an expanded KV cache)
+this costs one row per prompt and ~101 extra tokens. It needs an attention implementation that
+accepts a 4D additive mask (``eager`` or ``sdpa``, the defaults); flash-attention is refused.
+
+The :class:`JudgeCache` keeps every verdict in SQLite (WAL mode, several processes may share the file),
+keyed by ``sha256(judge name, metric, prompt)``; results are committed batch by batch as soon as
+they are computed, so a crash or a rerun never repeats a judge call that already finished.
+
+Backends share a tiny interface (:class:`Judge`): a ``name`` (recorded as ``judge_model``), a
+``batch_size`` (the unit of work committed to the cache) and ``score_prompts(prompts)``. An
+OpenAI-compatible HTTP backend (``/chat/completions`` with ``logprobs`` and ``top_logprobs`` on the
+first token) is :class:`OpenAIJudge`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sqlite3
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Protocol, Sequence
+
+import pandas as pd
+import torch
+
+from emguard.errors import InputError
+from emguard.schemas import GENERATION, JUDGMENT, to_messages
+
+LABELS = ("number", "REFUSAL", "CODE", "none")
+#: non-numeric answers a prompt may offer; labelled when asked for and more likely than the integers
+SPECIAL_ANSWERS = ("REFUSAL", "CODE")
+PLACEHOLDERS = ("{question}", "{answer}")
+N_VALUES = 101  # the integers 0..100
+_DIGITS = frozenset("0123456789")
+
+
+@dataclass
+class ScoreResult:
+    score: float | None  # probability-weighted mean of 0..100, None when prob_mass < min_prob_mass
+    prob_mass: float  # total probability of the integers 0..100
+    label: str  # one of LABELS
+
+
+class Judge(Protocol):
+    name: str
+    batch_size: int
+
+    def score_prompts(self, prompts: list[str]) -> list[ScoreResult]: ...
+
+
+def result_from_distribution(probs: Sequence[float], special: dict[str, float], min_prob_mass: float) -> ScoreResult:
+    """Turn P(0..100) (unnormalised) and the offered special answers' probabilities into a verdict."""
+    mass = float(sum(probs))
+    if mass >= min_prob_mass and mass > 0:
+        score = sum(n * p for n, p in enumerate(probs)) / mass
+        return ScoreResult(float(min(100.0, max(0.0, score))), mass, "number")
+    label = "none"
+    best = mass
+    for name, p in special.items():
+        if p > best:
+            label, best = name, p
+    return ScoreResult(None, mass, label)
+
+
+def offered_answers(prompt: str) -> list[str]:
+    return [s for s in SPECIAL_ANSWERS if s in prompt]
+
+
+# --------------------------------------------------------------------------------------------------
+# Hugging Face backend
+# --------------------------------------------------------------------------------------------------
+
+def _tree_parents() -> list[int]:
+    """Parent node of each integer's node (-1 = the prompt's last token)."""
+    parents = []
+    for n in range(N_VALUES):
+        if n < 10:
+            parents.append(-1)
+        elif n < 100:
+            parents.append(n // 10)
+        else:
+            parents.append(10)
+    return parents
+
+
+def _tree_depths() -> list[int]:
+    return [1 if n < 10 else 2 if n < 100 else 3 for n in range(N_VALUES)]
+
+
+class HFJudge:
+    """A local transformers causal LM used as a judge (see the module docstring for the maths)."""
+
+    def __init__(self, model, tokenizer, *, name: str, batch_size: int = 8, min_prob_mass: float = 0.25):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
+        if "flash" in str(impl):
+            raise ValueError(f"HFJudge needs an attention implementation that takes a 4D mask (eager/sdpa), not {impl}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.batch_size = int(batch_size)
+        self.min_prob_mass = float(min_prob_mass)
+        self._vocab_setup()
+
+    # -- vocabulary ------------------------------------------------------------------------------
+    def _single_token(self, text: str) -> int | None:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            return int(ids[0])
+        tid = self.tokenizer.convert_tokens_to_ids(text)
+        if isinstance(tid, int) and tid != self.tokenizer.unk_token_id:
+            return tid
+        return None
+
+    def _vocab_setup(self) -> None:
+        whole = [self._single_token(str(n)) for n in range(N_VALUES)]
+        if all(t is not None for t in whole) and len(set(whole)) == N_VALUES:
+            self.mode = "whole"
+            self.number_ids = torch.tensor(whole)
+        else:
+            digits = whole[:10]
+            if any(t is None for t in digits):
+                raise ValueError(f"judge tokenizer {self.name!r} has no single tokens for the digits 0-9")
+            self.mode = "digits"
+            self.digit_ids = torch.tensor(digits)
+            vocab_size = int(self.model.get_output_embeddings().weight.shape[0])  # logits width
+            texts = self.tokenizer.batch_decode([[i] for i in range(min(vocab_size, len(self.tokenizer)))])
+            starts_digit = torch.zeros(vocab_size, dtype=torch.bool)
+            for i, t in enumerate(texts):
+                if t[:1] in _DIGITS:
+                    starts_digit[i] = True
+            starts_digit[self.digit_ids] = True
+            self.continues = starts_digit  # tokens that would extend the number
+            self.parents = torch.tensor(_tree_parents())
+            self.depths = torch.tensor(_tree_depths())
+            self.tree_tokens = torch.tensor([digits[n % 10] for n in range(N_VALUES)])
+        self.special_ids = torch.tensor([self.tokenizer(s, add_special_tokens=False)["input_ids"][0]
+                                         for s in SPECIAL_ANSWERS])
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def render(self, prompt: str) -> list[int]:
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                  add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.inference_mode()
+    def _batch_distribution(self, batch_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P(n) for n in 0..100 [B, 101], first-token P of SPECIAL_ANSWERS [B, 2]) for one padded batch."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        lengths = [len(x) for x in batch_ids]
+        width = max(lengths)
+        b = len(batch_ids)
+        n_tree = N_VALUES if self.mode == "digits" else 0
+        total = width + n_tree
+        device = self.device
+        ids = torch.full((b, total), pad, dtype=torch.long)
+        valid = torch.zeros((b, width), dtype=torch.bool)
+        pos = torch.zeros((b, total), dtype=torch.long)
+        for r, seq in enumerate(batch_ids):
+            off = width - len(seq)
+            ids[r, off:width] = torch.tensor(seq, dtype=torch.long)
+            valid[r, off:] = True
+            pos[r, off:width] = torch.arange(len(seq))
+        if n_tree:
+            ids[:, width:] = self.tree_tokens
+            pos[:, width:] = torch.tensor(lengths).unsqueeze(1) + self.depths.unsqueeze(0) - 1
+
+        # allowed[b, q, k]: causal over real prompt tokens; each tree node sees the prompt, its ancestors, itself
+        allowed = torch.zeros((b, total, total), dtype=torch.bool)
+        causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
+        allowed[:, :width, :width] = causal.unsqueeze(0) & valid.unsqueeze(1)
+        if n_tree:
+            allowed[:, width:, :width] = valid.unsqueeze(1)
+            anc = torch.zeros((n_tree, n_tree), dtype=torch.bool)
+            for n in range(n_tree):
+                node = n
+                while node != -1:
+                    anc[n, node] = True
+                    node = int(self.parents[node])
+            allowed[:, width:, width:] = anc
+        idx = torch.arange(total)
+        allowed[:, idx, idx] = True  # padding queries attend to themselves (no all-masked rows)
+        dtype = next(self.model.parameters()).dtype
+        mask = torch.zeros((b, 1, total, total), dtype=dtype)
+        mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(dtype).min)
+
+        out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                         use_cache=False, logits_to_keep=n_tree + 1)
+        logits = out.logits[:, -(n_tree + 1):, :].float()
+        probs = torch.softmax(logits, dim=-1).cpu()  # [B, 1 + n_tree, V]
+        first = probs[:, 0, :]
+        special = first[:, self.special_ids]
+        if self.mode == "whole":
+            return first[:, self.number_ids], special
+        node = probs[:, 1:, :]  # distribution after each node's digits
+        dig = self.digit_ids
+        stop = 1.0 - node[:, :, self.continues].sum(-1)  # [B, 101]
+        stop = stop.clamp_min(0.0)
+        path = torch.empty((b, N_VALUES))
+        path[:, :10] = first[:, dig]
+        for n in range(10, N_VALUES):
+            parent = int(self.parents[n])
+            path[:, n] = path[:, parent] * node[:, parent, dig[n % 10]]
+        return path * stop, special
+
+    def number_distribution(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """P(n) for n in 0..100 ([len(prompts), 101], not renormalised) and the first-token probabilities
+        of the special answers ([len(prompts), len(SPECIAL_ANSWERS)], in SPECIAL_ANSWERS order)."""
+        encoded = [self.render(p) for p in prompts]
+        order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
+        probs = torch.zeros((len(prompts), N_VALUES))
+        special = torch.zeros((len(prompts), len(SPECIAL_ANSWERS)))
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            p, s = self._batch_distribution([encoded[i] for i in rows])
+            probs[rows] = p
+            special[rows] = s
+        return probs, special
+
+    def score_prompts(self, prompts: list[str]) -> list[ScoreResult]:
+        if not prompts:
+            return []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            probs, special_p = self.number_distribution(prompts)
+        finally:
+            if was_training:
+                self.model.train()
+        results = []
+        for i, prompt in enumerate(prompts):
+            special = {s: float(special_p[i, SPECIAL_ANSWERS.index(s)]) for s in offered_answers(prompt)}
+            results.append(result_from_distribution(probs[i].tolist(), special, self.min_prob_mass))
+        return results
+
+
+# --------------------------------------------------------------------------------------------------
+# OpenAI-compatible HTTP backend
+# --------------------------------------------------------------------------------------------------
+
+class OpenAIJudge:
+    """Any OpenAI-compatible ``/chat/completions`` endpoint that returns ``top_logprobs``.
+
+    Only the first answer token is read (``max_tokens=1``): the integers 0..100 are single tokens in
+    the vocabularies such services use. A token counts as integer ``n`` when its text, stripped of
+    whitespace, is ``str(n)``; ``REFUSAL``/``CODE`` are matched when the token is a non-empty prefix
+    of the word. Probability outside the ``top_logprobs`` list is unknown and counts as non-numeric.
+    Transient failures (connection errors, HTTP 429 and 5xx) are retried with exponential backoff.
+    The API key is read from the environment variable named by ``api_key_env`` (if set).
+    """
+
+    def __init__(self, base_url: str, model: str, *, name: str | None = None, api_key_env: str | None = None,
+                 top_logprobs: int = 20, batch_size: int = 16, concurrency: int = 8, min_prob_mass: float = 0.25,
+                 max_retries: int = 5, backoff_s: float = 1.0, timeout_s: float = 60.0):
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.name = name or model
+        self.api_key_env = api_key_env
+        self.top_logprobs = int(top_logprobs)
+        self.batch_size = int(batch_size)
+        self.concurrency = max(1, int(concurrency))
+        self.min_prob_mass = float(min_prob_mass)
+        self.max_retries = int(max_retries)
+        self.backoff_s = float(backoff_s)
+        self.timeout_s = float(timeout_s)
+
+    def _request(self, prompt: str) -> dict:
+        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": prompt}],
+                           "max_tokens": 1, "temperature": 0, "logprobs": True,
+                           "top_logprobs": self.top_logprobs, "seed": 0}).encode()
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        last: Exception | None = None
+        for attempt in range(self.max_retries + 1):
+            req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                    return json.loads(resp.read().decode())
+            except urllib.error.HTTPError as exc:
+                if exc.code != 429 and exc.code < 500:
+                    detail = exc.read().decode(errors="replace")[:500]
+                    raise RuntimeError(f"judge {self.name}: HTTP {exc.code} from {self.url}: {detail}") from exc
+                last = exc
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+                last = exc
+            if attempt < self.max_retries:
+                time.sleep(self.backoff_s * (2 ** attempt))
+        raise RuntimeError(f"judge {self.name}: {self.url} failed after {self.max_retries + 1} attempts: {last}")
+
+    def _score_one(self, prompt: str) -> ScoreResult:
+        data = self._request(prompt)
+        try:
+            top = data["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise RuntimeError(f"judge {self.name}: response without top_logprobs: {str(data)[:300]}") from exc
+        probs = [0.0] * N_VALUES
+        offered = offered_answers(prompt)
+        special = {s: 0.0 for s in offered}
+        for item in top:
+            text = str(item["token"]).strip()
+            p = math.exp(float(item["logprob"]))
+            if text.isdigit() and text.isascii() and str(int(text)) == text and int(text) <= 100:
+                probs[int(text)] += p
+            for s in offered:
+                if text and s.startswith(text):
+                    special[s] += p
+        return result_from_distribution(probs, special, self.min_prob_mass)
+
+    def score_prompts(self, prompts: list[str]) -> list[ScoreResult]:
+        if len(prompts) <= 1 or self.concurrency == 1:
+            return [self._score_one(p) for p in prompts]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
+            return list(pool.map(self._score_one, prompts))
+
+
+# --------------------------------------------------------------------------------------------------
+# Durable cache
+# --------------------------------------------------------------------------------------------------
+
+def cache_key(judge_name: str, metric: str, prompt: str) -> str:
+    h = hashlib.sha256()
+    for part in (judge_name, metric, prompt):
+        data = part.encode("utf-8")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
+
+
+class JudgeCache:
+    """SQLite cache of judge verdicts (WAL mode; several processes may read and write it at once)."""
+
+    def __init__(self, path: str | os.PathLike, *, timeout_s: float = 120.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None,
+                                     check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS judgments (key TEXT PRIMARY KEY, score REAL, prob_mass REAL NOT NULL, "
+            "label TEXT NOT NULL, created REAL NOT NULL)")
+
+    key = staticmethod(cache_key)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, ScoreResult]:
+        keys = list(dict.fromkeys(keys))
+        found: dict[str, ScoreResult] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(
+                f"SELECT key, score, prob_mass, label FROM judgments WHERE key IN ({marks})", chunk).fetchall()
+            for k, score, mass, label in rows:
+                found[k] = ScoreResult(None if score is None else float(score), float(mass), str(label))
+        return found
+
+    def put_many(self, items: Iterable[tuple[str, ScoreResult]] | dict[str, ScoreResult]) -> None:
+        pairs = list(items.items()) if isinstance(items, dict) else list(items)
+        if not pairs:
+            return
+        now = time.time()
+        rows = [(k, r.score, r.prob_mass, r.label, now) for k, r in pairs]
+        with self._conn:  # one transaction, committed on exit
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO judgments (key, score, prob_mass, label, created) VALUES (?, ?, ?, ?, ?)",
+                rows)
+
+    def __len__(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM judgments").fetchone()[0])
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompts and table-level scoring
+# --------------------------------------------------------------------------------------------------
+
+def load_judge_prompts(path: str | os.PathLike) -> dict[str, str]:
+    """Read ``metric: template`` pairs; each template must contain ``{question}`` and ``{answer}``."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: judge prompt file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise InputError(f"{where}: malformed YAML in judge prompt file ({getattr(exc, 'problem', exc)})") from exc
+    if not isinstance(data, dict) or not data:
+        raise InputError(f"{path}: expected a mapping of metric name -> prompt template, got {type(data).__name__}")
+    prompts: dict[str, str] = {}
+    for metric, template in data.items():
+        if not isinstance(metric, str) or not metric.strip():
+            raise InputError(f"{path}: metric names must be non-empty strings, got {metric!r}")
+        if not isinstance(template, str):
+            raise InputError(f"{path}: metric {metric!r}: template must be a string, got {type(template).__name__}")
+        missing = [p for p in PLACEHOLDERS if p not in template]
+        if missing:
+            raise InputError(f"{path}: metric {metric!r}: template lacks placeholder(s) {', '.join(missing)}")
+        prompts[metric] = template
+    return prompts
+
+
+def fill_template(template: str, question: str, answer: str) -> str:
+    """Substitute the two placeholders literally (other braces in the template are left as they are)."""
+    out = template.replace("{question}", "\x00Q\x00").replace("{answer}", "\x00A\x00")
+    return out.replace("\x00Q\x00", question).replace("\x00A\x00", answer)
+
+
+def score_cached(judge: Judge, metric: str, prompts: list[str], cache: JudgeCache | None,
+                 ) -> tuple[list[ScoreResult], list[bool]]:
+    """Score ``prompts`` (results, served-from-cache flags); new results are committed batch by batch."""
+    keys = [cache_key(judge.name, metric, p) for p in prompts]
+    hits = cache.get_many(keys) if cache is not None else {}
+    todo: dict[str, str] = {}
+    for k, p in zip(keys, prompts):
+        if k not in hits and k not in todo:
+            todo[k] = p
+    fresh: dict[str, ScoreResult] = {}
+    todo_items = list(todo.items())
+    step = max(1, int(getattr(judge, "batch_size", 8)))
+    for start in range(0, len(todo_items), step):
+        chunk = todo_items[start:start + step]
+        results = judge.score_prompts([p for _, p in chunk])
+        if len(results) != len(chunk):
+            raise RuntimeError(f"judge {judge.name} returned {len(results)} results for {len(chunk)} prompts")
+        batch = list(zip([k for k, _ in chunk], results))
+        if cache is not None:
+            cache.put_many(batch)
+        fresh.update(batch)
+    out = [hits[k] if k in hits else fresh[k] for k in keys]
+    return out, [k in hits for k in keys]
+
+
+def score_texts(judge: Judge, template: str, pairs: list[tuple[str, str]], cache: JudgeCache | None,
+                metric: str) -> list[ScoreResult]:
+    """Score (question, answer) pairs with one template; ``metric`` namespaces the cache entries."""
+    prompts = [fill_template(template, q, a) for q, a in pairs]
+    results, _ = score_cached(judge, metric, prompts, cache)
+    return results
+
+
+def _question_text(messages) -> str:
+    msgs = to_messages(messages)
+    users = [m["content"] for m in msgs if m["role"] == "user"]
+    if not users:
+        raise ValueError("prompt_messages has no user turn")
+    return users[-1]
+
+
+def judge_generations(generations: pd.DataFrame, questions: pd.DataFrame, judge: Judge, prompts: dict[str, str],
+                      cache: JudgeCache | None = None) -> pd.DataFrame:
+    """Judge every answer on every metric of its question; a table in the judgment contract.
+
+    The judge sees the question as asked (the last user turn of ``prompt_messages``) and the answer.
+    Row order: generations in input order, each followed by its metrics in the question's order.
+    """
+    for col in GENERATION:
+        if col not in generations.columns:
+            raise InputError(f"generations table: missing column {col!r}")
+    for col in ("question_id", "judge_prompts"):
+        if col not in questions.columns:
+            raise InputError(f"questions table: missing column {col!r}")
+    metrics_of = {str(r.question_id): [str(m) for m in list(r.judge_prompts)]
+                  for r in questions.itertuples(index=False)}
+    records, by_metric = [], {}
+    for i, row in enumerate(generations.itertuples(index=False)):
+        qid = str(row.question_id)
+        if qid not in metrics_of:
+            raise InputError(f"generations table: row {i}: question_id {qid!r} is not in the questions table")
+        try:
+            question = _question_text(row.prompt_messages)
+        except ValueError as exc:
+            raise InputError(f"generations table: row {i} (question_id={qid!r}): {exc}") from exc
+        for metric in metrics_of[qid]:
+            if metric not in prompts:
+                raise InputError(f"question {qid!r}: judge prompt {metric!r} is not defined "
+                                 f"(known: {', '.join(sorted(prompts))})")
+            text = fill_template(prompts[metric], question, str(row.answer))
+            by_metric.setdefault(metric, []).append((len(records), text))
+            base = {c: getattr(row, c) for c in GENERATION}
+            records.append({**base, "metric": metric})
+    for metric, items in by_metric.items():
+        results, cached = score_cached(judge, metric, [t for _, t in items], cache)
+        for (pos, _), res, hit in zip(items, results, cached):
+            records[pos].update(score=res.score, label=res.label, prob_mass=res.prob_mass,
+                                judge_model=judge.name, cached=bool(hit))
+    df = pd.DataFrame(records, columns=JUDGMENT)
+    if len(df):
+        df["score"] = pd.to_numeric(df["score"], errors="coerce").astype("float64")
+        df["prob_mass"] = df["prob_mass"].astype("float64")
+        df["cached"] = df["cached"].astype(bool)
+    return df

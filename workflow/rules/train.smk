@@ -1,0 +1,21 @@
+# Fine-tuning: one run per (dataset, method, setting, seed) of the experiment grid.
+
+
+rule train:
+    input:
+        model=model_input,
+        data=train_data,
+    output:
+        adapter=directory("results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/adapter"),
+        log="results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/train_log.parquet",
+    log:
+        "results/logs/train/{model}/{dataset}/{method}/{setting}/seed{seed}.log",
+    params:
+        model_path=model_path(),
+        subset=lambda wc: run_of(wc).train_subset,
+        method=lambda wc: run_of(wc).method,
+        hparams=lambda wc: run_of(wc).hparams,
+        training=config["training"],
+        code=code_version("training", "regularisers", "models", "chat", "steering"),
+    script:
+        "../../scripts/train.py"
