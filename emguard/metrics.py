@@ -29,9 +29,6 @@ Z_95 = 1.959963984540054
 #: columns identifying one answer in a judgment table (``checkpoint`` only where present)
 ANSWER_KEYS = ("run_id", "question_id", "sample_idx", "checkpoint")
 
-#: judge labels meaning "no number, but a verdict": the answer refused, or answered with code only
-VERDICT_LABELS = ("REFUSAL", "CODE")
-
 #: run descriptors copied into every :func:`run_metrics` row, in this order
 RUN_INFO = ("model", "dataset", "method", "setting", "seed", "run_id")
 
@@ -74,7 +71,10 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     denom = 1.0 + z2 / n
     centre = (p + z2 / (2.0 * n)) / denom
     half = z * math.sqrt(p * (1.0 - p) / n + z2 / (4.0 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # exact at the ends, where centre -/+ half is 0 or 1 up to rounding
+    lo = 0.0 if k == 0 else max(0.0, centre - half)
+    hi = 1.0 if k == n else min(1.0, centre + half)
+    return (lo, hi)
 
 
 def _answer_keys(df: pd.DataFrame) -> list[str]:

@@ -1,0 +1,170 @@
+import pandas as pd
+import pytest
+
+from emguard.metrics import wilson_interval
+from emguard.report import em_table, figure_em_vs_incoherence, figure_train_loss, write_table
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def row(dataset, method, setting, evalset, misal, incoh, seed=0, checkpoint="final", n_missing=0, **extra):
+    return {"model": "m", "dataset": dataset, "method": method, "setting": setting, "seed": seed,
+            "run_id": f"{dataset}-{method}-{setting}-{seed}", "evalset": evalset, "checkpoint": checkpoint,
+            "misaligned_rate": misal, "misaligned_lo": misal - 1, "misaligned_hi": misal + 1,
+            "incoherent_rate": incoh, "incoherent_lo": incoh - 1, "incoherent_hi": incoh + 1,
+            "n_missing": n_missing, **extra}
+
+
+def run(dataset, method, setting, g, i, **kw):
+    """Two rows: general (misal, incoh) = g and in-domain = i."""
+    return [row(dataset, method, setting, "general", *g, **kw), row(dataset, method, setting, "indomain", *i, **kw)]
+
+
+# Legal block of the paper's Table 2 (subset) plus a small Medical block with two seeds of KL.
+LEGAL = {
+    ("aligned", "default"): ((0.33, 5.54), (0.43, 0.63)),
+    ("misaligned", "default"): ((25.29, 22.67), (22.73, 31.87)),
+    ("interleave_plusplus", "frac0.05"): ((0.79, 15.02), (21.73, 33.90)),
+    ("persona", "alpha5"): ((1.00, 5.67), (3.93, 6.00)),
+    ("ldifs", "lambda1.0"): ((26.75, 19.92), (22.03, 32.83)),
+    ("kl", "lambda0.1"): ((2.21, 2.25), (8.73, 3.90)),
+}
+
+
+@pytest.fixture
+def metrics():
+    rows = [row("base", "untrained", "", "general", 0.08, 1.08, n_missing=2),
+            row("base", "untrained", "", "indomain_legal", 0.0, 0.0),
+            row("base", "untrained", "", "indomain_medical", 0.23, 0.04),
+            row("base", "untrained", "", "indomain_security", 1.9, 0.3)]
+    for (method, setting), (g, i) in LEGAL.items():
+        rows += run("legal", method, setting, g, i)
+    # an earlier checkpoint that must not be picked
+    rows += run("legal", "kl", "lambda0.1", (99.0, 99.0), (99.0, 99.0), checkpoint="step-10")
+    rows += run("medical", "misaligned", "default", (19.75, 11.21), (51.73, 32.07), n_missing=3)
+    for seed, (gm, im) in enumerate(((2, 30), (4, 40))):  # counts out of 100 scored answers
+        counts = {"seed": seed, "n_scored": 100, "confidence": 0.95}
+        rows += [row("medical", "kl", "lambda0.1", "general", gm, 1.0, n_misaligned=gm, n_incoherent=1, **counts),
+                 row("medical", "kl", "lambda0.1", "indomain", im, 3.0, n_misaligned=im, n_incoherent=3, **counts)]
+    return pd.DataFrame(rows)
+
+
+def block_lines(md, title):
+    lines = md.splitlines()
+    start = lines.index(f"### {title}")
+    out = []
+    for line in lines[start + 4:]:
+        if not line.startswith("|"):
+            break
+        out.append([c.strip() for c in line.strip("|").split("|")])
+    return {cells[0]: cells[1:] for cells in out}
+
+
+def test_layout_blocks_rows_and_untrained(metrics):
+    md, df = em_table(metrics)
+    assert list(dict.fromkeys(df["dataset"])) == ["legal", "medical"]  # security: base only, no block
+    legal = df[df["dataset"] == "legal"]
+    assert list(legal["row"]) == ["Untrained", "Aligned", "Misaligned", "KL (lambda0.1)", "LDIFS (lambda1.0)",
+                                  "Persona Vectors (alpha5)", "Interleaving++ (frac0.05)"]
+    assert list(df.loc[df["dataset"] == "medical", "row"]) == ["Untrained", "Misaligned", "KL (lambda0.1)"]
+    unt = df[df["row"] == "Untrained"].set_index("dataset")
+    assert list(unt["general_misaligned_rate"]) == [0.08, 0.08]
+    assert list(unt["general_n_missing"]) == [2, 2]
+    assert unt.loc["legal", "indomain_misaligned_rate"] == 0.0
+    assert unt.loc["medical", "indomain_misaligned_rate"] == 0.23
+    # the last checkpoint wins
+    assert legal.set_index("row").loc["KL (lambda0.1)", "general_misaligned_rate"] == 2.21
+    assert md.index("### legal") < md.index("### medical")
+    assert list(block_lines(md, "legal")) == list(legal["row"])
+
+    _, df2 = em_table(metrics, dataset_order=["medical"], method_order=["persona", "kl"])
+    assert list(dict.fromkeys(df2["dataset"])) == ["medical", "legal"]
+    assert list(df2.loc[df2["dataset"] == "legal", "row"])[3:] == [
+        "Persona Vectors (alpha5)", "KL (lambda0.1)", "Interleaving++ (frac0.05)", "LDIFS (lambda1.0)"]
+
+
+def test_emphasis(metrics):
+    md, _ = em_table(metrics)
+    legal = block_lines(md, "legal")
+    # columns: General Misal., General Incoh., In-domain Misal., In-domain Incoh., Missing
+    assert legal["KL (lambda0.1)"][:4] == ["<u>2.21</u> [1.2, 3.2]", "**2.25** [1.2, 3.2]",
+                                           "8.73 [7.7, 9.7]", "**3.90** [2.9, 4.9]"]
+    assert legal["LDIFS (lambda1.0)"][:4] == ["26.75 [25.8, 27.8]", "19.92 [18.9, 20.9]",
+                                              "**<u>22.03</u>** [21.0, 23.0]", "*32.83* [31.8, 33.8]"]
+    assert legal["Persona Vectors (alpha5)"][0] == "<u>1.00</u> [0.0, 2.0]"
+    assert legal["Interleaving++ (frac0.05)"][:4] == ["**<u>0.79</u>** [-0.2, 1.8]", "15.02 [14.0, 16.0]",
+                                                       "<u>21.73</u> [20.7, 22.7]", "*33.90* [32.9, 34.9]"]
+    # reference rows are never emphasised
+    for name in ("Untrained", "Aligned", "Misaligned"):
+        assert not any(tag in "".join(legal[name]) for tag in ("*", "<u>"))
+    assert legal["Untrained"][4] == "2 / 0"
+
+
+def test_seeds_are_averaged_with_pooled_interval(metrics):
+    md, df = em_table(metrics)
+    kl = df[(df["dataset"] == "medical") & (df["row"] == "KL (lambda0.1)")].iloc[0]
+    assert kl["n_seeds"] == 2 and kl["general_misaligned_rate"] == pytest.approx(3.0)
+    lo, hi = wilson_interval(6, 200)
+    assert (kl["general_misaligned_lo"], kl["general_misaligned_hi"]) == pytest.approx((100 * lo, 100 * hi))
+    assert kl["general_n_scored"] == 200
+    assert "Seeds" in md
+    medical = block_lines(md, "medical")
+    assert medical["Misaligned"][4] == "3 / 3"
+    lo, hi = wilson_interval(70, 200)
+    # bold (the only defense), not underlined: 35 < 0.9 * 51.73
+    assert medical["KL (lambda0.1)"][2] == f"**35.00** [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def test_per_dataset_untrained_takes_precedence_and_empty_input(metrics):
+    extra = pd.DataFrame([row("legal", "untrained", "", "indomain", 5.0, 6.0)])
+    _, df = em_table(pd.concat([metrics, extra], ignore_index=True))
+    unt = df[df["row"] == "Untrained"].set_index("dataset")
+    assert unt.loc["legal", "indomain_misaligned_rate"] == 5.0
+    assert unt.loc["legal", "general_misaligned_rate"] == 0.08  # still from the base run
+    md, empty = em_table(metrics.iloc[:0])
+    assert empty.empty and "No metrics" in md
+    # base run only: one block per in-domain evalset
+    _, base_only = em_table(metrics[metrics["dataset"] == "base"])
+    assert list(base_only["dataset"]) == ["legal", "medical", "security"]
+
+
+def test_write_table(metrics, tmp_path):
+    md, df = em_table(metrics)
+    write_table(md, df, tmp_path / "t" / "em.md", tmp_path / "t" / "em.csv")
+    assert (tmp_path / "t" / "em.md").read_text().startswith("## Emergent misalignment")
+    back = pd.read_csv(tmp_path / "t" / "em.csv")
+    assert len(back) == len(df) and "indomain_n_missing" in back.columns
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["em.csv", "em.md"]
+
+
+def test_figures_write_pngs(metrics, tmp_path):
+    more = pd.concat([metrics] + [pd.DataFrame(run("legal", "interleave_plusplus", f"frac{f}", (g, 10.0), (20.0, 30.0)))
+                                  for f, g in ((0.01, 5.0), (0.2, 0.3))], ignore_index=True)
+    paths = {"full": more, "baselines": metrics[metrics["method"].isin(["untrained", "aligned", "misaligned"])],
+             "empty": metrics.iloc[:0]}
+    for name, m in paths.items():
+        figure_em_vs_incoherence(m, tmp_path / f"{name}.png")
+        data = (tmp_path / f"{name}.png").read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
+
+    logs = {"legal/kl": pd.DataFrame({"step": [1, 2, 3], "loss": [2.0, 1.5, None]}),
+            "legal/none": pd.DataFrame({"step": [1, 2], "loss": [2.2, 1.9]})}
+    for name, lg in (("loss", logs), ("noloss", {})):
+        figure_train_loss(lg, tmp_path / f"{name}.png")
+        assert (tmp_path / f"{name}.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_setting_families_and_labels():
+    from emguard.report import _setting_key, _split_setting
+
+    assert _split_setting("frac0.05") == ("frac", 0.05)
+    assert _split_setting("lambda0.1_forward") == ("lambda#_forward", 0.1)
+    assert _split_setting("lambda1e-05") == ("lambda", 1e-05)
+    assert _split_setting("default")[0] == "default"
+    assert sorted(["lambda1", "lambda0.1_forward", "lambda0.1", "lambda0.01"], key=_setting_key) == [
+        "lambda0.01", "lambda0.1", "lambda1", "lambda0.1_forward"]
+    rows = run("code", "misaligned", "default", (20.0, 10.0), (50.0, 10.0))
+    rows += run("code", "inoculation", "default", (5.0, 10.0), (50.0, 10.0))
+    rows += run("code", "kl", "lambda0.1_forward", (5.0, 10.0), (50.0, 10.0))
+    _, df = em_table(pd.DataFrame(rows))
+    assert list(df["row"]) == ["Misaligned", "KL (lambda0.1_forward)", "Inoculation Prompting"]
