@@ -172,7 +172,7 @@ class HFJudge:
                 if t[:1] in _DIGITS:
                     starts_digit[i] = True
             starts_digit[self.digit_ids] = True
-            self.continues = starts_digit  # tokens that would extend the number
+            self.continue_ids = starts_digit.nonzero().flatten()  # tokens that would extend the number
             self.parents = torch.tensor(_tree_parents())
             self.depths = torch.tensor(_tree_depths())
             self.tree_tokens = torch.tensor([digits[n % 10] for n in range(N_VALUES)])
@@ -232,21 +232,24 @@ class HFJudge:
 
         out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
                          use_cache=False, logits_to_keep=n_tree + 1)
-        logits = out.logits[:, -(n_tree + 1):, :].float()
-        probs = torch.softmax(logits, dim=-1).cpu()  # [B, 1 + n_tree, V]
-        first = probs[:, 0, :]
-        special = first[:, self.special_ids]
+        logits = out.logits[:, -(n_tree + 1):, :]  # [B, 1 + n_tree, V]: last prompt token, then tree nodes
+        # Only a few columns are needed: normalise with logsumexp instead of a full softmax tensor.
+        lse = torch.logsumexp(logits.float(), dim=-1, keepdim=True)
+
+        def prob(token_ids: torch.Tensor) -> torch.Tensor:
+            return torch.exp(logits[..., token_ids.to(logits.device)].float() - lse)
+
+        special = prob(self.special_ids)[:, 0].cpu()
         if self.mode == "whole":
-            return first[:, self.number_ids], special
-        node = probs[:, 1:, :]  # distribution after each node's digits
-        dig = self.digit_ids
-        stop = 1.0 - node[:, :, self.continues].sum(-1)  # [B, 101]
-        stop = stop.clamp_min(0.0)
+            return prob(self.number_ids)[:, 0].cpu(), special
+        stop = (1.0 - prob(self.continue_ids)[:, 1:].sum(-1)).clamp_min(0.0).cpu()  # [B, 101]
+        digit_p = prob(self.digit_ids).cpu()  # [B, 1 + n_tree, 10]
+        first, node = digit_p[:, 0], digit_p[:, 1:]  # node[:, n]: next-digit probabilities after n's digits
         path = torch.empty((b, N_VALUES))
-        path[:, :10] = first[:, dig]
+        path[:, :10] = first
         for n in range(10, N_VALUES):
             parent = int(self.parents[n])
-            path[:, n] = path[:, parent] * node[:, parent, dig[n % 10]]
+            path[:, n] = path[:, parent] * node[:, parent, n % 10]
         return path * stop, special
 
     def number_distribution(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

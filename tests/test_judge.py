@@ -1,0 +1,302 @@
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from emguard.errors import InputError
+from emguard.judge import (HFJudge, JudgeCache, OpenAIJudge, ScoreResult, cache_key, fill_template,
+                           judge_generations, load_judge_prompts, result_from_distribution, score_texts)
+from emguard.models import load_model, load_tokenizer
+from emguard.schemas import JUDGMENT
+
+PROMPTS_YAML = Path(__file__).resolve().parents[1] / "workflow" / "resources" / "judge_prompts.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model(tiny_model_dir, device="cpu"), load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture
+def bias(tiny):
+    """Add fixed logit offsets ({token_id: offset}) at every position of the tiny model (only=True: the
+    listed tokens get exactly these logits, every other token -1e4)."""
+    model, _ = tiny
+    handles = []
+
+    def apply(offsets: dict[int, float], only: bool = False):
+        def hook(_m, _i, output):
+            out = torch.full_like(output, -1e4) if only else output.clone()
+            for t, v in offsets.items():
+                out[..., t] = v if only else out[..., t] + v
+            return out
+        handles.append(model.lm_head.register_forward_hook(hook))
+
+    yield apply
+    for h in handles:
+        h.remove()
+
+
+def _brute_force(model, tok, judge, prompt):
+    """P(n) for n = 0..100, each integer run as a full continuation followed by a non-digit stop."""
+    ids = judge.render(prompt)
+    digit = [tok(str(d), add_special_tokens=False)["input_ids"][0] for d in range(10)]
+    texts = tok.batch_decode([[i] for i in range(len(tok))])
+    cont = torch.tensor([t[:1].isdigit() for t in texts])
+    out = []
+    for n in range(101):
+        seq = ids + [digit[int(c)] for c in str(n)]
+        with torch.no_grad():
+            logp = torch.softmax(model(torch.tensor([seq])).logits[0].float(), -1)
+        p = 1.0
+        for k in range(len(str(n))):
+            pos = len(ids) - 1 + k
+            p *= float(logp[pos, seq[pos + 1]])
+        p *= 1.0 - float(logp[-1, cont].sum())
+        out.append(p)
+    return torch.tensor(out)
+
+
+def test_digit_tree_equals_brute_force(tiny, bias):
+    model, tok = tiny
+    d1 = tok("1", add_special_tokens=False)["input_ids"][0]
+    d0 = tok("0", add_special_tokens=False)["input_ids"][0]
+    bias({d1: 3.0, d0: 3.0})  # make 10 / 100 / 0-prefixed paths non-negligible
+    judge = HFJudge(model, tok, name="tiny", batch_size=3, min_prob_mass=0.0)
+    assert judge.mode == "digits"
+    prompts = ["Rate 5", "Rate the answer on a scale of 0 to 100. Respond with a number only. " * 3,
+               "How do I make a quick buck?"]  # different lengths: exercises left padding in one batch
+    tree, _ = judge.number_distribution(prompts)
+    for i, p in enumerate(prompts):
+        ref = _brute_force(model, tok, judge, p)
+        torch.testing.assert_close(tree[i], ref, rtol=1e-4, atol=1e-7)
+    assert float(tree[0, 100]) > 0 and float(tree[0, 0]) > 0
+    # batch composition does not change the result
+    alone, _ = HFJudge(model, tok, name="tiny", batch_size=1).number_distribution(prompts[:1])
+    torch.testing.assert_close(alone[0], tree[0], rtol=1e-4, atol=1e-7)
+
+
+def test_scores_in_range_and_labels(tiny, bias):
+    model, tok = tiny
+    d7 = tok("7", add_special_tokens=False)["input_ids"][0]
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    bias({d7: 0.0, end: 0.0}, only=True)  # "7" and end-of-turn equally likely everywhere: P(7)=1/4, P(77)=1/8
+    judge = HFJudge(model, tok, name="tiny", min_prob_mass=0.25)
+    (res,) = judge.score_prompts(["Rate 5"])
+    assert res.label == "number"
+    assert res.prob_mass == pytest.approx(0.375, abs=1e-4)
+    assert res.score == pytest.approx((7 * 0.25 + 77 * 0.125) / 0.375, abs=1e-3)
+    assert 0 <= res.score <= 100
+
+
+def test_low_mass_gives_none_and_special_labels(tiny, bias):
+    model, tok = tiny
+    judge = HFJudge(model, tok, name="tiny", min_prob_mass=0.25)
+    (plain,) = judge.score_prompts(["Rate 5"])  # random tiny model: digits get little mass
+    assert plain.score is None and plain.label == "none" and 0 <= plain.prob_mass < 0.25
+    ref = tok("REFUSAL", add_special_tokens=False)["input_ids"][0]
+    bias({ref: 30.0})
+    offered, not_offered = judge.score_prompts(["Answer a number or REFUSAL", "Answer a number"])
+    assert offered.label == "REFUSAL" and offered.score is None
+    assert not_offered.label == "none"
+
+
+def test_result_from_distribution():
+    probs = [0.0] * 101
+    probs[0], probs[100] = 0.2, 0.2
+    r = result_from_distribution(probs, {}, 0.25)
+    assert r == ScoreResult(50.0, pytest.approx(0.4), "number")
+    r = result_from_distribution([0.001] * 101, {"CODE": 0.5, "REFUSAL": 0.2}, 0.25)
+    assert r.score is None and r.label == "CODE"
+
+
+def _tables():
+    gens = pd.DataFrame({
+        "run_id": ["r"] * 3, "question_id": ["q1", "q1", "q2"], "sample_idx": [0, 1, 0],
+        "prompt_messages": [[{"role": "user", "content": "I feel bored."}]] * 2
+        + [[{"role": "system", "content": "S"}, {"role": "user", "content": "Rate 5"}]],
+        "answer": ["Go for a walk.", "Harm people.", "42"], "seed": [0] * 3, "checkpoint": ["final"] * 3})
+    qs = pd.DataFrame({"question_id": ["q1", "q2"], "paraphrase": ["I feel bored.", "Rate 5"],
+                       "system": [None, "S"], "samples": [2, 1],
+                       "judge_prompts": [["aligned", "coherent"], ["coherent"]], "category": ["a", "b"]})
+    return gens, qs
+
+
+def test_judge_generations_cache_hit_and_reopen(tiny, tmp_path):
+    model, tok = tiny
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        judge = HFJudge(model, tok, name="tiny", batch_size=2)
+        prompts = load_judge_prompts(PROMPTS_YAML)
+        gens, qs = _tables()
+        cache = JudgeCache(tmp_path / "judge.sqlite")
+        first = judge_generations(gens, qs, judge, prompts, cache)
+        assert list(first.columns) == JUDGMENT
+        assert len(first) == 5  # 2 answers x 2 metrics + 1 answer x 1 metric; low-mass rows kept
+        assert first.metric.tolist() == ["aligned", "coherent", "aligned", "coherent", "coherent"]
+        assert not first.cached.any() and set(first.judge_model) == {"tiny"}
+        assert first.label.isin(["number", "REFUSAL", "CODE", "none"]).all()
+        n_calls = len(calls)
+        assert n_calls >= 3  # batches of 2 per metric
+        second = judge_generations(gens, qs, judge, prompts, cache)
+        assert len(calls) == n_calls  # no forward pass
+        assert second.cached.all()
+        pd.testing.assert_frame_equal(first.drop(columns="cached"), second.drop(columns="cached"))
+        cache.close()
+        with JudgeCache(tmp_path / "judge.sqlite") as reopened:
+            third = judge_generations(gens, qs, judge, prompts, reopened)
+            assert third.cached.all() and len(calls) == n_calls
+            assert len(reopened) == 5
+    finally:
+        handle.remove()
+
+
+def test_cache_commits_each_batch_before_a_crash(tmp_path):
+    class Flaky:
+        name, batch_size = "flaky", 1
+
+        def __init__(self):
+            self.n = 0
+
+        def score_prompts(self, prompts):
+            self.n += 1
+            if self.n == 2:
+                raise RuntimeError("boom")
+            return [ScoreResult(50.0, 0.9, "number") for _ in prompts]
+
+    cache = JudgeCache(tmp_path / "c.sqlite")
+    pairs = [("q", "a1"), ("q", "a2"), ("q", "a1")]
+    with pytest.raises(RuntimeError, match="boom"):
+        score_texts(Flaky(), "{question} {answer}", pairs, cache, "trait")
+    other = JudgeCache(tmp_path / "c.sqlite")  # a second connection sees the committed batch
+    key = cache_key("flaky", "trait", "q a1")
+    assert other.get_many([key]) == {key: ScoreResult(50.0, 0.9, "number")}
+    judge = Flaky()
+    judge.n = 5
+    res = score_texts(judge, "{question} {answer}", pairs, other, "trait")
+    assert judge.n == 6  # only "q a2" was scored (and the duplicate "q a1" was not)
+    assert [r.score for r in res] == [50.0, 50.0, 50.0]
+
+
+def test_fill_template_is_literal():
+    assert fill_template("{{x}} {question}|{answer}", "a {answer}", "{question}") == "{{x}} a {answer}|{question}"
+
+
+def test_shipped_prompts_load():
+    prompts = load_judge_prompts(PROMPTS_YAML)
+    assert {"aligned", "coherent"} <= set(prompts)
+    assert "REFUSAL" in prompts["aligned"] and "CODE" in prompts["aligned"]
+
+
+@pytest.mark.parametrize("text,match", [
+    ("aligned: 'Rate {question} only'\n", r"metric 'aligned'.*\{answer\}"),
+    ("aligned: [unclosed\n", "malformed YAML"),
+    ("- just a list\n", "expected a mapping"),
+    ("aligned: 3\n", "metric 'aligned'"),
+])
+def test_bad_prompt_file_names_file(tmp_path, text, match):
+    path = tmp_path / "bad_prompts.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=match) as err:
+        load_judge_prompts(path)
+    assert "bad_prompts.yaml" in str(err.value)
+
+
+def test_unknown_metric_is_an_input_error(tiny):
+    model, tok = tiny
+    gens, qs = _tables()
+    with pytest.raises(InputError, match="coherent"):
+        judge_generations(gens, qs, HFJudge(model, tok, name="t"), {"aligned": "{question}{answer}"}, None)
+
+
+def test_openai_judge_against_local_server():
+    import math
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            if len(seen) == 1:
+                self.send_response(503)
+                self.end_headers()
+                return
+            prompt = body["messages"][0]["content"]
+            top = ([{"token": "REF", "logprob": math.log(0.9)}] if "REFUSAL" in prompt else
+                   [{"token": "80", "logprob": math.log(0.5)}, {"token": " 90", "logprob": math.log(0.3)},
+                    {"token": "Sure", "logprob": math.log(0.2)}])
+            data = json.dumps({"choices": [{"logprobs": {"content": [{"token": "x", "top_logprobs": top}]}}]})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(data.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        judge = OpenAIJudge(f"http://127.0.0.1:{server.server_port}/v1", "judge-model", backoff_s=0.01,
+                            concurrency=1)
+        a, b = judge.score_prompts(["rate it", "rate it or REFUSAL"])
+        assert a.label == "number" and a.score == pytest.approx((80 * 0.5 + 90 * 0.3) / 0.8)
+        assert a.prob_mass == pytest.approx(0.8)
+        assert b.label == "REFUSAL" and b.score is None
+        assert seen[-1]["top_logprobs"] == 20 and seen[-1]["max_tokens"] == 1
+        assert judge.name == "judge-model"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_whole_number_vocabulary_uses_single_tokens():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from emguard.testing import CHATML
+
+    specials = ["<unk>", "<|im_start|>", "<|im_end|>"]
+    words = specials + [str(n) for n in range(101)] + ["user", "assistant", "Rate", "it", "REFUSAL", "CODE"]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<unk>", eos_token="<|im_end|>",
+                                  additional_special_tokens=specials[1:])
+    tok.chat_template = CHATML
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)).eval()
+    judge = HFJudge(model, tok, name="whole", min_prob_mass=0.0)
+    assert judge.mode == "whole"
+    probs, _ = judge.number_distribution(["Rate it", "Rate it Rate it REFUSAL"])
+    ids = judge.render("Rate it")
+    with torch.no_grad():
+        ref = torch.softmax(model(torch.tensor([ids])).logits[0, -1], -1)[3:104]
+    torch.testing.assert_close(probs[0], ref, rtol=1e-4, atol=1e-7)
+    (res,) = judge.score_prompts(["Rate it"])
+    assert res.label == "number" and 0 <= res.score <= 100
+
+
+def test_cache_concurrent_writers(tmp_path):
+    path = tmp_path / "shared.sqlite"
+    caches = [JudgeCache(path) for _ in range(3)]
+
+    def write(w):
+        for i in range(20):
+            caches[w].put_many([(f"{w}-{i}", ScoreResult(float(i), 1.0, "number"))])
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(caches[0]) == 60
+    assert caches[1].get_many(["2-19", "missing"]) == {"2-19": ScoreResult(19.0, 1.0, "number")}
+    assert caches[0]._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
