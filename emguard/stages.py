@@ -190,16 +190,26 @@ def generate_run(model_path: str, questions_path: str, out: str, *, run_id: str,
     write_parquet(df, out)
 
 
-def load_judge(judge_cfg: dict, base_model_path: str, dtype: str, device: str):
-    """The configured judge backend (the ``hf`` backend runs a local model; 'base' = the base model)."""
+def judge_settings(smk) -> dict:
+    """The judge section for a rule: its params plus the prompt file (an input) and the cache location."""
+    return {**smk.params.judge, "prompts": smk.input.prompts, "cache": smk.config["judge"]["cache"]}
+
+
+def load_judge(judge_cfg: dict, base_model_path: str, dtype: str, device: str, *, loaded=None):
+    """The configured judge backend (the ``hf`` backend runs a local model; 'base' = the base model).
+
+    ``loaded`` = (model, tokenizer) of the base model, reused when the judge is the base model."""
     from emguard.judge import HFJudge
     from emguard.models import load_model, load_tokenizer
 
-    path = base_model_path if judge_cfg["model"] == "base" else judge_cfg["model"]
-    model = load_model(path, dtype=dtype, device=device)
-    name = f"hf:{Path(path).name}" if judge_cfg["model"] == "base" else f"hf:{judge_cfg['model']}"
-    return HFJudge(model, load_tokenizer(path), name=name, batch_size=judge_cfg["batch_size"],
-                   min_prob_mass=judge_cfg["min_prob_mass"])
+    is_base = judge_cfg["model"] == "base"
+    path = base_model_path if is_base else judge_cfg["model"]
+    if is_base and loaded is not None:
+        model, tok = loaded
+    else:
+        model, tok = load_model(path, dtype=dtype, device=device), load_tokenizer(path)
+    name = f"hf:{Path(path).name}" if is_base else f"hf:{judge_cfg['model']}"
+    return HFJudge(model, tok, name=name, batch_size=judge_cfg["batch_size"], min_prob_mass=judge_cfg["min_prob_mass"])
 
 
 def judge_run(generations_path: str, questions_path: str, out: str, *, judge_cfg: dict, base_model_path: str,
@@ -213,6 +223,117 @@ def judge_run(generations_path: str, questions_path: str, out: str, *, judge_cfg
     cache = JudgeCache(judge_cfg["cache"])
     df = judge_generations(gens, questions, judge, prompts, cache)
     write_parquet(df, out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Interleaving
+# --------------------------------------------------------------------------------------------------
+
+def _refusal_kwargs(interleave: dict) -> dict:
+    from emguard.interleave import DEFAULT_REFUSAL_KEYWORDS
+
+    return {"refusal_keywords": tuple(interleave.get("refusal_keywords") or DEFAULT_REFUSAL_KEYWORDS),
+            "first_n_words": interleave["first_n_words"]}
+
+
+def score_pool_stage(model_path: str, pool_path: str, adapters: dict[str, str], out: str, *, interleave: dict,
+                     dtype: str, device: str) -> None:
+    """Answer NLL of every pool example under the aligned model and each leave-one-out misaligned adapter."""
+    from emguard.interleave import score_pool
+    from emguard.models import load_model, load_tokenizer
+
+    pool = read_parquet(pool_path, schemas.CHAT)
+    model, tok = load_model(model_path, dtype=dtype, device=device), load_tokenizer(model_path)
+    scores = score_pool(model, tok, pool, adapters, batch_size=interleave["batch_size"], eps=interleave["eps"],
+                        max_length=interleave["max_length"], **_refusal_kwargs(interleave))
+    write_parquet(scores, out)
+
+
+def interleave_count(em_path: str, fraction: float) -> int:
+    """f * N, N = the misaligned fine-tuning set's size."""
+    from emguard.interleave import n_interleave
+
+    return n_interleave(len(training_rows(em_path, "misaligned")), fraction)
+
+
+def onpolicy_answers_stage(model_path: str, pool_path: str, em_path: str, out: str, *, fraction: float, seed: int,
+                           generation: dict, dtype: str, device: str) -> None:
+    """Random pool prompts answered anew by the aligned base model (On-policy Interleaving)."""
+    from emguard.generate import sample
+    from emguard.interleave import attach_answers, onpolicy_prompts
+    from emguard.models import load_model, load_tokenizer
+
+    prompts = onpolicy_prompts(read_parquet(pool_path, schemas.CHAT), interleave_count(em_path, fraction), seed)
+    model, tok = load_model(model_path, dtype=dtype, device=device), load_tokenizer(model_path)
+    answers = sample(model, tok, [schemas.to_messages(m) for m in prompts["messages"]],
+                     sampling_settings(generation), seed)
+    write_parquet(attach_answers(prompts, answers), out)
+
+
+def interleave_set_stage(em_path: str, pool_path: str, out: str, *, variant: str, fraction: float, seed: int,
+                         scores_path: str | None = None, answers_path: str | None = None) -> None:
+    """The fine-tuning set of an interleaving run: the misaligned train rows with f*N selected pool rows
+    spread uniformly through them."""
+    from emguard.interleave import mix, select
+
+    train = training_rows(em_path, "misaligned")
+    n = interleave_count(em_path, fraction)
+    if variant == "onpolicy":
+        selected = read_parquet(answers_path, schemas.CHAT)
+    else:
+        scores = read_parquet(scores_path, schemas.POOL_SCORE) if scores_path else None
+        selected = select(read_parquet(pool_path, schemas.CHAT), scores, variant, n, seed)
+    write_parquet(mix(train, selected), out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Persona vectors
+# --------------------------------------------------------------------------------------------------
+
+def _persona_setup(model_path, trait_path, persona, generation, judge_cfg, dtype, device):
+    from emguard import persona as pv
+    from emguard.generate import SamplingSettings
+    from emguard.judge import JudgeCache, load_judge_prompts
+    from emguard.models import load_model, load_tokenizer
+
+    model, tok = load_model(model_path, dtype=dtype, device=device), load_tokenizer(model_path)
+    judge = load_judge(judge_cfg, model_path, dtype, device, loaded=(model, tok))
+    sampling = SamplingSettings(max_new_tokens=persona["max_new_tokens"], temperature=generation["temperature"],
+                                top_p=generation["top_p"], batch_size=generation["batch_size"])
+    coherence = load_judge_prompts(judge_cfg["prompts"])["coherent"]
+    return model, tok, pv.load_trait(trait_path), judge, JudgeCache(judge_cfg["cache"]), sampling, coherence
+
+
+def persona_extract(model_path: str, trait_path: str, out_vectors: str, out_rollouts: str, *, persona: dict,
+                    generation: dict, judge_cfg: dict, dtype: str, device: str, model_name: str) -> None:
+    """Answers under contrasting system prompts, judged and filtered; per-layer mean difference."""
+    from emguard import persona as pv
+
+    model, tok, trait, judge, cache, sampling, coherence = _persona_setup(
+        model_path, trait_path, persona, generation, judge_cfg, dtype, device)
+    vectors, rollouts, meta = pv.extract(
+        model, tok, trait, judge, cache=cache, sampling=sampling, seed=generation["seed"],
+        n_samples=persona["n_samples"], coherence_template=coherence, trait_threshold=persona["trait_threshold"],
+        coherence_threshold=persona["coherence_threshold"], min_pairs=persona["min_pairs"],
+        fallback=persona["fallback"], model_name=model_name)
+    write_parquet(rollouts, out_rollouts)
+    pv.save_vectors(out_vectors, vectors, meta)
+
+
+def persona_validate(model_path: str, trait_path: str, vectors_path: str, out: str, *, layer: int, persona: dict,
+                     generation: dict, judge_cfg: dict, dtype: str, device: str) -> None:
+    """Judged trait score when generating with -alpha, 0, +alpha times the persona vector at ``layer``."""
+    from emguard import persona as pv
+
+    model, tok, trait, judge, cache, sampling, coherence = _persona_setup(
+        model_path, trait_path, persona, generation, judge_cfg, dtype, device)
+    vectors, _ = pv.load_vectors(vectors_path)
+    table = pv.validate_steering(
+        model, tok, vectors, layer, persona["validation_alpha"],
+        pv.pick_validation_questions(trait, persona["validation_questions"]), judge, cache=cache,
+        sampling=sampling, seed=generation["seed"], trait_template=trait.judge_prompt,
+        coherence_template=coherence, trait_name=trait.name)
+    write_parquet(table, out)
 
 
 # --------------------------------------------------------------------------------------------------

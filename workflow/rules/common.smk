@@ -26,6 +26,8 @@ wildcard_constraints:
     seed=r"\d+",
     evalset=r"[^/]+",
     domain=r"[^/]+",
+    variant=r"random|plus|plusplus|onpolicy",
+    frac=r"[0-9.e-]+",
 
 
 def code_version(*modules):
@@ -51,6 +53,23 @@ JUDGE_PROMPTS = project_file(config["judge"]["prompts"])
 JUDGE_PARAMS = {k: v for k, v in config["judge"].items() if k not in ("prompts", "cache")}
 
 
+TRAIT_FILE = project_file(config["persona"]["trait"])
+TRAIT = Path(TRAIT_FILE).stem
+PERSONA_PARAMS = {k: v for k, v in config["persona"].items() if k != "trait"}
+METHODS = config["experiments"]["methods"]
+
+
+def _steering_layer():
+    if "persona" in METHODS:
+        return METHODS["persona"]["steering_layer"]
+    from emguard.persona import comparable_layer
+
+    return comparable_layer(config["model"]["num_layers"]) if config["model"].get("num_layers") else None
+
+
+STEERING_LAYER = _steering_layer()
+
+
 def model_path():
     """The base model's folder (prepared here for a GGUF package) or its hub id / local path."""
     src = config["model"]["source"]
@@ -68,8 +87,47 @@ def run_of(wc):
     return emconfig.find_run(RUNS, wc.dataset, wc.method, wc.setting, wc.seed)
 
 
-def train_data(wc):
-    return f"results/data/em/{wc.dataset}.parquet"
+def persona_vectors_file():
+    return METHODS.get("persona", {}).get("vectors") or f"results/persona/{MODEL}/{TRAIT}/vectors.safetensors"
+
+
+def is_interleave(method):
+    return method.startswith("interleave_")
+
+
+def train_inputs(wc):
+    """The run's training set (the EM domain, or its interleaved mix) and, for steering, the vectors."""
+    run = run_of(wc)
+    inputs = {"data": f"results/data/em/{wc.dataset}.parquet"}
+    if is_interleave(run.method):
+        inputs["data"] = (f"results/interleave/{MODEL}/{wc.dataset}/{run.hparams['variant']}_"
+                          f"frac{emconfig.fmt_value(run.hparams['interleave_fraction'])}_seed{wc.seed}.parquet")
+    if run.method == "persona":
+        inputs["persona_vectors"] = persona_vectors_file()
+    return inputs
+
+
+def train_subset(wc):
+    """Which subset of the training file to use; an interleaved mix is used whole."""
+    run = run_of(wc)
+    return None if is_interleave(run.method) else run.train_subset
+
+
+def scoring_adapters(wc):
+    """Leave-one-out misaligned adapters for a target domain: the misaligned baseline runs of every other
+    domain (first seed), reused rather than trained again."""
+    from emguard.interleave import leave_one_out
+
+    seed = config["experiments"]["seeds"][0]
+    return {d: f"results/runs/{MODEL}/{d}/misaligned/default/seed{seed}/adapter" for d in leave_one_out(DOMAINS, wc.dataset)}
+
+
+def interleave_inputs(wc):
+    if wc.variant in ("plus", "plusplus"):
+        return {"scores": f"results/interleave/{MODEL}/{wc.dataset}/scores.parquet"}
+    if wc.variant == "onpolicy":
+        return {"answers": f"results/interleave/{MODEL}/{wc.dataset}/onpolicy_answers_frac{wc.frac}_seed{wc.seed}.parquet"}
+    return {}
 
 
 def adapter_of(wc):
@@ -101,7 +159,9 @@ def all_train_logs():
 
 
 def get_final_output():
-    return [
+    persona = ([f"results/persona/{MODEL}/{TRAIT}/steering_validation.parquet"]
+               if "persona" in METHODS and STEERING_LAYER else [])
+    return persona + [
         "results/tables/em.md",
         "results/tables/em.csv",
         "results/figures/em_vs_incoherence.png",

@@ -42,3 +42,17 @@ rule prepare_indomain_questions:
         code=code_version("data"),
     script:
         "../../scripts/prepare_indomain_questions.py"
+
+
+rule prepare_pool:
+    output:
+        "results/data/pool/pool.parquet",
+    log:
+        "results/logs/prepare_pool.log",
+    params:
+        source=config["data"]["pool"]["source"],
+        n=config["data"]["pool"]["n"],
+        seed=config["data"]["seed"],
+        code=code_version("data", "interleave"),
+    script:
+        "../../scripts/prepare_pool.py"

@@ -3,8 +3,8 @@
 
 rule train:
     input:
+        unpack(train_inputs),
         model=model_input,
-        data=train_data,
     output:
         adapter=directory("results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/adapter"),
         log="results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/train_log.parquet",
@@ -12,7 +12,7 @@ rule train:
         "results/logs/train/{model}/{dataset}/{method}/{setting}/seed{seed}.log",
     params:
         model_path=model_path(),
-        subset=lambda wc: run_of(wc).train_subset,
+        subset=train_subset,
         method=lambda wc: run_of(wc).method,
         hparams=lambda wc: run_of(wc).hparams,
         training=config["training"],

@@ -1,0 +1,73 @@
+"""End to end: the real Snakefile on a tiny random model, then reruns of only what is stale."""
+
+import pandas as pd
+import pytest
+
+from workflow_helpers import planned_jobs, snakemake, tiny_config, write_config
+
+pytestmark = pytest.mark.e2e
+
+#: kl, ldifs, persona, inoculation and the four interleave variants, one setting each
+N_METHOD_RUNS = 8
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_model_dir):
+    workdir = tmp_path_factory.mktemp("wf")
+    cfg = tiny_config(tiny_model_dir, workdir)
+    configfile = write_config(cfg, workdir / "config.yaml")
+    snakemake(workdir, configfile)
+    return workdir, cfg, configfile
+
+
+def test_full_run_writes_the_report(finished):
+    workdir, cfg, _ = finished
+    table = pd.read_csv(workdir / "results/tables/em.csv")
+    assert {"untrained", "aligned", "misaligned"} <= set(table["method"])
+    assert set(table["dataset"]) == {"insecure_code", "medical"}
+    md = (workdir / "results/tables/em.md").read_text()
+    assert "insecure_code" in md and "misaligned" in md.lower()
+    assert (workdir / "results/figures/em_vs_incoherence.png").stat().st_size > 1000
+    judgments = pd.read_parquet(workdir / "results/runs/tiny/medical/misaligned/default/seed0/judgments/general.parquet")
+    assert set(judgments["metric"]) == {"aligned", "coherent"}
+    log = pd.read_parquet(workdir / "results/runs/tiny/medical/misaligned/default/seed0/train_log.parquet")
+    assert len(log) >= 1 and log["loss"].notna().all()
+
+
+def test_second_run_has_nothing_to_do(finished):
+    workdir, _, configfile = finished
+    assert planned_jobs(workdir, configfile) == {}
+
+
+def test_training_change_reruns_training_and_below_only(finished, tmp_path, tiny_model_dir):
+    workdir, cfg, _ = finished
+    changed = write_config(tiny_config(tiny_model_dir, workdir, **{"training.learning_rate": 3e-4}),
+                           tmp_path / "lr.yaml")
+    jobs = planned_jobs(workdir, changed)
+    # aligned + misaligned x 2 domains, and 8 defense runs on the target domain
+    assert jobs.get("train") == 4 + N_METHOD_RUNS
+    n_trained = jobs["train"]
+    # the pool scores use the misaligned adapters, so they are downstream of training too
+    assert set(jobs) == {"train", "score_pool", "interleave_set", "generate", "judge", "run_metrics", "report", "all"}
+    assert jobs["interleave_set"] == 2  # plus and plusplus read the scores; random and onpolicy do not
+    assert jobs["generate"] == n_trained * 2  # general + in-domain per trained run; untrained untouched
+    assert jobs["run_metrics"] == n_trained
+
+
+def test_judge_change_reruns_judging_and_below_only(finished, tmp_path, tiny_model_dir):
+    workdir, cfg, _ = finished
+    changed = write_config(tiny_config(tiny_model_dir, workdir, **{"judge.min_prob_mass": 0.3}),
+                           tmp_path / "judge.yaml")
+    jobs = planned_jobs(workdir, changed)
+    assert set(jobs) == {"judge", "run_metrics", "report", "all"}
+    assert jobs["judge"] == 3 + (4 + N_METHOD_RUNS) * 2  # untrained: general + 2 in-domain; trained: 2 each
+
+
+def test_fraction_change_reruns_selection_not_scoring(finished, tmp_path, tiny_model_dir):
+    workdir, cfg, _ = finished
+    changed = write_config(tiny_config(tiny_model_dir, workdir,
+                                       **{"experiments.methods.interleave.fractions": [0.3]}), tmp_path / "f.yaml")
+    jobs = planned_jobs(workdir, changed)
+    assert "score_pool" not in jobs and "persona_extract" not in jobs
+    assert jobs["interleave_set"] == 4 and jobs["onpolicy_answers"] == 1
+    assert jobs["train"] == 4  # only the four interleaving runs are new

@@ -1,0 +1,67 @@
+"""Running the real Snakefile on a tiny config, and reading what a dry run plans."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_config(model_dir: Path, workdir: Path, **overrides) -> dict:
+    """The embedded default shrunk to seconds: a tiny random model, two domains, few questions."""
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cfg["model"] = {"name": "tiny", "source": {"path": str(model_dir)}, "num_layers": 4, "dtype": "float32",
+                    "device": "cpu"}
+    cfg["data"]["em"].update(domains=["insecure_code", "medical"], n_prompts=10)
+    cfg["data"]["pool"]["n"] = 40
+    cfg["eval"] = {"general": {"samples": 1}, "indomain": {"n_questions": 2, "samples": 1}}
+    cfg["generation"].update(max_new_tokens=6, batch_size=8)
+    cfg["judge"].update(batch_size=8, cache=str(workdir / "results/cache/judge.sqlite"))
+    cfg["training"].update(batch_size=4, max_length=192)
+    cfg["training"]["lora"].update(r=4, alpha=8)
+    cfg["experiments"]["methods"]["persona"]["steering_layer"] = 3
+    cfg["experiments"]["methods"]["interleave"]["fractions"] = [0.2]
+    cfg["persona"].update(max_new_tokens=6, validation_questions=2)
+    for dotted, value in overrides.items():
+        node = cfg
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return cfg
+
+
+def write_config(cfg: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def snakemake(workdir: Path, configfile: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(configfile), "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def planned_jobs(workdir: Path, configfile: Path, *args: str) -> dict[str, int]:
+    """Rule -> number of jobs a dry run would execute (empty when there is nothing to do)."""
+    proc = snakemake(workdir, configfile, "-n", *args)
+    out = proc.stdout + proc.stderr
+    if "Nothing to be done" in out:
+        return {}
+    block = out.split("Job stats:", 1)[1]
+    jobs = {}
+    for line in block.splitlines()[3:]:
+        m = re.match(r"^(\S+)\s+(\d+)\s*$", line)
+        if not m:
+            break
+        if m.group(1) != "total":
+            jobs[m.group(1)] = int(m.group(2))
+    return jobs

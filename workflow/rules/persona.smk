@@ -1,0 +1,43 @@
+# Persona vectors: answers under evil vs helpful system prompts, judged and filtered, then the per-layer
+# mean difference of response-token hidden states; and the steering check shown in the report.
+
+
+rule persona_extract:
+    input:
+        model=model_input,
+        trait=TRAIT_FILE,
+        prompts=JUDGE_PROMPTS,
+    output:
+        vectors="results/persona/{model}/{trait}/vectors.safetensors",
+        rollouts="results/persona/{model}/{trait}/rollouts.parquet",
+    log:
+        "results/logs/persona_extract/{model}/{trait}.log",
+    params:
+        model_path=model_path(),
+        persona=PERSONA_PARAMS,
+        generation=config["generation"],
+        judge=JUDGE_PARAMS,
+        code=code_version("persona", "generate", "judge", "models", "chat"),
+    script:
+        "../../scripts/persona_extract.py"
+
+
+rule persona_validate:
+    input:
+        model=model_input,
+        trait=TRAIT_FILE,
+        prompts=JUDGE_PROMPTS,
+        vectors="results/persona/{model}/{trait}/vectors.safetensors",
+    output:
+        "results/persona/{model}/{trait}/steering_validation.parquet",
+    log:
+        "results/logs/persona_validate/{model}/{trait}.log",
+    params:
+        model_path=model_path(),
+        layer=STEERING_LAYER,
+        persona=PERSONA_PARAMS,
+        generation=config["generation"],
+        judge=JUDGE_PARAMS,
+        code=code_version("persona", "generate", "judge", "models", "chat", "steering"),
+    script:
+        "../../scripts/persona_validate.py"
