@@ -1,0 +1,45 @@
+"""Datasets as DataFrames in the contracts of :mod:`emguard.schemas`.
+
+Embedded generators (deterministic given their seed, written for this project):
+
+- :func:`em_domain` / :func:`indomain_questions`: EM training data for :data:`EM_DOMAINS` and
+  evaluation questions from its holdout prompts;
+- :func:`general_questions`: 8 open-ended categories x 3 formats;
+- :func:`opswap` / :func:`opswap_questions`: arithmetic with remapped operators, exact-match scored
+  via :func:`extract_final_answer` / :func:`opswap_exact_match`;
+- :func:`benign_pool`: harmless prompt/answer pairs (with refusals) for interleaving.
+
+Real loaders: :func:`load_chat_dataset` (JSONL / JSON / Parquet / HF dataset id) and
+:func:`load_questions` (YAML / JSON / JSONL / Parquet).
+"""
+
+from emguard.data.em import EM_DOMAINS, em_domain, indomain_questions, max_prompts
+from emguard.data.general import general_questions
+from emguard.data.loaders import load_chat_dataset, load_questions
+from emguard.data.opswap import (
+    TIERS as OPSWAP_TIERS,
+    extract_final_answer,
+    opswap,
+    opswap_exact_match,
+    opswap_questions,
+    rules_text as opswap_rules,
+)
+from emguard.data.pool import benign_pool, max_pool_size
+
+__all__ = [
+    "EM_DOMAINS",
+    "OPSWAP_TIERS",
+    "benign_pool",
+    "em_domain",
+    "extract_final_answer",
+    "general_questions",
+    "indomain_questions",
+    "load_chat_dataset",
+    "load_questions",
+    "max_pool_size",
+    "max_prompts",
+    "opswap",
+    "opswap_exact_match",
+    "opswap_questions",
+    "opswap_rules",
+]
