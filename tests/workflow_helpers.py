@@ -41,18 +41,24 @@ def write_config(cfg: dict, path: Path) -> Path:
     return path
 
 
-def snakemake(workdir: Path, configfile: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(configfile), "--cores", "2", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+def snakemake_command(workdir: Path, configfile: Path, *args: str, snakefile: Path | None = None) -> list[str]:
+    """The command line :func:`snakemake` runs (``snakefile``: another copy of the workflow)."""
+    return [sys.executable, "-m", "snakemake", "-s", str(snakefile or ROOT / "Snakefile"), "--directory",
+            str(workdir), "--configfile", str(configfile), "--cores", "2", *args]
+
+
+def snakemake(workdir: Path, configfile: Path, *args: str, check: bool = True, snakefile: Path | None = None,
+              env: dict | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
+    cmd = snakemake_command(workdir, configfile, *args, snakefile=snakefile)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
 
 
-def planned_jobs(workdir: Path, configfile: Path, *args: str) -> dict[str, int]:
+def planned_jobs(workdir: Path, configfile: Path, *args: str, snakefile: Path | None = None) -> dict[str, int]:
     """Rule -> number of jobs a dry run would execute (empty when there is nothing to do)."""
-    proc = snakemake(workdir, configfile, "-n", *args)
+    proc = snakemake(workdir, configfile, "-n", *args, snakefile=snakefile)
     out = proc.stdout + proc.stderr
     if "Nothing to be done" in out:
         return {}
@@ -65,3 +71,27 @@ def planned_jobs(workdir: Path, configfile: Path, *args: str) -> dict[str, int]:
         if m.group(1) != "total":
             jobs[m.group(1)] = int(m.group(2))
     return jobs
+
+
+def copy_repo(dest: Path) -> Path:
+    """The project's files (tracked, and untracked but not ignored) copied to ``dest``: a workflow to edit
+    (``emguard/judge.py``, ...) without touching the real tree. Run it with ``snakefile=dest / "Snakefile"``."""
+    import shutil
+
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                                capture_output=True, check=True).stdout.decode().split("\0")
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout: everything but outputs and caches
+        top = {".git", ".venv", ".snakemake", "results", "resources", ".pytest_cache"}
+
+        def skip(folder, names):
+            return [n for n in names if n == "__pycache__" or (Path(folder) == ROOT and n in top)]
+
+        shutil.copytree(ROOT, dest, ignore=skip, dirs_exist_ok=True)
+        return dest
+    for rel in filter(None, listed):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest

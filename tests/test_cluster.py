@@ -1,0 +1,85 @@
+"""What the workflow exports for the cluster profiles: model sizes from the config, the source tree on
+PYTHONPATH; and that the profiles' resource expressions evaluate to what the docs say."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+
+from emguard.cluster import DEFAULT_BILLIONS, export_workflow_env, params_billions, profile_env
+from workflow_helpers import ROOT
+
+
+@pytest.mark.parametrize("name, billions", [
+    ("Qwen/Qwen2.5-7B-Instruct", 7), ("Qwen/Qwen2.5-32B-Instruct", 32), ("smollm2-135m", 0.135),
+    ("qwen2.5-7b-instruct", 7), ("meta-llama/Llama-3.1-8B", 8), ("org/model-1.5B", 1.5), ("tiny-5m", 0.005),
+    ("tiny", DEFAULT_BILLIONS), ("gpt-4o-mini", DEFAULT_BILLIONS), (None, DEFAULT_BILLIONS),
+])
+def test_params_billions_reads_the_size_in_a_name(name, billions):
+    assert params_billions(name) == pytest.approx(billions)
+
+
+def _cfg(**judge):
+    return {"model": {"name": "qwen2.5-7b-instruct", "source": {"hub": "Qwen/Qwen2.5-7B-Instruct"}},
+            "judge": {"backend": "hf", "model": "base", **judge}}
+
+
+def test_profile_env_sizes_the_model_and_the_judge():
+    assert profile_env(_cfg()) == {"EMGUARD_MODEL_B": "7", "EMGUARD_JUDGE_B": "7", "EMGUARD_JUDGE_GPUS": "1"}
+    assert profile_env(_cfg(model="Qwen/Qwen2.5-32B-Instruct"))["EMGUARD_JUDGE_B"] == "32"
+    assert profile_env(_cfg(backend="openai"))["EMGUARD_JUDGE_GPUS"] == "0"
+    gguf = {"model": {"name": "smollm2-135m", "source": {"gguf_package": "x", "version": "1", "file": "f"}},
+            "judge": {"backend": "hf"}}
+    assert profile_env(gguf)["EMGUARD_MODEL_B"] == "0.135"
+
+
+def test_export_keeps_a_value_the_user_set_and_puts_the_source_first_on_pythonpath(tmp_path):
+    environ = {"EMGUARD_MODEL_B": "70", "PYTHONPATH": os.pathsep.join(["/a", str(tmp_path)])}
+    got = export_workflow_env(_cfg(), tmp_path, environ)
+    assert got["EMGUARD_MODEL_B"] == "70" and got["EMGUARD_JUDGE_B"] == "7"
+    assert environ["PYTHONPATH"].split(os.pathsep) == [str(tmp_path), "/a"]
+
+
+def _eval(expr: str, env: dict, attempt: int = 1):
+    for key, value in env.items():
+        expr = expr.replace(f"${key}", value)
+    return eval(expr, {"attempt": attempt, "max": max, "int": int})
+
+
+def test_slurm_profile_scales_memory_and_runtime_by_model_size_and_attempt():
+    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    res = profile["set-resources"]
+    gpu_rules = {"train", "generate", "judge", "score_pool", "onpolicy_answers", "persona_extract",
+                 "persona_validate"}
+    assert set(res) == gpu_rules
+    env7 = profile_env(_cfg())
+    env_small = profile_env({"model": {"name": "smollm2-135m", "source": {"path": "x"}}, "judge": {"backend": "hf"}})
+    for rule in gpu_rules:
+        assert res[rule]["slurm_partition"] == "gpu"
+        mem7, mem_small = _eval(res[rule]["mem_mb"], env7), _eval(res[rule]["mem_mb"], env_small)
+        assert mem7 > mem_small > 0
+        assert _eval(res[rule]["mem_mb"], env7, attempt=2) == pytest.approx(2 * mem7, abs=1)
+        assert _eval(res[rule]["runtime"], env7, attempt=2) > _eval(res[rule]["runtime"], env7)
+    assert _eval(str(res["judge"]["gpu"]), env7) == 1
+    assert _eval(str(res["judge"]["gpu"]), profile_env(_cfg(backend="openai"))) == 0
+    # a 7B LoRA fine-tune fits the usual 80 GB GPU node's host memory on the first try
+    assert 16_000 < _eval(res["train"]["mem_mb"], env7) < 64_000
+    assert profile["retries"] >= 1 and profile["executor"] == "slurm"
+    assert profile["groups"]["judge"] in profile["group-components"]
+
+
+@pytest.mark.e2e
+def test_paper_grid_plans_with_the_slurm_profile(tmp_path):
+    """The whole paper grid as one DAG (docs/cluster.md gives these counts)."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    from workflow_helpers import planned_jobs
+
+    jobs = planned_jobs(tmp_path, ROOT / "configs" / "paper-qwen2.5-7b.yaml", "--profile",
+                        str(ROOT / "profiles" / "slurm"))
+    # 4 domains x (aligned, misaligned, KL x5, LDIFS x5, persona x5, inoculation, interleave 4 x 4) + untrained
+    assert jobs["train"] == 4 * 34 and jobs["run_metrics"] == 4 * 34 + 1
+    assert jobs["generate"] == jobs["judge"] == 4 * 34 * 2 + 1 + 4
+    assert jobs["interleave_set"] == 4 * 16 and jobs["onpolicy_answers"] == 4 * 4 and jobs["score_pool"] == 4
+    assert sum(jobs.values()) == 925
