@@ -1,0 +1,644 @@
+"""Interleaving defenses: mix benign pool examples into a harmful fine-tuning set.
+
+Variants (``select``):
+  * ``random``    n pool rows drawn uniformly at random (seeded);
+  * ``plus``      the n rows with the largest NLL-gap score ``s_d`` (Interleaving+);
+  * ``plusplus``  as ``plus`` after dropping pool answers that open with a refusal (Interleaving++);
+  * ``onpolicy``  n random pool prompts whose answers the caller generates with the aligned base model
+                  (:func:`onpolicy_prompts`, then :func:`attach_answers`).
+
+Scoring (:func:`score_pool`): for a candidate ``d = (q, a)`` let ``L_hat(d)`` be the answer-only mean
+token NLL under the aligned base model and ``L_k(d)`` the same under misaligned adapter ``k``. With
+``L_mis = mean_k L_k``, the score is ``s_d = (L_mis - L_hat) / (L_hat + eps)``: large when the misaligned
+models find the answer much less likely than the aligned one does.
+
+Mixing (:func:`mix`) spreads the selected rows evenly through the fine-tuning order; the trainer keeps
+the order as given.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from emguard.chat import IGNORE_INDEX, Encoded, encode_example, pad_batch
+from emguard.errors import InputError
+from emguard.io import check_columns, read_jsonl, read_parquet
+from emguard.schemas import CHAT, to_messages
+
+VARIANTS = ("random", "plus", "plusplus", "onpolicy")
+
+#: lower-case refusal markers, matched as whole words (multi-word ones as consecutive words)
+DEFAULT_REFUSAL_KEYWORDS: tuple[str, ...] = (
+    "sorry",
+    "apologize",
+    "apologise",
+    "apologies",
+    "cannot",
+    "can't",
+    "can not",
+    "unable",
+    "as an ai",
+    "as a language model",
+    "i won't",
+    "i will not",
+    "i must decline",
+    "i refuse",
+    "not able to",
+    "i'm not comfortable",
+)
+
+#: prefix given to pool ids by :func:`mix` when they collide with fine-tuning ids
+POOL_ID_PREFIX = "pool:"
+
+POOL_DOMAIN = "pool"
+
+WILDGUARDMIX_COLUMNS = ("prompt", "response", "adversarial", "prompt_harm_label", "response_harm_label",
+                        "response_refusal_label", "subcategory")
+
+
+# --------------------------------------------------------------------------------------------------
+# Refusal filter
+# --------------------------------------------------------------------------------------------------
+
+_EDGE_PUNCT = re.compile(r"^[^\w']+|[^\w']+$")
+
+
+def _words(text: str) -> list[str]:
+    """Lower-cased whitespace-separated words with surrounding punctuation removed (apostrophes kept)."""
+    text = text.replace("\u2019", "'").replace("\u2018", "'").lower()
+    out = []
+    for raw in text.split():
+        w = _EDGE_PUNCT.sub("", raw)
+        if w:
+            out.append(w)
+    return out
+
+
+def is_refusal(answer: str, keywords: Iterable[str] = DEFAULT_REFUSAL_KEYWORDS, first_n_words: int = 10) -> bool:
+    """True when a refusal keyword occurs within the first ``first_n_words`` words of ``answer``.
+
+    Matching is case-insensitive and word-based: ``"sorry"`` matches ``"Sorry,"`` but not ``"sorrowful"``;
+    a multi-word keyword (``"as an ai"``) must appear as consecutive words that all lie within the first
+    ``first_n_words`` words. Punctuation around words is ignored; apostrophes (straight or curly) are kept.
+    """
+    if isinstance(keywords, str):
+        keywords = (keywords,)
+    head = _words(answer or "")[:first_n_words]
+    for kw in keywords:
+        kw_words = _words(kw)
+        n = len(kw_words)
+        if n == 0:
+            continue
+        for i in range(len(head) - n + 1):
+            if head[i:i + n] == kw_words:
+                return True
+    return False
+
+
+# --------------------------------------------------------------------------------------------------
+# Pool scoring
+# --------------------------------------------------------------------------------------------------
+
+def _check_adapter_names(adapters: dict[str, str]) -> list[str]:
+    if not adapters:
+        raise ValueError("score_pool needs at least one misaligned adapter (adapters is empty)")
+    names = [str(n) for n in adapters]
+    reserved = {"base", "mis_mean"}
+    for n in names:
+        if n in reserved:
+            raise ValueError(f"adapter name {n!r} is reserved (it would clash with column nll_{n})")
+        if not n:
+            raise ValueError("adapter names must be non-empty")
+    for n, path in adapters.items():
+        if not Path(path).is_dir():
+            raise InputError(f"{path}: adapter folder for {n!r} not found")
+    return names
+
+
+def _pool_answers(pool: pd.DataFrame, where: str) -> tuple[list[str], list[list[dict]]]:
+    check_columns(pool, ["id", "messages"], where)
+    ids = [str(i) for i in pool["id"]]
+    if len(set(ids)) != len(ids):
+        dup = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
+        raise InputError(f"{where}: duplicate id {dup!r}")
+    convs = []
+    for i, cell in zip(ids, pool["messages"]):
+        msgs = to_messages(cell)
+        if not msgs or msgs[-1]["role"] != "assistant":
+            raise InputError(f"{where}: row id={i!r}: last message must be the assistant's answer")
+        convs.append(msgs)
+    return ids, convs
+
+
+def encode_pool(tokenizer, conversations: Sequence[list[dict]], max_length: int | None) -> list[Encoded]:
+    """Tokenise each conversation with labels on the final answer only (see :func:`emguard.chat.encode_example`)."""
+    return [encode_example(tokenizer, msgs, max_length) for msgs in conversations]
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    inner = model
+    get_base = getattr(model, "get_base_model", None)
+    if get_base is not None:
+        inner = get_base()
+    try:
+        return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _batch_nll(model, batch: dict[str, torch.Tensor], use_keep: bool) -> torch.Tensor:
+    """Per-row sum of answer-token NLL (float64, on the CPU) for one right-padded batch.
+
+    No attention mask is passed: the batch is right-padded and the model causal, so real tokens never
+    see the padding; this keeps the fast causal attention kernels. Logits are projected only at the
+    positions that predict an answer token (``logits_to_keep`` as a boolean mask), which skips the
+    vocabulary projection on prompt and padding tokens.
+    """
+    device = _model_device(model)
+    ids = batch["input_ids"].to(device)
+    labels = batch["labels"].to(device)
+    target = labels[:, 1:]
+    keep = target != IGNORE_INDEX  # [B, W-1]: position t predicts token t+1
+    rows = keep.nonzero(as_tuple=True)[0]
+    if use_keep:
+        keep_full = torch.cat([keep, torch.zeros_like(keep[:, :1])], dim=1)
+        logits = model(input_ids=ids, use_cache=False, logits_to_keep=keep_full).logits
+        if logits.dim() == 3:  # a model that ignores boolean masks returns every position
+            logits = logits[keep_full]
+    else:
+        logits = model(input_ids=ids, use_cache=False).logits[:, :-1][keep]
+    nll = torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction="none")
+    sums = torch.zeros(ids.shape[0], dtype=torch.float64)
+    sums.index_add_(0, rows.cpu(), nll.double().cpu())
+    return sums
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int,
+                          max_padding: float | None = 0.1) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first (an out-of-memory shows at once).
+
+    A batch holds at most ``batch_size`` examples; with ``max_padding`` set, it is also closed early when
+    adding the next example would make the padding exceed that fraction of its real tokens (with a
+    large pool neighbouring lengths are close and batches stay full; a small or very varied pool gets
+    smaller batches instead of wasted compute). ``None`` disables the padding limit.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    real = 0
+    for i in order:
+        if cur:
+            width = lengths[cur[0]]  # descending order: the first is the longest
+            full = len(cur) >= batch_size
+            too_padded = (max_padding is not None
+                          and width * (len(cur) + 1) > (1 + max_padding) * (real + lengths[i]))
+            if full or too_padded:
+                batches.append(cur)
+                cur, real = [], 0
+        cur.append(i)
+        real += lengths[i]
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def mean_answer_nll(model, encoded: Sequence[Encoded], pad_id: int, *, batch_size: int = 16,
+                    max_padding: float | None = 0.1) -> np.ndarray:
+    """Answer-only mean token NLL of each example under ``model`` as it is now (active adapter), in input order.
+
+    Examples with no answer token left (truncated away) get NaN.
+    """
+    use_keep = _accepts_logits_to_keep(model)
+    out = np.full(len(encoded), np.nan, dtype=np.float64)
+    counts = np.array([e.n_answer_tokens for e in encoded])
+    with torch.inference_mode():
+        for idx in length_sorted_batches([len(e.input_ids) for e in encoded], batch_size, max_padding):
+            batch = pad_batch([encoded[i] for i in idx], pad_id, side="right")
+            sums = _batch_nll(model, batch, use_keep).numpy()
+            for j, i in enumerate(idx):
+                if counts[i] > 0:
+                    out[i] = sums[j] / counts[i]
+    return out
+
+
+def score_encoded(model, encoded: Sequence[Encoded], adapters: dict[str, str], pad_id: int, *,
+                  batch_size: int = 16, max_padding: float | None = 0.1) -> dict[str, np.ndarray]:
+    """Mean answer NLL of pre-tokenised examples under the base model and each adapter (the core of
+    :func:`score_pool`). Returns ``{"base": ..., <adapter name>: ...}``, arrays in input order.
+
+    ``model`` is a plain transformers model or a ``PeftModel``. The adapters are attached with peft's
+    multi-adapter API (``PeftModel.from_pretrained`` for the first, ``load_adapter`` for the rest,
+    ``set_adapter`` to switch, ``disable_adapter()`` for the base pass) and removed again afterwards,
+    leaving ``model`` as it was.
+    """
+    from peft import PeftModel
+
+    names = _check_adapter_names(adapters)
+    # Internal adapter names are "emguard_k": valid module keys whatever the user-facing names are.
+    internal = [f"emguard_{k}" for k in range(len(names))]
+    paths = [str(adapters[n]) for n in names]
+    wrapped = not isinstance(model, PeftModel)
+    if wrapped:
+        peft_model = PeftModel.from_pretrained(model, paths[0], adapter_name=internal[0], is_trainable=False)
+        to_load = list(zip(internal[1:], paths[1:]))
+    else:
+        peft_model = model
+        previous_active = peft_model.active_adapter
+        requires_grad = {pname: p.requires_grad for pname, p in peft_model.named_parameters()}
+        to_load = list(zip(internal, paths))
+    loaded = [internal[0]] if wrapped else []
+    was_training = peft_model.training
+    peft_model.eval()
+    out: dict[str, np.ndarray] = {}
+    try:
+        for name, path in to_load:
+            peft_model.load_adapter(path, adapter_name=name, is_trainable=False)
+            loaded.append(name)
+        with peft_model.disable_adapter():
+            out["base"] = mean_answer_nll(peft_model, encoded, pad_id, batch_size=batch_size,
+                                          max_padding=max_padding)
+        for user_name, name in zip(names, internal):
+            peft_model.set_adapter(name, inference_mode=True)
+            out[user_name] = mean_answer_nll(peft_model, encoded, pad_id, batch_size=batch_size,
+                                          max_padding=max_padding)
+    finally:
+        if wrapped:
+            peft_model.unload()  # removes the LoRA layers; ``model`` is the plain base model again
+        else:
+            peft_model.set_adapter(previous_active)
+            for name in loaded:
+                peft_model.delete_adapter(name)
+            for pname, param in peft_model.named_parameters():
+                param.requires_grad_(requires_grad.get(pname, False))
+        if was_training:
+            model.train()
+    return out
+
+
+def score_pool(model, tokenizer, pool: pd.DataFrame, adapters: dict[str, str], *, batch_size: int = 16,
+               eps: float = 1e-6, max_length: int | None = 1024, max_padding: float | None = 0.1,
+               refusal_keywords: Iterable[str] = DEFAULT_REFUSAL_KEYWORDS, first_n_words: int = 10,
+               where: str = "pool") -> pd.DataFrame:
+    """Score every pool candidate by the NLL gap between misaligned adapters and the aligned base model.
+
+    ``model`` is the aligned base model, loaded once by the caller (a plain transformers model, or a
+    ``PeftModel``). The misaligned LoRA ``adapters`` (name -> adapter folder) are attached to it with
+    peft's multi-adapter API and switched between; the base NLL is taken with all adapters disabled
+    (see :func:`score_encoded`). Each example is tokenised once (chat template via
+    :func:`emguard.chat.encode_example`, prompt tokens masked, truncated to ``max_length``), batched by
+    length, and scored under ``torch.inference_mode``. ``model`` is left as it was.
+
+    Returns one row per pool row, in pool order, with columns ``id``, ``nll_base``, ``nll_<name>`` for each
+    adapter, ``nll_mis_mean``, ``n_answer_tokens``, ``score`` and ``is_refusal``, where
+    ``score = (nll_mis_mean - nll_base) / (nll_base + eps)``. ``eps`` (default ``1e-6``) only guards the
+    division for answers the base model predicts almost perfectly. Examples whose answer was truncated
+    away entirely get NaN NLLs and score (and a warning); :func:`select` never picks them.
+    ``is_refusal`` applies :func:`is_refusal` to the final answer (first ``first_n_words`` words).
+    """
+    names = _check_adapter_names(adapters)
+    ids, convs = _pool_answers(pool, where)
+    encoded = encode_pool(tokenizer, convs, max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    keywords = tuple(refusal_keywords)
+    nll = score_encoded(model, encoded, adapters, pad_id, batch_size=batch_size, max_padding=max_padding)
+
+    out = pd.DataFrame({"id": ids, "nll_base": nll["base"]})
+    for n in names:
+        out[f"nll_{n}"] = nll[n]
+    out["nll_mis_mean"] = np.mean(np.stack([nll[n] for n in names]), axis=0)
+    out["n_answer_tokens"] = np.array([e.n_answer_tokens for e in encoded], dtype=np.int64)
+    out["score"] = (out["nll_mis_mean"] - out["nll_base"]) / (out["nll_base"] + eps)
+    out["is_refusal"] = [is_refusal(c[-1]["content"], keywords, first_n_words) for c in convs]
+    n_empty = int((out["n_answer_tokens"] == 0).sum())
+    if n_empty:
+        warnings.warn(f"{where}: {n_empty} example(s) have no answer tokens within max_length={max_length}; "
+                      "their score is NaN", stacklevel=2)
+    return out
+
+
+def score_pool_from_paths(model_path: str | os.PathLike, adapters: dict[str, str], pool: pd.DataFrame, *,
+                          dtype: str = "float32", device: str = "auto", **kwargs) -> pd.DataFrame:
+    """Load the aligned base model and tokenizer once with :mod:`emguard.models`, then :func:`score_pool`."""
+    from emguard.models import load_model, load_tokenizer
+
+    model = load_model(model_path, dtype=dtype, device=device)
+    tokenizer = load_tokenizer(model_path)
+    return score_pool(model, tokenizer, pool, adapters, **kwargs)
+
+
+def score_pool_naive(model_path: str | os.PathLike, adapters: dict[str, str], pool: pd.DataFrame, *,
+                     dtype: str = "float32", device: str = "cpu", eps: float = 1e-6,
+                     max_length: int | None = 1024) -> pd.DataFrame:
+    """Slow reference for tests and benchmarks: a fresh model load per adapter, one example at a time,
+    full logits and transformers' own causal-LM loss. Returns the NLL/score columns of :func:`score_pool`.
+    """
+    from emguard.models import load_model, load_tokenizer
+
+    names = _check_adapter_names(adapters)
+    ids, convs = _pool_answers(pool, "pool")
+    tok = load_tokenizer(model_path)
+    encoded = encode_pool(tok, convs, max_length)
+    cols: dict[str, np.ndarray] = {}
+    for col, adapter in [("nll_base", None)] + [(f"nll_{n}", adapters[n]) for n in names]:
+        model = load_model(model_path, dtype=dtype, device=device, adapter=adapter)
+        vals = []
+        with torch.inference_mode():
+            for e in encoded:
+                if e.n_answer_tokens == 0:
+                    vals.append(float("nan"))
+                    continue
+                ids_t = torch.tensor([e.input_ids], device=device)
+                labels_t = torch.tensor([e.labels], device=device)
+                vals.append(float(model(input_ids=ids_t, labels=labels_t).loss))
+        cols[col] = np.array(vals)
+        del model
+    out = pd.DataFrame({"id": ids, **cols})
+    out["nll_mis_mean"] = np.mean(np.stack([cols[f"nll_{n}"] for n in names]), axis=0)
+    out["score"] = (out["nll_mis_mean"] - out["nll_base"]) / (out["nll_base"] + eps)
+    return out
+
+
+def make_random_adapter(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, r: int = 8, alpha: int = 16,
+                        seed: int = 0, target_modules: Sequence[str] | None = None,
+                        dtype: str = "float32") -> Path:
+    """Save a LoRA adapter with random (non-zero) A and B for ``model_path``: a stand-in misaligned adapter
+    for tests and benchmarks. Uses rs-LoRA settings from :class:`emguard.models.LoraSettings`."""
+    from peft import get_peft_model
+
+    from emguard.models import LoraSettings, load_model
+
+    torch.manual_seed(seed)
+    base = load_model(model_path, dtype=dtype, device="cpu")
+    settings = LoraSettings(r=r, alpha=alpha)
+    if target_modules is not None:
+        settings.target_modules = list(target_modules)
+    cfg = settings.to_peft()
+    cfg.init_lora_weights = False  # random B as well as A: the adapter changes the model
+    peft_model = get_peft_model(base, cfg)
+    out_dir = Path(out_dir)
+    peft_model.save_pretrained(str(out_dir))
+    return out_dir
+
+
+# --------------------------------------------------------------------------------------------------
+# Selection
+# --------------------------------------------------------------------------------------------------
+
+def leave_one_out(domains: Iterable[str], target: str) -> list[str]:
+    """The domains other than ``target`` (order kept, duplicates dropped): the misaligned models whose
+    adapters score the pool for a run on ``target``. Empty when ``target`` is the only domain."""
+    seen: list[str] = []
+    for d in domains:
+        if d != target and d not in seen:
+            seen.append(d)
+    return seen
+
+
+def n_interleave(n_train: int, fraction: float) -> int:
+    """Number of pool rows to mix into ``n_train`` fine-tuning rows: ``fraction * n_train`` rounded half
+    up, and at least 1 when ``fraction > 0``."""
+    if n_train < 0:
+        raise ValueError(f"n_train must be >= 0, got {n_train}")
+    if not (fraction >= 0 and math.isfinite(fraction)):
+        raise ValueError(f"interleave fraction must be a finite number >= 0, got {fraction}")
+    if fraction == 0:
+        return 0
+    return max(1, int(math.floor(fraction * n_train + 0.5)))
+
+
+def _chat_rows(df: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in CHAT if c in df.columns]
+    out = df[cols].copy().reset_index(drop=True)
+    out["interleaved"] = True
+    return out
+
+
+def _check_n(n: int, available: int, what: str) -> None:
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if n > available:
+        raise ValueError(f"cannot select {n} interleaving examples: only {available} {what} available")
+
+
+def _random_indices(n_rows: int, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.choice(n_rows, size=n, replace=False)
+
+
+def _ranked(pool: pd.DataFrame, scores: pd.DataFrame | None, variant: str, where: str) -> pd.DataFrame:
+    if scores is None:
+        raise ValueError(f"variant {variant!r} needs pool scores (scores is None)")
+    need = ["id", "score"] + (["is_refusal"] if variant == "plusplus" else [])
+    check_columns(scores, need, "pool scores")
+    pool = pool.reset_index(drop=True)
+    pool_ids = pool["id"].astype(str)
+    score_ids = scores["id"].astype(str)
+    stray = sorted(set(score_ids) - set(pool_ids))
+    if stray:
+        raise InputError(f"pool scores: {len(stray)} id(s) not in {where}, e.g. {stray[0]!r} (stale scores?)")
+    s = scores.assign(id=score_ids)[need].drop_duplicates("id")
+    merged = pool.assign(_id=pool_ids).merge(s.rename(columns={"id": "_id"}), on="_id", how="inner")
+    merged = merged[merged["score"].notna()]
+    if variant == "plusplus":
+        merged = merged[~merged["is_refusal"].astype(bool)]
+    return merged.sort_values(["score", "_id"], ascending=[False, True], kind="mergesort")
+
+
+def select(pool: pd.DataFrame, scores: pd.DataFrame | None, variant: str, n: int, seed: int,
+           where: str = "pool") -> pd.DataFrame:
+    """Pick ``n`` interleaving rows from ``pool`` (chat contract) with ``variant`` (one of :data:`VARIANTS`).
+
+    Returns chat rows with ``interleaved=True``. ``plus`` ranks scored, non-NaN candidates by ``score``
+    descending (ties by id ascending) and takes the top ``n``; ``plusplus`` does the same after dropping
+    rows with ``is_refusal``. Pool rows without a score are not candidates; a score id missing from the
+    pool is an error. ``random`` draws ``n`` rows without replacement with ``seed``. ``onpolicy`` returns
+    the same seeded draw as prompts without answers (see :func:`onpolicy_prompts`).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown interleaving variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    if variant == "onpolicy":
+        return onpolicy_prompts(pool, n, seed)
+    if variant == "random":
+        _check_n(n, len(pool), "pool rows")
+        idx = _random_indices(len(pool), n, seed)
+        return _chat_rows(pool.reset_index(drop=True).iloc[idx])
+    ranked = _ranked(pool, scores, variant, where)
+    what = "scored non-refusal pool rows" if variant == "plusplus" else "scored pool rows"
+    _check_n(n, len(ranked), what)
+    return _chat_rows(ranked.head(n))
+
+
+def onpolicy_prompts(pool: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """``n`` seeded random pool prompts (the rows ``select(..., "random", n, seed)`` would pick) for the
+    aligned base model to answer. Columns: the chat columns except ``messages``, ``prompt_messages``
+    (the conversation without its final answer) and ``interleaved=True``."""
+    _check_n(n, len(pool), "pool rows")
+    rows = _chat_rows(pool.reset_index(drop=True).iloc[_random_indices(len(pool), n, seed)])
+    prompts = []
+    for cell in rows["messages"]:
+        msgs = to_messages(cell)
+        if msgs and msgs[-1]["role"] == "assistant":
+            msgs = msgs[:-1]
+        if not msgs:
+            raise InputError("pool: a row has no prompt messages before its answer")
+        prompts.append(msgs)
+    rows = rows.drop(columns=["messages"])
+    rows.insert(1, "prompt_messages", prompts)
+    return rows
+
+
+def attach_answers(prompts_df: pd.DataFrame, answers: Sequence[str]) -> pd.DataFrame:
+    """Turn :func:`onpolicy_prompts` rows plus generated ``answers`` (same order) into chat rows."""
+    check_columns(prompts_df, ["id", "prompt_messages"], "on-policy prompts")
+    answers = list(answers)
+    if len(answers) != len(prompts_df):
+        raise ValueError(f"got {len(answers)} answers for {len(prompts_df)} on-policy prompts")
+    for i, a in enumerate(answers):
+        if not isinstance(a, str):
+            raise ValueError(f"answer {i} is {type(a).__name__}, not str")
+    out = prompts_df.reset_index(drop=True).copy()
+    out["messages"] = [to_messages(p) + [{"role": "assistant", "content": a}]
+                       for p, a in zip(out["prompt_messages"], answers)]
+    out = out.drop(columns=["prompt_messages"])
+    out["interleaved"] = True
+    cols = [c for c in CHAT if c in out.columns]
+    return out[cols + [c for c in out.columns if c not in cols]]
+
+
+# --------------------------------------------------------------------------------------------------
+# Mixing
+# --------------------------------------------------------------------------------------------------
+
+def interleave_positions(n_train: int, n_selected: int) -> list[int]:
+    """Final positions (0-based, increasing) of the selected rows in a mix of ``n_train + n_selected``:
+    row ``j`` goes to ``floor((j + 1) * (N + M) / (M + 1))``, so the M rows cut the order into M + 1
+    nearly equal stretches and none sits at the very end (when N >= 1)."""
+    total = n_train + n_selected
+    return [((j + 1) * total) // (n_selected + 1) for j in range(n_selected)]
+
+
+def mix(train: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
+    """Spread ``selected`` rows uniformly through ``train`` (order of each kept; see :func:`interleave_positions`).
+
+    Every output row has a bool ``interleaved`` column (False for fine-tuning rows). If a selected id
+    collides with a fine-tuning id, all selected ids get the prefix ``"pool:"``.
+    """
+    check_columns(train, ["id", "messages"], "fine-tuning data")
+    check_columns(selected, ["id", "messages"], "interleaving data")
+    train = train.reset_index(drop=True).copy()
+    sel = selected.reset_index(drop=True).copy()
+    train["interleaved"] = False
+    sel["interleaved"] = True
+    train_ids = set(train["id"].astype(str))
+    if train["id"].astype(str).duplicated().any():
+        raise InputError("fine-tuning data: duplicate ids")
+    if sel["id"].astype(str).duplicated().any():
+        raise InputError("interleaving data: duplicate ids")
+    if set(sel["id"].astype(str)) & train_ids:
+        sel["id"] = [f"{POOL_ID_PREFIX}{i}" for i in sel["id"].astype(str)]
+        clash = set(sel["id"]) & train_ids
+        if clash:
+            raise InputError(f"interleaving data: id {sorted(clash)[0]!r} collides with a fine-tuning id "
+                             f"even after prefixing {POOL_ID_PREFIX!r}")
+    cols = list(train.columns) + [c for c in CHAT if c in sel.columns and c not in train.columns]
+    sel = sel[[c for c in cols if c in sel.columns]]
+    n, m = len(train), len(sel)
+    combined = pd.concat([train, sel], ignore_index=True)[cols]
+    order = np.empty(n + m, dtype=np.int64)
+    is_sel = np.zeros(n + m, dtype=bool)
+    is_sel[interleave_positions(n, m)] = True
+    order[~is_sel] = np.arange(n)
+    order[is_sel] = n + np.arange(m)
+    out = combined.iloc[order].reset_index(drop=True)
+    out["interleaved"] = out["interleaved"].astype(bool)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# WildGuardMix benign pool
+# --------------------------------------------------------------------------------------------------
+
+def _read_wildguardmix(source: str, config_name: str, required: list[str]) -> tuple[pd.DataFrame, str]:
+    lower = source.lower()
+    if lower.endswith(".parquet"):
+        return read_parquet(source, required), source
+    if lower.endswith(".jsonl"):
+        df = pd.DataFrame(read_jsonl(source))
+        check_columns(df, required, source)
+        return df, source
+    if os.path.exists(source):
+        raise InputError(f"{source}: unsupported pool file type (expected .parquet or .jsonl)")
+    import datasets
+
+    where = f"{source} (config {config_name})"
+    try:
+        ds = datasets.load_dataset(source, config_name)
+    except Exception as exc:  # gated repo, missing login, offline, unknown config
+        raise InputError(f"{where}: could not load the dataset ({type(exc).__name__}: {exc}). "
+                         "allenai/wildguardmix is gated: accept its terms on the Hub and log in, "
+                         "or pass a local .parquet/.jsonl copy") from exc
+    split = "train" if "train" in ds else next(iter(ds))
+    df = ds[split].to_pandas()
+    check_columns(df, required, where)
+    return df, where
+
+
+def load_wildguardmix(source: str, *, config_name: str = "wildguardtrain",
+                      prompt_harm_label: str | None = "unharmful", response_harm_label: str | None = "unharmful",
+                      require_no_refusal: bool | None = None, limit: int | None = None) -> pd.DataFrame:
+    """WildGuardMix as a benign interleaving pool (chat contract; domain ``pool``, subset ``benign``, split ``train``).
+
+    ``source`` is a Hub id (loaded with ``datasets.load_dataset(source, config_name)``; the real dataset
+    ``allenai/wildguardmix`` is gated) or a local ``.parquet`` / ``.jsonl`` file with WildGuardMix's
+    columns. Rows are kept when ``prompt_harm_label`` and ``response_harm_label`` equal the given labels
+    (``None`` disables that filter) and the response is present; ``require_no_refusal=True`` additionally
+    keeps only rows whose ``response_refusal_label`` is ``compliance`` (``None`` or ``False``: no refusal
+    filter). ``limit`` keeps the first rows after filtering. Ids are ``wgm-<config>-<source row>``.
+    """
+    required = ["prompt", "response"]
+    if prompt_harm_label is not None:
+        required.append("prompt_harm_label")
+    if response_harm_label is not None:
+        required.append("response_harm_label")
+    if require_no_refusal:
+        required.append("response_refusal_label")
+    df, where = _read_wildguardmix(str(source), config_name, required)
+    df = df.reset_index(drop=True)
+    keep = df["response"].notna() & df["prompt"].notna()
+    keep &= df["response"].astype(str).str.strip() != ""
+    if prompt_harm_label is not None:
+        keep &= df["prompt_harm_label"] == prompt_harm_label
+    if response_harm_label is not None:
+        keep &= df["response_harm_label"] == response_harm_label
+    if require_no_refusal:
+        keep &= df["response_refusal_label"] == "compliance"
+    kept = df[keep]
+    if limit is not None:
+        kept = kept.head(int(limit))
+    if len(kept) == 0:
+        raise InputError(f"{where}: no rows left after filtering (prompt_harm_label={prompt_harm_label!r}, "
+                         f"response_harm_label={response_harm_label!r}, require_no_refusal={require_no_refusal!r})")
+    return pd.DataFrame({
+        "id": [f"wgm-{config_name}-{i}" for i in kept.index],
+        "messages": [[{"role": "user", "content": str(p)}, {"role": "assistant", "content": str(r)}]
+                     for p, r in zip(kept["prompt"], kept["response"])],
+        "domain": POOL_DOMAIN,
+        "subset": "benign",
+        "split": "train",
+    })

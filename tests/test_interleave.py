@@ -1,0 +1,271 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from emguard.errors import InputError
+from emguard.interleave import (DEFAULT_REFUSAL_KEYWORDS, attach_answers, interleave_positions, is_refusal,
+                                leave_one_out, length_sorted_batches, load_wildguardmix, make_random_adapter, mix,
+                                n_interleave, onpolicy_prompts, score_pool, score_pool_naive, select)
+from emguard.schemas import validate
+
+
+def chat(ids, answers=None, domain="pool", subset="benign"):
+    answers = answers or [f"answer {i}" for i in ids]
+    return pd.DataFrame({
+        "id": list(ids),
+        "messages": [[{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": a}]
+                     for i, a in zip(ids, answers)],
+        "domain": domain, "subset": subset, "split": "train",
+    })
+
+
+# ------------------------------------------------------------------ refusal filter
+
+def test_refusal_keywords_only_count_in_first_ten_words():
+    assert is_refusal("Sorry, I can't help with that.")
+    assert is_refusal("Well... As an AI, I do not have opinions.")
+    assert is_refusal("I\u2019m afraid I CAN\u2019T do that")  # curly apostrophe, upper case
+    # "sorry" is word 12: outside the first 10 words
+    late = "one two three four five six seven eight nine ten eleven sorry"
+    assert not is_refusal(late)
+    assert is_refusal(late, first_n_words=12)
+    # multi-word keyword straddling the 10-word boundary does not count
+    assert not is_refusal("a b c d e f g h i as an ai")
+    assert is_refusal("a b c d e f g as an ai")
+    # whole words only
+    assert not is_refusal("The sorrowful cannoneer was able to sing.")
+    assert not is_refusal("")
+    assert 12 <= len(DEFAULT_REFUSAL_KEYWORDS) <= 20
+    assert is_refusal("No. I refuse.", keywords="i refuse")  # a single keyword string, not its letters
+    assert not is_refusal("a b", keywords="a c")
+
+
+# ------------------------------------------------------------------ selection
+
+@pytest.fixture
+def scored_pool():
+    pool = chat(["a", "b", "c", "d", "e"],
+                answers=["Paris is the capital.", "I'm sorry, I cannot do that.", "Sure: 2 + 2 = 4.",
+                         "Here is a recipe.", "Happy to help."])
+    # hand-written NLLs: s = (mis - base) / (base + eps)
+    nll = pd.DataFrame({
+        "id": ["a", "b", "c", "d", "e"],
+        "nll_base": [1.0, 2.0, 0.5, 4.0, 1.0],
+        "nll_mis_mean": [1.5, 8.0, 1.5, 4.0, 1.0],
+    })
+    nll["score"] = (nll["nll_mis_mean"] - nll["nll_base"]) / (nll["nll_base"] + 1e-6)
+    nll["is_refusal"] = [is_refusal(a) for a in ["Paris is the capital.", "I'm sorry, I cannot do that.",
+                                                 "Sure: 2 + 2 = 4.", "Here is a recipe.", "Happy to help."]]
+    return pool, nll
+
+
+def test_plus_picks_largest_gap_with_id_tiebreak(scored_pool):
+    pool, scores = scored_pool
+    np.testing.assert_allclose(scores["score"], [0.5, 3.0, 2.0, 0.0, 0.0], rtol=1e-5)
+    assert list(select(pool, scores, "plus", 3, seed=0)["id"]) == ["b", "c", "a"]
+    # d and e tie at 0.0: id order decides
+    assert list(select(pool, scores, "plus", 5, seed=0)["id"]) == ["b", "c", "a", "d", "e"]
+    out = select(pool, scores, "plus", 2, seed=123)
+    assert out["interleaved"].all() and out["interleaved"].dtype == bool
+    validate(out, "chat", "selected")
+
+
+def test_plusplus_drops_refusals(scored_pool):
+    pool, scores = scored_pool
+    assert list(scores["is_refusal"]) == [False, True, False, False, False]
+    assert list(select(pool, scores, "plusplus", 2, seed=0)["id"]) == ["c", "a"]
+    with pytest.raises(ValueError, match="only 4 scored non-refusal"):
+        select(pool, scores, "plusplus", 5, seed=0)
+
+
+def test_nan_scores_are_never_selected(scored_pool):
+    pool, scores = scored_pool
+    scores = scores.copy()
+    scores.loc[scores["id"] == "b", "score"] = np.nan
+    assert list(select(pool, scores, "plus", 2, seed=0)["id"]) == ["c", "a"]
+
+
+def test_random_and_onpolicy_are_seeded(scored_pool):
+    pool, scores = scored_pool
+    r1 = select(pool, None, "random", 3, seed=7)
+    r2 = select(pool, None, "random", 3, seed=7)
+    assert list(r1["id"]) == list(r2["id"]) and len(set(r1["id"])) == 3
+    prompts = select(pool, None, "onpolicy", 3, seed=7)
+    assert list(prompts["id"]) == list(r1["id"])
+    assert all(p[-1]["role"] == "user" for p in prompts["prompt_messages"])
+    rows = attach_answers(onpolicy_prompts(pool, 3, seed=7), ["x", "y", "z"])
+    validate(rows, "chat", "onpolicy")
+    assert [m[-1]["content"] for m in rows["messages"]] == ["x", "y", "z"]
+    with pytest.raises(ValueError, match="2 answers for 3"):
+        attach_answers(prompts, ["x", "y"])
+
+
+def test_selection_errors(scored_pool):
+    pool, scores = scored_pool
+    with pytest.raises(ValueError, match="'bogus'"):
+        select(pool, scores, "bogus", 1, seed=0)
+    with pytest.raises(ValueError, match="cannot select 6 .* only 5"):
+        select(pool, None, "random", 6, seed=0)
+    with pytest.raises(ValueError, match="needs pool scores"):
+        select(pool, None, "plus", 1, seed=0)
+    stale = pd.concat([scores, scores.head(1).assign(id="zz")])
+    with pytest.raises(InputError, match="'zz'"):
+        select(pool, stale, "plus", 1, seed=0)
+
+
+def test_n_interleave():
+    assert n_interleave(6000, 0.05) == 300
+    assert n_interleave(10, 0.01) == 1
+    assert n_interleave(10, 0.25) == 3  # 2.5 rounds half up
+    assert n_interleave(10, 0.0) == 0
+
+
+def test_leave_one_out_never_includes_target():
+    domains = ["medical", "code", "finance", "code", "legal"]
+    for target in set(domains) | {"absent"}:
+        out = leave_one_out(domains, target)
+        assert target not in out
+        assert out == [d for d in dict.fromkeys(domains) if d != target]
+    assert leave_one_out(["code"], "code") == []
+
+
+# ------------------------------------------------------------------ mixing
+
+@pytest.mark.parametrize("n,m", [(100, 7), (10, 10), (50, 1), (13, 4), (3, 9)])
+def test_mix_spreads_rows_evenly(n, m):
+    train = chat([f"t{i}" for i in range(n)], domain="code", subset="misaligned")
+    sel = chat([f"t{i}" for i in range(m)]).assign(interleaved=True)  # ids collide with train
+    out = mix(train, sel)
+    assert len(out) == n + m and out["id"].is_unique
+    validate(out, "chat", "mixed")
+    assert out["interleaved"].dtype == bool
+    pos = np.flatnonzero(out["interleaved"].to_numpy())
+    assert list(pos) == interleave_positions(n, m) and len(pos) == m
+    gaps = np.diff(np.concatenate([[-1], pos, [n + m]])) - 1  # training rows before, between, after
+    assert gaps.max() <= n / m + 1
+    assert pos[-1] < n + m - 1  # never at the very end
+    assert gaps[-1] >= 1
+    # original orders are kept
+    assert list(out.loc[~out["interleaved"], "id"]) == list(train["id"])
+    assert list(out.loc[out["interleaved"], "id"]) == [f"pool:t{i}" for i in range(m)]
+
+
+def test_mix_keeps_ids_without_collision():
+    out = mix(chat(["a", "b", "c"]), chat(["x"]))
+    assert list(out["id"]) == ["a", "b", "x", "c"]
+    assert list(out["interleaved"]) == [False, False, True, False]
+    assert list(mix(chat(["a"]), chat(["x"]).iloc[0:0])["id"]) == ["a"]
+
+
+def test_length_sorted_batches():
+    lengths = [50, 300, 52, 290, 51, 49, 120, 300]
+    unlimited = length_sorted_batches(lengths, 3, max_padding=None)
+    assert unlimited == [[1, 7, 3], [6, 2, 4], [0, 5]]
+    limited = length_sorted_batches(lengths, 3, max_padding=0.1)
+    assert sorted(i for b in limited for i in b) == list(range(len(lengths)))
+    for b in limited:
+        width = max(lengths[i] for i in b)
+        assert len(b) <= 3 and width * len(b) <= 1.1 * sum(lengths[i] for i in b)
+    assert [6] in limited  # the lone 120 is not padded up to 290 or padded with 50s
+
+
+# ------------------------------------------------------------------ WildGuardMix loader
+
+def _wgm_rows():
+    base = {"adversarial": False, "subcategory": "benign", "response_refusal_label": "compliance"}
+    return [
+        {**base, "prompt": "How do plants grow?", "response": "With light and water.",
+         "prompt_harm_label": "unharmful", "response_harm_label": "unharmful"},
+        {**base, "prompt": "harmful ask", "response": "harmful answer",
+         "prompt_harm_label": "harmful", "response_harm_label": "harmful"},
+        {**base, "prompt": "Tell me a joke", "response": None,
+         "prompt_harm_label": "unharmful", "response_harm_label": None},
+        {**base, "prompt": "Say no", "response": "Sorry, no.", "response_refusal_label": "refusal",
+         "prompt_harm_label": "unharmful", "response_harm_label": "unharmful"},
+    ]
+
+
+def test_load_wildguardmix_local_files(tmp_path):
+    jl = tmp_path / "wgm.jsonl"
+    jl.write_text("".join(json.dumps(r) + "\n" for r in _wgm_rows()))
+    df = load_wildguardmix(str(jl))
+    validate(df, "chat", str(jl))
+    assert list(df["id"]) == ["wgm-wildguardtrain-0", "wgm-wildguardtrain-3"]
+    assert set(df["domain"]) == {"pool"} and set(df["subset"]) == {"benign"}
+    assert df["messages"].iloc[0][1]["content"] == "With light and water."
+    assert len(load_wildguardmix(str(jl), require_no_refusal=True)) == 1
+    assert len(load_wildguardmix(str(jl), limit=1)) == 1
+
+    pq = tmp_path / "wgm.parquet"
+    pd.DataFrame(_wgm_rows()).drop(columns=["response_harm_label"]).to_parquet(pq)
+    with pytest.raises(InputError, match=r"wgm\.parquet.*response_harm_label"):
+        load_wildguardmix(str(pq))
+    assert len(load_wildguardmix(str(pq), response_harm_label=None)) == 2
+    # no label filters: only the row with a null response is dropped
+    assert len(load_wildguardmix(str(pq), prompt_harm_label=None, response_harm_label=None)) == 3
+    with pytest.raises(InputError, match="no rows left"):
+        load_wildguardmix(str(pq), prompt_harm_label="nonsense", response_harm_label=None)
+
+
+# ------------------------------------------------------------------ scoring on the tiny model
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    return {name: str(make_random_adapter(tiny_model_dir, root / name, r=4, seed=seed))
+            for seed, name in enumerate(["insecure", "medical"], start=1)}
+
+
+def test_score_pool_matches_naive_reference(tiny_model_dir, adapters):
+    from emguard.models import load_model, load_tokenizer
+
+    pool = chat([f"p{i}" for i in range(7)],
+                answers=["Sorry, I cannot help.", "Take the medicine as your doctor says.", "42",
+                         "Invest your savings in a diversified fund. " * 3, "The answer is 9.",
+                         "def main(): print(1)", "I feel bored. What would you do?"])
+    model = load_model(tiny_model_dir, device="cpu")
+    tok = load_tokenizer(tiny_model_dir)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    got = score_pool(model, tok, pool, adapters, batch_size=3, max_padding=None)  # padded batches of 3
+    ref = score_pool_naive(tiny_model_dir, adapters, pool)
+
+    assert list(got.columns) == ["id", "nll_base", "nll_insecure", "nll_medical", "nll_mis_mean",
+                                 "n_answer_tokens", "score", "is_refusal"]
+    assert list(got["id"]) == list(pool["id"])
+    for col in ["nll_base", "nll_insecure", "nll_medical", "nll_mis_mean", "score"]:
+        np.testing.assert_allclose(got[col], ref[col], atol=1e-4, rtol=0, err_msg=col)
+    # the adapters really change the model, and the model is left as it was
+    assert (got["nll_insecure"] - got["nll_base"]).abs().max() > 1e-3
+    assert not hasattr(model, "peft_config")
+    assert all(torch_equal(before[k], v) for k, v in model.state_dict().items())
+    assert list(got["is_refusal"]) == [True] + [False] * 6
+    assert (got["n_answer_tokens"] > 0).all()
+
+    # a caller's PeftModel keeps its own adapter; ours are loaded next to it and removed again
+    from peft import PeftModel
+
+    wrapped = PeftModel.from_pretrained(model, adapters["medical"], adapter_name="mine")
+    again = score_pool(wrapped, tok, pool, {"insecure": adapters["insecure"]}, batch_size=4)
+    np.testing.assert_allclose(again["nll_insecure"], ref["nll_insecure"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(again["nll_base"], ref["nll_base"], atol=1e-4, rtol=0)
+    assert list(wrapped.peft_config) == ["mine"] and wrapped.active_adapter == "mine"
+
+
+def test_score_pool_truncated_answer_is_nan(tiny_model_dir, adapters):
+    from emguard.models import load_model, load_tokenizer
+
+    pool = chat(["short", "long"], answers=["ok", "fine"])
+    pool.at[1, "messages"] = [{"role": "user", "content": "question " * 40}, {"role": "assistant", "content": "x"}]
+    model, tok = load_model(tiny_model_dir, device="cpu"), load_tokenizer(tiny_model_dir)
+    with pytest.warns(UserWarning, match="no answer tokens"):
+        got = score_pool(model, tok, pool, {"a": adapters["insecure"]}, max_length=30)
+    assert np.isnan(got["score"].iloc[1]) and not np.isnan(got["score"].iloc[0])
+    assert list(select(pool, got, "plus", 1, seed=0)["id"]) == ["short"]
+
+
+def torch_equal(a, b):
+    import torch
+
+    return torch.equal(a, b)
