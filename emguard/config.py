@@ -37,7 +37,8 @@ DEFAULTS: dict[str, Any] = {
                           "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                              "down_proj"]}},
     "experiments": {"baselines": ["untrained", "aligned", "misaligned"], "target_domains": [], "methods": {}},
-    "persona": {"trait": "workflow/resources/traits/evil.yaml", "n_samples": 1, "trait_threshold": 50,
+    "persona": {"trait": "workflow/resources/traits/evil.yaml", "n_samples": 1, "max_pairs": None,
+                "max_questions": None, "trait_threshold": 50,
                 "coherence_threshold": 50, "min_pairs": 1, "fallback": "error", "max_new_tokens": 128,
                 "validation_alpha": 5.0, "validation_questions": 8},
     "interleave": {"eps": 1e-6, "batch_size": 16, "max_length": 1024, "refusal_keywords": None, "first_n_words": 10},
@@ -193,7 +194,10 @@ def _kl_grid(spec, cfg):
 
 
 def _ldifs_grid(spec, cfg):
-    return [("ldifs", f"lambda{fmt_value(v)}", {"ldifs_lambda": v, "ldifs_layers": spec.get("ldifs_layers")})
+    norm = spec.get("feature_norm", "unit")
+    suffix = "" if norm == "unit" else f"_{norm}"
+    return [("ldifs", f"lambda{fmt_value(v)}{suffix}",
+             {"ldifs_lambda": v, "ldifs_layers": spec.get("ldifs_layers"), "feature_norm": norm})
             for v in spec["ldifs_lambda"]]
 
 

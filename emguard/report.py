@@ -511,3 +511,23 @@ def figure_train_loss(logs: Mapping[str, pd.DataFrame], path: str | os.PathLike)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7 if drawn <= 10 else 5, ncol=1 if drawn <= 10 else 2, loc="best")
     _save_png(fig, path)
+
+
+# --------------------------------------------------------------------------- persona steering check
+
+def persona_validation_table(validation: pd.DataFrame) -> str:
+    """Markdown of the steering check: mean judged trait and coherence score per steering coefficient
+    (-alpha, 0, +alpha). A working persona vector gives trait(+alpha) > trait(0) > trait(-alpha)."""
+    lines = ["## Persona-vector steering check", "",
+             "| layer | alpha | answers | mean trait score (n) | mean coherence (n) |", "|---|---|---|---|---|"]
+    for r in validation.sort_values("alpha").itertuples(index=False):
+        lines.append(f"| {r.layer} | {r.alpha:+g} | {r.n} | {r.trait_mean:.1f} ({r.trait_n}) | "
+                     f"{r.coherent_mean:.1f} ({r.coherent_n}) |")
+    by_alpha = validation.set_index("alpha")["trait_mean"].sort_index()
+    if len(by_alpha) == 3:
+        low, mid, high = by_alpha.tolist()
+        verdict = "raises" if high > mid else "does not raise"
+        verdict2 = "lowers" if low < mid else "does not lower"
+        lines += ["", f"Steering with +alpha {verdict} the judged trait score and -alpha {verdict2} it, "
+                      "relative to no steering."]
+    return "\n".join(lines) + "\n"

@@ -7,6 +7,7 @@ these, so every stage runs (and is tested) without Snakemake. Every output is wr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -38,8 +39,12 @@ def run_stage(smk, fn: Callable[..., Any], **kwargs) -> Any:
         pass
     log_path = smk.log[0] if len(smk.log) else None
     with _logging_to(log_path):
-        log.info("stage %s: %s", fn.__name__, {k: v for k, v in kwargs.items() if k != "params"})
-        return fn(**kwargs)
+        log.info("stage %s: %s", fn.__name__, kwargs)
+        try:
+            return fn(**kwargs)
+        except BaseException:
+            log.exception("stage %s failed", fn.__name__)
+            raise
 
 
 @contextlib.contextmanager
@@ -155,14 +160,33 @@ def train_run(model_path: str, train_path: str, out_dir: str, *, subset: str | N
     from emguard.training import train
 
     rows = training_rows(train_path, subset) if subset else read_parquet(train_path, schemas.CHAT)
-    regularisers, inoculation = build_method(method, hparams or {}, persona_vectors)
+    from transformers import AutoConfig
+
+    n_layers = AutoConfig.from_pretrained(model_path).num_hidden_layers
+    regularisers, inoculation = build_method(method, hparams or {}, persona_vectors, n_layers)
     settings = train_settings({**training, "dtype": dtype}, seed)
     train(model_path, rows, out_dir, settings, regularisers=regularisers, inoculation_prompt=inoculation,
           device=device)
 
 
-def build_method(method: str, hparams: dict, persona_vectors: str | None):
-    """(regularisers, inoculation prompt) for a method id; plain SFT has neither."""
+def build_method(method: str, hparams: dict, persona_vectors: str | None, n_layers: int):
+    """(regularisers, inoculation prompt) of a run's method; baselines and interleaving (a data transform,
+    already applied to the training file) have neither."""
+    from emguard import regularisers as reg
+
+    if method == "kl":
+        return [reg.KLRegulariser(hparams["kl_lambda"], direction=hparams["direction"])], None
+    if method == "ldifs":
+        layers = hparams.get("ldifs_layers") or reg.every_nth_layer(n_layers, 5)
+        return [reg.LDIFSRegulariser(hparams["ldifs_lambda"], layers, feature_norm=hparams["feature_norm"])], None
+    if method == "persona":
+        from emguard.persona import load_vectors
+
+        vectors, _ = load_vectors(persona_vectors, n_layers=n_layers)
+        return [reg.SteeringRegulariser(vectors[hparams["steering_layer"]], hparams["steering_layer"],
+                                        hparams["steering_alpha"], response_only=hparams["response_only"])], None
+    if method == "inoculation":
+        return [], hparams["inoculation_prompt"]
     return [], None
 
 
@@ -265,7 +289,7 @@ def onpolicy_answers_stage(model_path: str, pool_path: str, em_path: str, out: s
 
     prompts = onpolicy_prompts(read_parquet(pool_path, schemas.CHAT), interleave_count(em_path, fraction), seed)
     model, tok = load_model(model_path, dtype=dtype, device=device), load_tokenizer(model_path)
-    answers = sample(model, tok, [schemas.to_messages(m) for m in prompts["messages"]],
+    answers = sample(model, tok, [schemas.to_messages(m) for m in prompts["prompt_messages"]],
                      sampling_settings(generation), seed)
     write_parquet(attach_answers(prompts, answers), out)
 
@@ -301,7 +325,10 @@ def _persona_setup(model_path, trait_path, persona, generation, judge_cfg, dtype
     sampling = SamplingSettings(max_new_tokens=persona["max_new_tokens"], temperature=generation["temperature"],
                                 top_p=generation["top_p"], batch_size=generation["batch_size"])
     coherence = load_judge_prompts(judge_cfg["prompts"])["coherent"]
-    return model, tok, pv.load_trait(trait_path), judge, JudgeCache(judge_cfg["cache"]), sampling, coherence
+    trait = pv.load_trait(trait_path)
+    trait = dataclasses.replace(trait, pairs=trait.pairs[:persona["max_pairs"]],
+                                questions=trait.questions[:persona["max_questions"]])
+    return model, tok, trait, judge, JudgeCache(judge_cfg["cache"]), sampling, coherence
 
 
 def persona_extract(model_path: str, trait_path: str, out_vectors: str, out_rollouts: str, *, persona: dict,
@@ -348,9 +375,14 @@ def metrics_run(judgments: dict[str, str], out: str, *, run_info: dict, threshol
 
 
 def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: str, table_csv: str,
-           metrics_out: str, figure_em: str, figure_loss: str) -> None:
+           metrics_out: str, figure_em: str, figure_loss: str, persona_validation: str | None = None,
+           persona_md: str | None = None) -> None:
     from emguard import report as rp
+    from emguard.io import write_text
 
+    if persona_md:
+        write_text(rp.persona_validation_table(read_parquet(persona_validation)) if persona_validation else
+                   "The config runs no persona method, so no persona vectors were extracted.\n", persona_md)
     metrics = pd.concat([read_parquet(p) for p in metrics_paths], ignore_index=True)
     write_parquet(metrics, metrics_out)
     markdown, table = rp.em_table(metrics)

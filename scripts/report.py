@@ -1,6 +1,7 @@
 from emguard.stages import report, run_stage
 
-o = snakemake.output
-run_stage(snakemake, report, metrics_paths=list(snakemake.input.metrics), train_logs=snakemake.params.train_logs,
+i, o = snakemake.input, snakemake.output
+run_stage(snakemake, report, metrics_paths=list(i.metrics), train_logs=snakemake.params.train_logs,
           table_md=o.table_md, table_csv=o.table_csv, metrics_out=o.metrics, figure_em=o.figure_em,
-          figure_loss=o.figure_loss)
+          figure_loss=o.figure_loss, persona_validation=i.persona_validation[0] if i.persona_validation else None,
+          persona_md=o.persona_md)

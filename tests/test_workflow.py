@@ -59,7 +59,10 @@ def test_judge_change_reruns_judging_and_below_only(finished, tmp_path, tiny_mod
     changed = write_config(tiny_config(tiny_model_dir, workdir, **{"judge.min_prob_mass": 0.3}),
                            tmp_path / "judge.yaml")
     jobs = planned_jobs(workdir, changed)
-    assert set(jobs) == {"judge", "run_metrics", "report", "all"}
+    # Persona vectors are filtered by judge scores, so the persona branch is downstream of the judge too.
+    persona_branch = {"persona_extract", "persona_validate", "train", "generate"}
+    assert set(jobs) == {"judge", "run_metrics", "report", "all"} | persona_branch
+    assert jobs["train"] == 1 and jobs["generate"] == 2  # only the persona-steered run retrains
     assert jobs["judge"] == 3 + (4 + N_METHOD_RUNS) * 2  # untrained: general + 2 in-domain; trained: 2 each
 
 
