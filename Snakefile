@@ -23,6 +23,20 @@ include: "workflow/rules/judge.smk"
 include: "workflow/rules/metrics.smk"
 
 
+# Seconds-long CPU steps (and downloads: login nodes have the network) run in the Snakemake process itself
+# under a cluster executor (profiles/slurm) instead of waiting in the queue.
+localrules:
+    all,
+    prepare_model,
+    prepare_em,
+    prepare_general_questions,
+    prepare_indomain_questions,
+    prepare_pool,
+    interleave_set,
+    run_metrics,
+    report,
+
+
 rule all:
     input:
         get_final_output(),

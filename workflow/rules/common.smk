@@ -3,6 +3,7 @@
 import hashlib
 from pathlib import Path
 
+import emguard.cluster as emcluster
 import emguard.config as emconfig
 
 # Validate first: a wrong key or value stops here with a message naming it.
@@ -16,6 +17,10 @@ MODEL = config["model"]["name"]
 DTYPE = config["model"]["dtype"]
 DEVICE = config["model"]["device"]
 DOMAINS = config["data"]["em"]["domains"]
+
+# Jobs' environment: model sizes for the cluster profiles ($EMGUARD_MODEL_B, ...) and this source tree on
+# PYTHONPATH (for --sdm conda); see emguard/cluster.py.
+emcluster.export_workflow_env(config, workflow.basedir)
 
 
 wildcard_constraints:
@@ -158,10 +163,15 @@ def all_train_logs():
     return {r.run_id: f"{r.path}/train_log.parquet" for r in RUNS if r.trained}
 
 
+def persona_validation_input():
+    """The steering check, when the config runs the persona method (and so extracts vectors)."""
+    if "persona" in METHODS and not METHODS["persona"].get("vectors"):
+        return [f"results/persona/{MODEL}/{TRAIT}/steering_validation.parquet"]
+    return []
+
+
 def get_final_output():
-    persona = ([f"results/persona/{MODEL}/{TRAIT}/steering_validation.parquet"]
-               if "persona" in METHODS and STEERING_LAYER else [])
-    return persona + [
+    return [
         "results/tables/em.md",
         "results/tables/em.csv",
         "results/figures/em_vs_incoherence.png",

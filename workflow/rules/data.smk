@@ -12,6 +12,8 @@ rule prepare_em:
         holdout_fraction=config["data"]["holdout_fraction"],
         source=lambda wc: config["data"]["em"]["sources"].get(wc.domain),
         code=code_version("data"),
+    conda:
+        "../../envs/data.yaml"
     script:
         "../../scripts/prepare_em.py"
 
@@ -25,6 +27,8 @@ rule prepare_general_questions:
         source=config["eval"]["general"]["source"],
         samples=config["eval"]["general"]["samples"],
         code=code_version("data"),
+    conda:
+        "../../envs/data.yaml"
     script:
         "../../scripts/prepare_general_questions.py"
 
@@ -40,6 +44,8 @@ rule prepare_indomain_questions:
         n_questions=config["eval"]["indomain"]["n_questions"],
         samples=config["eval"]["indomain"]["samples"],
         code=code_version("data"),
+    conda:
+        "../../envs/data.yaml"
     script:
         "../../scripts/prepare_indomain_questions.py"
 
@@ -54,5 +60,7 @@ rule prepare_pool:
         n=config["data"]["pool"]["n"],
         seed=config["data"]["seed"],
         code=code_version("data", "interleave"),
+    conda:
+        "../../envs/eval.yaml"
     script:
         "../../scripts/prepare_pool.py"

@@ -15,5 +15,7 @@ rule generate:
         run_id=lambda wc: run_of(wc).run_id,
         generation=config["generation"],
         code=code_version("generate", "models", "chat"),
+    conda:
+        "../../envs/eval.yaml"
     script:
         "../../scripts/generate.py"

@@ -17,6 +17,8 @@ rule score_pool:
         adapters=scoring_adapters,
         interleave=config["interleave"],
         code=code_version("interleave", "models", "chat"),
+    conda:
+        "../../envs/train.yaml"
     script:
         "../../scripts/score_pool.py"
 
@@ -34,6 +36,8 @@ rule onpolicy_answers:
         model_path=model_path(),
         generation=config["generation"],
         code=code_version("interleave", "generate", "models", "chat"),
+    conda:
+        "../../envs/train.yaml"
     script:
         "../../scripts/onpolicy_answers.py"
 
@@ -49,5 +53,7 @@ rule interleave_set:
         "results/logs/interleave_set/{model}/{dataset}/{variant}_frac{frac}_seed{seed}.log",
     params:
         code=code_version("interleave"),
+    conda:
+        "../../envs/train.yaml"
     script:
         "../../scripts/interleave_set.py"

@@ -15,5 +15,7 @@ rule judge:
         model_path=model_path(),
         judge=JUDGE_PARAMS,
         code=code_version("judge", "models"),
+    conda:
+        "../../envs/eval.yaml"
     script:
         "../../scripts/judge.py"

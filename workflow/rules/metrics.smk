@@ -12,6 +12,8 @@ rule run_metrics:
         run_info=run_info,
         thresholds=config["metrics"],
         code=code_version("metrics"),
+    conda:
+        "../../envs/data.yaml"
     script:
         "../../scripts/run_metrics.py"
 
@@ -20,6 +22,7 @@ rule report:
     input:
         metrics=all_run_metrics(),
         train_logs=list(all_train_logs().values()),
+        persona_validation=persona_validation_input(),
     output:
         table_md=report("results/tables/em.md", caption="../report/em_table.rst", category="EM"),
         table_csv="results/tables/em.csv",
@@ -28,10 +31,14 @@ rule report:
                          category="EM"),
         figure_loss=report("results/figures/train_loss.png", caption="../report/train_loss.rst",
                            category="Training"),
+        persona_md=report("results/tables/persona_validation.md", caption="../report/persona_validation.rst",
+                          category="Persona vectors"),
     log:
         "results/logs/report.log",
     params:
         train_logs=all_train_logs(),
         code=code_version("report", "metrics"),
+    conda:
+        "../../envs/data.yaml"
     script:
         "../../scripts/report.py"

@@ -9,5 +9,7 @@ rule prepare_model:
     params:
         source=config["model"]["source"],
         dtype=DTYPE,
+    conda:
+        "../../envs/eval.yaml"
     script:
         "../../scripts/prepare_model.py"

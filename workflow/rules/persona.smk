@@ -18,6 +18,8 @@ rule persona_extract:
         generation=config["generation"],
         judge=JUDGE_PARAMS,
         code=code_version("persona", "generate", "judge", "models", "chat"),
+    conda:
+        "../../envs/train.yaml"
     script:
         "../../scripts/persona_extract.py"
 
@@ -39,5 +41,7 @@ rule persona_validate:
         generation=config["generation"],
         judge=JUDGE_PARAMS,
         code=code_version("persona", "generate", "judge", "models", "chat", "steering"),
+    conda:
+        "../../envs/train.yaml"
     script:
         "../../scripts/persona_validate.py"

@@ -17,5 +17,7 @@ rule train:
         hparams=lambda wc: run_of(wc).hparams,
         training=config["training"],
         code=code_version("training", "regularisers", "models", "chat", "steering"),
+    conda:
+        "../../envs/train.yaml"
     script:
         "../../scripts/train.py"
