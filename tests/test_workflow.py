@@ -74,3 +74,11 @@ def test_fraction_change_reruns_selection_not_scoring(finished, tmp_path, tiny_m
     assert "score_pool" not in jobs and "persona_extract" not in jobs
     assert jobs["interleave_set"] == 4 and jobs["onpolicy_answers"] == 1
     assert jobs["train"] == 4  # only the four interleaving runs are new
+
+
+def test_html_report_contains_the_em_table(finished):
+    workdir, _, configfile = finished
+    out = workdir / "report.html"
+    snakemake(workdir, configfile, "--report", str(out))
+    html = out.read_text(errors="replace")
+    assert "em.md" in html and "em_vs_incoherence.png" in html
