@@ -1,5 +1,6 @@
 # emguard: in-training defenses against emergent misalignment, end to end.
-# Stages (one rule file each): model -> data -> train -> generate -> judge -> metrics -> report.
+# Stages (one rule file each): model -> data -> train -> generate -> judge -> metrics -> report; OpSwap
+# (opswap.smk) adds task datasets scored by exact match instead of the judge.
 
 from snakemake.utils import min_version
 
@@ -15,6 +16,7 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/opswap.smk"
 include: "workflow/rules/persona.smk"
 include: "workflow/rules/interleave.smk"
 include: "workflow/rules/train.smk"
@@ -32,8 +34,11 @@ localrules:
     prepare_general_questions,
     prepare_indomain_questions,
     prepare_pool,
+    prepare_opswap,
+    prepare_opswap_questions,
     interleave_set,
     run_metrics,
+    task_metrics,
     report,
 
 

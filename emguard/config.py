@@ -22,11 +22,15 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / 
 #: the untrained base model is one run shared by every dataset block of the report
 BASE_DATASET = "base"
 
+#: OpSwap tier ``t`` is the dataset ``opswap_t<t>`` (training file ``results/data/em/opswap_t<t>.parquet``)
+OPSWAP_PREFIX = "opswap_t"
+
 DEFAULTS: dict[str, Any] = {
     "model": {"dtype": "float32", "device": "auto"},
     "data": {"seed": 0, "holdout_fraction": 0.1, "em": {"n_prompts": 100, "sources": {}},
              "pool": {"source": "embedded", "n": 300}, "opswap": {"tiers": [], "n": 200}},
-    "eval": {"general": {"source": "embedded", "samples": 4}, "indomain": {"n_questions": 30, "samples": 4}},
+    "eval": {"general": {"source": "embedded", "samples": 4}, "indomain": {"n_questions": 30, "samples": 4},
+             "opswap": {"n_questions": 30, "samples": 10}},
     "generation": {"max_new_tokens": 256, "temperature": 1.0, "top_p": 1.0, "batch_size": 16, "seed": 0},
     "judge": {"model": "base", "prompts": "workflow/resources/judge_prompts.yaml", "min_prob_mass": 0.25,
               "batch_size": 8, "cache": "results/cache/judge.sqlite"},
@@ -100,6 +104,10 @@ def _check_semantics(cfg: dict) -> None:
     for i, d in enumerate(cfg["experiments"]["target_domains"]):
         if d not in domains:
             raise ConfigError(f"config key 'experiments.target_domains.{i}': {d!r} is not in data.em.domains {domains}")
+    for i, d in enumerate(domains):
+        if is_opswap(d):
+            raise ConfigError(f"config key 'data.em.domains.{i}': {d!r} is reserved for OpSwap datasets "
+                              f"(data.opswap.tiers)")
     for d in cfg["data"]["em"]["sources"]:
         if d not in domains:
             raise ConfigError(f"config key 'data.em.sources.{d}': {d!r} is not in data.em.domains {domains}")
@@ -138,7 +146,7 @@ class Run:
     method: str
     setting: str
     seed: int
-    train_subset: str | None = None          # aligned / misaligned / None (untrained)
+    train_subset: str | None = None          # aligned / misaligned / benign (OpSwap) / None (untrained)
     hparams: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -159,8 +167,27 @@ def fmt_value(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def opswap_dataset(tier: int) -> str:
+    return f"{OPSWAP_PREFIX}{tier}"
+
+
+def is_opswap(dataset: str) -> bool:
+    """Whether ``dataset`` is an OpSwap tier (``opswap_t<digits>``)."""
+    return dataset.startswith(OPSWAP_PREFIX) and dataset[len(OPSWAP_PREFIX):].isdigit()
+
+
+def method_subset(dataset: str) -> str:
+    """The subset a defense trains on for ``dataset``: the benign OpSwap rows, else the misaligned EM rows
+    (also the rows an interleaved mix is built from)."""
+    return "benign" if is_opswap(dataset) else "misaligned"
+
+
 def expand_runs(cfg: dict) -> list[Run]:
-    """Every run the config asks for, baselines first, in a stable order."""
+    """Every run the config asks for, baselines first, in a stable order.
+
+    Per seed: the untrained model, the aligned / misaligned SFT baselines of every EM domain, every method
+    on every target domain, then for each OpSwap tier of ``data.opswap.tiers`` (dataset ``opswap_t<t>``)
+    an SFT baseline (method ``sft``) and every method, all on the benign OpSwap train rows."""
     model = cfg["model"]["name"]
     exp = cfg["experiments"]
     runs: list[Run] = []
@@ -174,6 +201,11 @@ def expand_runs(cfg: dict) -> list[Run]:
         for domain in exp["target_domains"]:
             for method, spec in exp["methods"].items():
                 runs.extend(method_runs(model, domain, method, spec, seed, cfg))
+        for tier in cfg["data"]["opswap"]["tiers"]:
+            dataset = opswap_dataset(tier)
+            runs.append(Run(model, dataset, "sft", "default", seed, train_subset="benign"))
+            for method, spec in exp["methods"].items():
+                runs.extend(method_runs(model, dataset, method, spec, seed, cfg))
     return runs
 
 
@@ -182,7 +214,7 @@ def method_runs(model: str, domain: str, method: str, spec: dict, seed: int, cfg
     grid = METHOD_GRIDS.get(method)
     if grid is None:
         raise ConfigError(f"config key 'experiments.methods.{method}': unknown method")
-    return [Run(model, domain, name, setting, seed, train_subset="misaligned", hparams=hp)
+    return [Run(model, domain, name, setting, seed, train_subset=method_subset(domain), hparams=hp)
             for name, setting, hp in grid(spec, cfg)]
 
 
@@ -240,7 +272,10 @@ def find_run(runs: list[Run], dataset: str, method: str, setting: str, seed: int
 
 def evalsets(run: Run, cfg: dict) -> list[str]:
     """Evaluation sets of a run: 'general' plus in-domain holdouts ('indomain' for a trained run on its
-    own domain; 'indomain_<domain>' for every domain for the untrained base model)."""
+    own domain; 'indomain_<domain>' for every domain for the untrained base model). An OpSwap run has
+    only the task set 'opswap' (its tier's holdout problems, scored by exact match, not judged)."""
+    if is_opswap(run.dataset):
+        return ["opswap"]
     if run.dataset == BASE_DATASET:
         return ["general"] + [f"indomain_{d}" for d in cfg["data"]["em"]["domains"]]
     return ["general", "indomain"]
@@ -250,4 +285,6 @@ def question_set(run_dataset: str, evalset: str) -> str:
     """Name of the question file an evalset of a run reads (results/data/questions/<name>.parquet)."""
     if evalset == "indomain":
         return f"indomain_{run_dataset}"
+    if evalset == "opswap":
+        return run_dataset
     return evalset

@@ -128,6 +128,24 @@ def prepare_pool(out: str, *, source: str, n: int, seed: int) -> None:
     write_parquet(schemas.validate(df, "chat", out), out)
 
 
+def prepare_opswap(out: str, *, tier: int, n: int, seed: int, holdout_fraction: float) -> None:
+    """``n`` OpSwap problems of ``tier`` (subset ``benign``), split into train/holdout."""
+    from emguard import data
+
+    df = data.opswap(tier, n, seed, holdout_fraction=holdout_fraction)
+    write_parquet(schemas.validate(df, "chat", out), out)
+
+
+def prepare_opswap_questions(opswap_path: str, out: str, *, n_questions: int, samples: int) -> None:
+    """The first ``n_questions`` holdout problems of an OpSwap file as task questions (exact-match
+    ``reference``, no judge prompts)."""
+    from emguard import data
+
+    rows = read_parquet(opswap_path, schemas.CHAT)
+    df = data.opswap_questions(rows, samples).head(n_questions).reset_index(drop=True)
+    write_parquet(schemas.validate(df, "question", out), out)
+
+
 def training_rows(em_path: str, subset: str) -> pd.DataFrame:
     """The train split of one subset of an EM domain file."""
     em = read_parquet(em_path, schemas.CHAT)
@@ -273,21 +291,21 @@ def score_pool_stage(model_path: str, pool_path: str, adapters: dict[str, str], 
     write_parquet(scores, out)
 
 
-def interleave_count(em_path: str, fraction: float) -> int:
-    """f * N, N = the misaligned fine-tuning set's size."""
+def interleave_count(em_path: str, fraction: float, subset: str = "misaligned") -> int:
+    """f * N, N = the fine-tuning set's size (the train rows of ``subset``)."""
     from emguard.interleave import n_interleave
 
-    return n_interleave(len(training_rows(em_path, "misaligned")), fraction)
+    return n_interleave(len(training_rows(em_path, subset)), fraction)
 
 
 def onpolicy_answers_stage(model_path: str, pool_path: str, em_path: str, out: str, *, fraction: float, seed: int,
-                           generation: dict, dtype: str, device: str) -> None:
+                           generation: dict, dtype: str, device: str, subset: str = "misaligned") -> None:
     """Random pool prompts answered anew by the aligned base model (On-policy Interleaving)."""
     from emguard.generate import sample
     from emguard.interleave import attach_answers, onpolicy_prompts
     from emguard.models import load_model, load_tokenizer
 
-    prompts = onpolicy_prompts(read_parquet(pool_path, schemas.CHAT), interleave_count(em_path, fraction), seed)
+    prompts = onpolicy_prompts(read_parquet(pool_path, schemas.CHAT), interleave_count(em_path, fraction, subset), seed)
     model, tok = load_model(model_path, dtype=dtype, device=device), load_tokenizer(model_path)
     answers = sample(model, tok, [schemas.to_messages(m) for m in prompts["prompt_messages"]],
                      sampling_settings(generation), seed)
@@ -295,13 +313,14 @@ def onpolicy_answers_stage(model_path: str, pool_path: str, em_path: str, out: s
 
 
 def interleave_set_stage(em_path: str, pool_path: str, out: str, *, variant: str, fraction: float, seed: int,
-                         scores_path: str | None = None, answers_path: str | None = None) -> None:
-    """The fine-tuning set of an interleaving run: the misaligned train rows with f*N selected pool rows
-    spread uniformly through them."""
+                         scores_path: str | None = None, answers_path: str | None = None,
+                         subset: str = "misaligned") -> None:
+    """The fine-tuning set of an interleaving run: the train rows of ``subset`` (misaligned for an EM
+    domain, benign for OpSwap) with f*N selected pool rows spread uniformly through them."""
     from emguard.interleave import mix, select
 
-    train = training_rows(em_path, "misaligned")
-    n = interleave_count(em_path, fraction)
+    train = training_rows(em_path, subset)
+    n = interleave_count(em_path, fraction, subset)
     if variant == "onpolicy":
         selected = read_parquet(answers_path, schemas.CHAT)
     else:
@@ -374,11 +393,36 @@ def metrics_run(judgments: dict[str, str], out: str, *, run_info: dict, threshol
     write_parquet(run_metrics(by_evalset, run_info, **thresholds), out)
 
 
+def task_metrics_run(generations_path: str, questions_path: str, out: str, *, run_info: dict, evalset: str,
+                     confidence: float) -> None:
+    """Exact-match accuracy of a run's OpSwap answers: one row of run descriptors, ``evalset``, ``tier``
+    and the :func:`emguard.metrics.task_accuracy` columns."""
+    from emguard.data import opswap_exact_match
+    from emguard.metrics import task_accuracy
+
+    gens = read_parquet(generations_path, schemas.GENERATION)
+    questions = read_parquet(questions_path, schemas.QUESTION + ["reference"])
+    acc = task_accuracy(gens, questions, opswap_exact_match, confidence=confidence)
+    dataset = str(run_info["dataset"])
+    tier = int(dataset.rsplit("_t", 1)[1])
+    write_parquet(pd.DataFrame([{**run_info, "evalset": evalset, "tier": tier, **acc}]), out)
+
+
 def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: str, table_csv: str,
            metrics_out: str, figure_em: str, figure_loss: str, persona_validation: str | None = None,
-           persona_md: str | None = None) -> None:
+           persona_md: str | None = None, task_metrics_paths: list[str] = (), opswap_md: str | None = None,
+           opswap_csv: str | None = None) -> None:
     from emguard import report as rp
     from emguard.io import write_text
+
+    if opswap_md:
+        if task_metrics_paths:
+            markdown, table = rp.opswap_table(pd.concat([read_parquet(p) for p in task_metrics_paths],
+                                                        ignore_index=True))
+        else:
+            markdown, table = ("The config trains on no OpSwap tier (data.opswap.tiers is empty).\n",
+                               rp.opswap_table(pd.DataFrame(columns=rp.OPSWAP_REQUIRED))[1])
+        rp.write_table(markdown, table, opswap_md, opswap_csv)
 
     if persona_md:
         write_text(rp.persona_validation_table(read_parquet(persona_validation)) if persona_validation else

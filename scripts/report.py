@@ -4,4 +4,5 @@ i, o = snakemake.input, snakemake.output
 run_stage(snakemake, report, metrics_paths=list(i.metrics), train_logs=snakemake.params.train_logs,
           table_md=o.table_md, table_csv=o.table_csv, metrics_out=o.metrics, figure_em=o.figure_em,
           figure_loss=o.figure_loss, persona_validation=i.persona_validation[0] if i.persona_validation else None,
-          persona_md=o.persona_md)
+          persona_md=o.persona_md, task_metrics_paths=list(i.get("task_metrics", [])),
+          opswap_md=o.get("opswap_md"), opswap_csv=o.get("opswap_csv"))

@@ -120,11 +120,16 @@ def train_subset(wc):
 
 def scoring_adapters(wc):
     """Leave-one-out misaligned adapters for a target domain: the misaligned baseline runs of every other
-    domain (first seed), reused rather than trained again."""
+    domain (first seed), reused rather than trained again. An OpSwap target is no EM domain: all of them."""
     from emguard.interleave import leave_one_out
 
     seed = config["experiments"]["seeds"][0]
     return {d: f"results/runs/{MODEL}/{d}/misaligned/default/seed{seed}/adapter" for d in leave_one_out(DOMAINS, wc.dataset)}
+
+
+def interleave_subset(wc):
+    """The train rows an interleaved mix is built from: misaligned (EM domain) or benign (OpSwap)."""
+    return emconfig.method_subset(wc.dataset)
 
 
 def interleave_inputs(wc):
@@ -156,7 +161,12 @@ def run_info(wc):
 
 
 def all_run_metrics():
-    return [f"{r.path}/metrics.parquet" for r in RUNS]
+    """Judged EM metrics of every run but the OpSwap ones (scored by exact match: all_task_metrics)."""
+    return [f"{r.path}/metrics.parquet" for r in RUNS if not emconfig.is_opswap(r.dataset)]
+
+
+def all_task_metrics():
+    return [f"{r.path}/task_metrics.parquet" for r in RUNS if emconfig.is_opswap(r.dataset)]
 
 
 def all_train_logs():
@@ -174,6 +184,7 @@ def get_final_output():
     return [
         "results/tables/em.md",
         "results/tables/em.csv",
+        "results/tables/opswap.md",
         "results/figures/em_vs_incoherence.png",
         "results/figures/train_loss.png",
     ]

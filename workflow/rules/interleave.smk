@@ -35,6 +35,7 @@ rule onpolicy_answers:
     params:
         model_path=model_path(),
         generation=config["generation"],
+        subset=interleave_subset,
         code=code_version("interleave", "generate", "models", "chat"),
     conda:
         "../../envs/train.yaml"
@@ -52,6 +53,7 @@ rule interleave_set:
     log:
         "results/logs/interleave_set/{model}/{dataset}/{variant}_frac{frac}_seed{seed}.log",
     params:
+        subset=interleave_subset,
         code=code_version("interleave"),
     conda:
         "../../envs/train.yaml"

@@ -1,4 +1,5 @@
-# Per-run metrics (misaligned / incoherent rates with 95% intervals) and the report.
+# Per-run metrics (misaligned / incoherent rates with 95% intervals) and the report (OpSwap runs are
+# scored by task_metrics in opswap.smk instead).
 
 
 rule run_metrics:
@@ -23,6 +24,7 @@ rule report:
         metrics=all_run_metrics(),
         train_logs=list(all_train_logs().values()),
         persona_validation=persona_validation_input(),
+        task_metrics=all_task_metrics(),
     output:
         table_md=report("results/tables/em.md", caption="../report/em_table.rst", category="EM"),
         table_csv="results/tables/em.csv",
@@ -33,6 +35,8 @@ rule report:
                            category="Training"),
         persona_md=report("results/tables/persona_validation.md", caption="../report/persona_validation.rst",
                           category="Persona vectors"),
+        opswap_md=report("results/tables/opswap.md", caption="../report/opswap_table.rst", category="OpSwap"),
+        opswap_csv="results/tables/opswap.csv",
     log:
         "results/logs/report.log",
     params:

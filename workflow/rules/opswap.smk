@@ -1,0 +1,65 @@
+# OpSwap (arithmetic with swapped operators, tiers 0-3): the benign task each defense must still learn.
+# Tier t is the dataset opswap_t<t>: rule `train` fine-tunes on its benign train rows (SFT + every method),
+# rule `generate` answers its holdout problems (evalset "opswap"), and task_metrics scores them by exact
+# match (no judge). The report rule turns the task metrics into results/tables/opswap.{md,csv}.
+
+
+# results/data/em/opswap_t<t>.parquet also matches prepare_em's pattern: the tier file is built here.
+ruleorder: prepare_opswap > prepare_em
+
+
+rule prepare_opswap:
+    output:
+        "results/data/em/opswap_t{tier}.parquet",
+    log:
+        "results/logs/prepare_opswap/opswap_t{tier}.log",
+    wildcard_constraints:
+        tier=r"\d+",
+    params:
+        n=config["data"]["opswap"]["n"],
+        seed=config["data"]["seed"],
+        holdout_fraction=config["data"]["holdout_fraction"],
+        code=code_version("data"),
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../../scripts/prepare_opswap.py"
+
+
+rule prepare_opswap_questions:
+    input:
+        opswap="results/data/em/opswap_t{tier}.parquet",
+    output:
+        "results/data/questions/opswap_t{tier}.parquet",
+    log:
+        "results/logs/prepare_questions/opswap_t{tier}.log",
+    wildcard_constraints:
+        tier=r"\d+",
+    params:
+        n_questions=config["eval"]["opswap"]["n_questions"],
+        samples=config["eval"]["opswap"]["samples"],
+        code=code_version("data"),
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../../scripts/prepare_opswap_questions.py"
+
+
+rule task_metrics:
+    input:
+        generations="results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/generations/opswap.parquet",
+        questions=lambda wc: f"results/data/questions/{emconfig.question_set(wc.dataset, 'opswap')}.parquet",
+    output:
+        "results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/task_metrics.parquet",
+    log:
+        "results/logs/task_metrics/{model}/{dataset}/{method}/{setting}/seed{seed}.log",
+    wildcard_constraints:
+        dataset=r"opswap_t\d+",
+    params:
+        run_info=run_info,
+        confidence=config["metrics"]["confidence"],
+        code=code_version("metrics", "data"),
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../../scripts/task_metrics.py"
