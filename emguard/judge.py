@@ -131,7 +131,11 @@ def _tree_depths() -> list[int]:
 class HFJudge:
     """A local transformers causal LM used as a judge (see the module docstring for the maths)."""
 
-    def __init__(self, model, tokenizer, *, name: str, batch_size: int = 8, min_prob_mass: float = 0.25):
+    def __init__(self, model, tokenizer, *, name: str, batch_size: int = 8, min_prob_mass: float = 0.25,
+                 answer_prefix: str = ""):
+        """``answer_prefix`` is pre-filled at the start of the judge's reply (e.g. ``"Score: "``): small judges
+        that would open with prose then put most of their next-token mass on the number. It is part of
+        ``name`` (and so of the cache key), since it changes the verdicts."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
@@ -139,9 +143,10 @@ class HFJudge:
             raise ValueError(f"HFJudge needs an attention implementation that takes a 4D mask (eager/sdpa), not {impl}")
         self.model = model
         self.tokenizer = tokenizer
-        self.name = name
+        self.name = f"{name}|prefix={answer_prefix!r}" if answer_prefix else name
         self.batch_size = int(batch_size)
         self.min_prob_mass = float(min_prob_mass)
+        self.answer_prefix = answer_prefix
         self._vocab_setup()
 
     # -- vocabulary ------------------------------------------------------------------------------
@@ -183,7 +188,7 @@ class HFJudge:
     def render(self, prompt: str) -> list[int]:
         text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                   add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(text + self.answer_prefix, add_special_tokens=False)["input_ids"]
 
     @property
     def device(self) -> torch.device:

@@ -251,7 +251,8 @@ def load_judge(judge_cfg: dict, base_model_path: str, dtype: str, device: str, *
     else:
         model, tok = load_model(path, dtype=dtype, device=device), load_tokenizer(path)
     name = f"hf:{Path(path).name}" if is_base else f"hf:{judge_cfg['model']}"
-    return HFJudge(model, tok, name=name, batch_size=judge_cfg["batch_size"], min_prob_mass=judge_cfg["min_prob_mass"])
+    return HFJudge(model, tok, name=name, batch_size=judge_cfg["batch_size"], min_prob_mass=judge_cfg["min_prob_mass"],
+                   answer_prefix=judge_cfg.get("answer_prefix", ""))
 
 
 def judge_run(generations_path: str, questions_path: str, out: str, *, judge_cfg: dict, base_model_path: str,

@@ -300,3 +300,18 @@ def test_cache_concurrent_writers(tmp_path):
     assert len(caches[0]) == 60
     assert caches[1].get_many(["2-19", "missing"]) == {"2-19": ScoreResult(19.0, 1.0, "number")}
     assert caches[0]._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_answer_prefix_is_prefilled_and_keys_the_cache(tiny_model_dir):
+    from emguard.judge import HFJudge
+    from emguard.models import load_model, load_tokenizer
+
+    model, tok = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    plain = HFJudge(model, tok, name="hf:tiny")
+    prefixed = HFJudge(model, tok, name="hf:tiny", answer_prefix="Score: ")
+    ids, ids_pre = plain.render("Rate 5"), prefixed.render("Rate 5")
+    assert ids_pre[:len(ids)] == ids and len(ids_pre) > len(ids)
+    assert tok.decode(ids_pre[len(ids):]) == "Score: "
+    assert prefixed.name != plain.name  # different verdicts must not share cache entries
+    a, b = plain.number_distribution(["Rate 5"])[0], prefixed.number_distribution(["Rate 5"])[0]
+    assert not torch.allclose(a, b)
