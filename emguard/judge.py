@@ -65,6 +65,7 @@ import pandas as pd
 import torch
 
 from emguard.errors import InputError
+from emguard.io import read_yaml
 from emguard.schemas import GENERATION, JUDGMENT, to_messages
 
 LABELS = ("number", "REFUSAL", "CODE", "none")
@@ -441,17 +442,8 @@ class JudgeCache:
 
 def load_judge_prompts(path: str | os.PathLike) -> dict[str, str]:
     """Read ``metric: template`` pairs; each template must contain ``{question}`` and ``{answer}``."""
-    import yaml
-
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: judge prompt file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        raise InputError(f"{where}: malformed YAML in judge prompt file ({getattr(exc, 'problem', exc)})") from exc
+    data = read_yaml(path, "judge prompt file")
     if not isinstance(data, dict) or not data:
         raise InputError(f"{path}: expected a mapping of metric name -> prompt template, got {type(data).__name__}")
     prompts: dict[str, str] = {}

@@ -52,7 +52,7 @@ import torch
 
 from emguard.chat import IGNORE_INDEX, encode_example, render_prompt
 from emguard.errors import EmguardError, InputError
-from emguard.io import atomic_path
+from emguard.io import atomic_path, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -137,18 +137,9 @@ def check_template(template: str, where: str) -> str:
 
 def load_trait(path: str | os.PathLike, *, min_pairs: int = MIN_PAIRS_IN_FILE) -> Trait:
     """Read and validate a trait definition YAML; errors name the file and the key."""
-    import yaml
-
     path = Path(path)
     where = str(path)
-    if not path.exists():
-        raise InputError(f"{where}: trait definition not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        pos = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-        raise InputError(f"{where}{pos}: malformed YAML ({getattr(exc, 'problem', None) or exc})") from exc
+    data = read_yaml(path, "trait definition")
     if not isinstance(data, dict):
         raise InputError(f"{where}: expected a mapping with keys name, pairs, questions, judge_prompt")
     for key in ("name", "pairs", "questions", "judge_prompt"):

@@ -17,7 +17,7 @@ import pandas as pd
 from emguard import schemas
 from emguard.data._util import chat_frame, hash_unit, check_fraction, prompt_key, question_frame
 from emguard.errors import InputError
-from emguard.io import check_columns, read_jsonl, read_parquet
+from emguard.io import check_columns, read_jsonl, read_parquet, read_yaml
 
 #: ShareGPT-style role names accepted in ``messages`` and mapped to the contract's roles
 _ROLE_ALIASES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant"}
@@ -173,14 +173,7 @@ def _question_records(source: Path) -> tuple[list[tuple[str, dict]], str]:
     if not source.is_file():
         raise InputError(f"{source}: file not found")
     if suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(source.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            place = f"{source}:{mark.line + 1}" if mark is not None else str(source)
-            raise InputError(f"{place}: malformed YAML ({getattr(exc, 'problem', exc)})") from exc
+        data = read_yaml(source, "question file")
         if isinstance(data, dict) and isinstance(data.get("questions"), list):
             data = data["questions"]
         if data is None or data == []:
