@@ -270,6 +270,17 @@ def find_run(runs: list[Run], dataset: str, method: str, setting: str, seed: int
     raise KeyError(f"no run {dataset}/{method}/{setting}/seed{seed} in the config")
 
 
+def leave_one_out(domains, target: str) -> list[str]:
+    """The domains other than ``target`` (order kept, duplicates dropped): the misaligned models whose
+    adapters score the interleaving pool for a run on ``target``. Empty when ``target`` is the only domain.
+    Lives here, free of torch, because the Snakefile calls it while planning the DAG."""
+    seen: list[str] = []
+    for d in domains:
+        if d != target and d not in seen:
+            seen.append(d)
+    return seen
+
+
 def evalsets(run: Run, cfg: dict) -> list[str]:
     """Evaluation sets of a run: 'general' plus in-domain holdouts ('indomain' for a trained run on its
     own domain; 'indomain_<domain>' for every domain for the untrained base model). An OpSwap run has

@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from emguard.chat import IGNORE_INDEX, Encoded, encode_example, pad_batch
+from emguard.config import leave_one_out  # noqa: F401  (torch-free home: the DAG plans with it)
 from emguard.errors import InputError
 from emguard.io import check_columns, read_jsonl, read_parquet
 from emguard.schemas import CHAT, to_messages
@@ -399,16 +400,6 @@ def make_random_adapter(model_path: str | os.PathLike, out_dir: str | os.PathLik
 # --------------------------------------------------------------------------------------------------
 # Selection
 # --------------------------------------------------------------------------------------------------
-
-def leave_one_out(domains: Iterable[str], target: str) -> list[str]:
-    """The domains other than ``target`` (order kept, duplicates dropped): the misaligned models whose
-    adapters score the pool for a run on ``target``. Empty when ``target`` is the only domain."""
-    seen: list[str] = []
-    for d in domains:
-        if d != target and d not in seen:
-            seen.append(d)
-    return seen
-
 
 def n_interleave(n_train: int, fraction: float) -> int:
     """Number of pool rows to mix into ``n_train`` fine-tuning rows: ``fraction * n_train`` rounded half

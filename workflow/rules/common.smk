@@ -121,10 +121,8 @@ def train_subset(wc):
 def scoring_adapters(wc):
     """Leave-one-out misaligned adapters for a target domain: the misaligned baseline runs of every other
     domain (first seed), reused rather than trained again. An OpSwap target is no EM domain: all of them."""
-    from emguard.interleave import leave_one_out
-
     seed = config["experiments"]["seeds"][0]
-    return {d: f"results/runs/{MODEL}/{d}/misaligned/default/seed{seed}/adapter" for d in leave_one_out(DOMAINS, wc.dataset)}
+    return {d: f"results/runs/{MODEL}/{d}/misaligned/default/seed{seed}/adapter" for d in emconfig.leave_one_out(DOMAINS, wc.dataset)}
 
 
 def interleave_subset(wc):
