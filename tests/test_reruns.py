@@ -123,19 +123,20 @@ def test_after_the_resume_nothing_is_left_to_do(killed_and_resumed):
     assert planned_jobs(workdir, configfile, snakefile=repo / "Snakefile") == {}
 
 
-def _edit(path: Path) -> str:
+def planned_after_edit(repo: Path, workdir: Path, configfile: Path, module: str) -> dict[str, int]:
+    """The dry-run plan with ``emguard/<module>.py`` edited; the file is restored afterwards."""
+    path = repo / "emguard" / f"{module}.py"
     before = path.read_text()
     path.write_text(before + "\n# an edit: this module's code changed\n")
-    return before
+    try:
+        return planned_jobs(workdir, configfile, snakefile=repo / "Snakefile")
+    finally:
+        path.write_text(before)
 
 
 def test_judge_module_edit_reruns_judging_and_below_only(killed_and_resumed):
     repo, workdir, configfile, _, _ = killed_and_resumed
-    before = _edit(repo / "emguard" / "judge.py")
-    try:
-        jobs = planned_jobs(workdir, configfile, snakefile=repo / "Snakefile")
-    finally:
-        (repo / "emguard" / "judge.py").write_text(before)
+    jobs = planned_after_edit(repo, workdir, configfile, "judge")
     assert set(jobs) == {"judge", "run_metrics", "report", "all"}
     assert jobs["judge"] == N_JUDGE and jobs["run_metrics"] == 3
     # restored: nothing to do again
@@ -144,20 +145,12 @@ def test_judge_module_edit_reruns_judging_and_below_only(killed_and_resumed):
 
 def test_training_module_edit_reruns_training_and_below_only(killed_and_resumed):
     repo, workdir, configfile, _, _ = killed_and_resumed
-    before = _edit(repo / "emguard" / "training.py")
-    try:
-        jobs = planned_jobs(workdir, configfile, snakefile=repo / "Snakefile")
-    finally:
-        (repo / "emguard" / "training.py").write_text(before)
+    jobs = planned_after_edit(repo, workdir, configfile, "training")
     assert set(jobs) == {"train", "generate", "judge", "run_metrics", "report", "all"}
     assert jobs["train"] == 2 and jobs["generate"] == 4  # the untrained run's answers stay
 
 
 def test_report_module_edit_reruns_only_the_report(killed_and_resumed):
     repo, workdir, configfile, _, _ = killed_and_resumed
-    before = _edit(repo / "emguard" / "report.py")
-    try:
-        jobs = planned_jobs(workdir, configfile, snakefile=repo / "Snakefile")
-    finally:
-        (repo / "emguard" / "report.py").write_text(before)
+    jobs = planned_after_edit(repo, workdir, configfile, "report")
     assert set(jobs) == {"report", "all"}
