@@ -7,7 +7,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# config.yaml is the embedded default. A file given with --configfile replaces it whole (Snakemake would
+# otherwise merge the two, leaving e.g. the default's methods or model source next to the file's); small
+# changes go on the command line (--config key=value) or into an edited copy of config.yaml.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 report: "workflow/report/workflow.rst"
@@ -36,6 +41,7 @@ localrules:
     prepare_pool,
     prepare_opswap,
     prepare_opswap_questions,
+    score_pool,
     interleave_set,
     run_metrics,
     task_metrics,

@@ -8,11 +8,18 @@ CPU mode (default) scores one synthetic benign pool two ways in the same run:
 asserts that both give the same NLLs and scores to 1e-4, and prints the speed-up. It also measures LoRA
 training throughput on the same examples and evaluates the scoring overhead relative to fine-tuning.
 
+The grid comparison (``--grid-domains D --grid-opswap T``; the paper's grid is 4 and 4, ``--grid-domains 0``
+skips it) scores the pool for every target of a grid: D EM domains, each scored with its D - 1
+leave-one-out adapters, and T OpSwap tiers, each scored with all D. The pipeline's way: one model load,
+the pool's NLLs under the base model and the D adapters once (:func:`emguard.interleave.pool_nll`, D + 1
+passes), each target's scores read from them (:func:`emguard.interleave.scores_from_nll`). The naive way:
+the naive reference once per target (D * D + T * (D + 1) passes). Every target's scores must agree to 1e-4.
+
 ``--gpu-qwen7b-shape`` instead measures scoring tokens/s of a random-weight Qwen2.5-7B-shaped model in
 bf16 (with K random adapters) and compares the achieved FLOP rate with a large bf16 matmul measured in
 the same run.
 
-    python benchmarks/score_pool.py --n-pool 32 --k-adapters 2
+    python benchmarks/score_pool.py --n-pool 32 --k-adapters 2 --grid-domains 4 --grid-opswap 4
     python benchmarks/score_pool.py --gpu-qwen7b-shape --n-pool 256
 """
 
@@ -33,8 +40,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emguard.chat import IGNORE_INDEX, Encoded, pad_batch  # noqa: E402
-from emguard.interleave import (encode_pool, length_sorted_batches, make_random_adapter, score_encoded,  # noqa: E402
-                                score_pool, score_pool_naive)
+from emguard.config import leave_one_out  # noqa: E402
+from emguard.interleave import (encode_pool, length_sorted_batches, make_random_adapter, pool_nll,  # noqa: E402
+                                score_encoded, score_pool, score_pool_naive, scores_from_nll)
 from emguard.models import LoraSettings, load_model, load_tokenizer  # noqa: E402
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "resources" / "models" / "smollm2-135m"
@@ -190,7 +198,50 @@ def cpu_benchmark(args) -> dict:
     print(f"  (K+1) * n_interleave * R_TI / (n_FT * n_runs)          = {overhead_formula:.4f}")
     print(f"  as briefed: (K+1) * n_FT / (R_TI * n_interleave * n_runs) = {overhead_brief:.4g}"
           "  (does not reproduce the measured ratio)")
+    if args.grid_domains:
+        result.update(grid_benchmark(args, model_path, tmp, pool))
     return result
+
+
+def grid_benchmark(args, model_path: Path, tmp: Path, pool: pd.DataFrame) -> dict:
+    """Scores for every target of a D-domain grid: the pipeline's shared NLL table vs the naive reference
+    once per target."""
+    domains = [f"dom{k}" for k in range(args.grid_domains)]
+    adapters = {d: str(make_random_adapter(model_path, tmp / f"grid-{d}", r=args.lora_r, alpha=2 * args.lora_r,
+                                           seed=100 + k)) for k, d in enumerate(domains)}
+    targets = {d: leave_one_out(domains, d) for d in domains}
+    targets.update({f"opswap_t{t}": list(domains) for t in range(args.grid_opswap)})
+    naive_passes = sum(len(a) + 1 for a in targets.values())
+
+    sw = Stopwatch()
+    model, tok = load_model(model_path, device="cpu"), load_tokenizer(model_path)
+    nll = pool_nll(model, tok, pool, adapters, batch_size=args.batch_size, max_length=args.max_length)
+    fast = {t: scores_from_nll(nll, names, pool) for t, names in targets.items()}
+    t_fast = sw.read()
+    del model
+    print(f"grid, pipeline ({len(domains) + 1} passes, 1 load): wall {t_fast['wall']:.2f}s, cpu {t_fast['cpu']:.2f}s",
+          flush=True)
+
+    sw = Stopwatch()
+    naive = {t: score_pool_naive(model_path, {n: adapters[n] for n in names}, pool, max_length=args.max_length)
+             for t, names in targets.items()}
+    t_naive = sw.read()
+    print(f"grid, naive ({naive_passes} passes, {naive_passes} loads): wall {t_naive['wall']:.2f}s, "
+          f"cpu {t_naive['cpu']:.2f}s", flush=True)
+
+    max_diff = 0.0
+    for t, names in targets.items():
+        for c in ["nll_base"] + [f"nll_{n}" for n in names] + ["nll_mis_mean", "score"]:
+            max_diff = max(max_diff, float(np.nanmax(np.abs(fast[t][c].to_numpy() - naive[t][c].to_numpy()))))
+    assert max_diff < 1e-4, f"grid: pipeline and naive scores differ by {max_diff:.3g}"
+    speedup = {c: t_naive[c] / t_fast[c] for c in t_fast}
+    print(f"grid: {len(targets)} targets ({args.grid_domains} EM domains, {args.grid_opswap} OpSwap tiers); "
+          f"max |pipeline - naive| {max_diff:.2e}; speed-up wall {speedup['wall']:.2f}x, cpu time "
+          f"{speedup['cpu']:.2f}x; forward passes {naive_passes} vs {len(domains) + 1}")
+    return {"grid_domains": args.grid_domains, "grid_opswap": args.grid_opswap, "grid_targets": len(targets),
+            "grid_passes_pipeline": len(domains) + 1, "grid_passes_naive": naive_passes,
+            "grid_pipeline_s": t_fast, "grid_naive_s": t_naive, "grid_speedup": speedup,
+            "grid_max_abs_diff": max_diff}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -315,6 +366,9 @@ def main(argv=None):
     ap.add_argument("--model", default=str(DEFAULT_MODEL), help="model folder (falls back to the tiny test model)")
     ap.add_argument("--n-pool", type=int, default=32, help="pool examples scored")
     ap.add_argument("--k-adapters", type=int, default=2, help="misaligned adapters K")
+    ap.add_argument("--grid-domains", type=int, default=4,
+                    help="EM domains of the grid comparison (each a target scored leave-one-out); 0 skips it")
+    ap.add_argument("--grid-opswap", type=int, default=4, help="OpSwap tiers of the grid (scored with all domains)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--lora-r", type=int, default=32)

@@ -7,9 +7,10 @@ Variants (``select``):
   * ``onpolicy``  n random pool prompts whose answers the caller generates with the aligned base model
                   (:func:`onpolicy_prompts`, then :func:`attach_answers`).
 
-Scoring (:func:`score_pool`): for a candidate ``d = (q, a)`` let ``L_hat(d)`` be the answer-only mean
-token NLL under the aligned base model and ``L_k(d)`` the same under misaligned adapter ``k``. With
-``L_mis = mean_k L_k``, the score is ``s_d = (L_mis - L_hat) / (L_hat + eps)``: large when the misaligned
+Scoring (:func:`pool_nll` once, then :func:`scores_from_nll` per target; :func:`score_pool` does both):
+for a candidate ``d = (q, a)`` let ``L_hat(d)`` be the answer-only mean token NLL under the aligned base
+model and ``L_k(d)`` the same under misaligned adapter ``k``. With ``L_mis = mean_k L_k``, the score is
+``s_d = (L_mis - L_hat) / (L_hat + eps)``: large when the misaligned
 models find the answer much less likely than the aligned one does.
 
 Mixing (:func:`mix`) spreads the selected rows evenly through the fine-tuning order; the trainer keeps
@@ -292,45 +293,88 @@ def score_encoded(model, encoded: Sequence[Encoded], adapters: dict[str, str], p
     return out
 
 
-def score_pool(model, tokenizer, pool: pd.DataFrame, adapters: dict[str, str], *, batch_size: int = 16,
-               eps: float = 1e-6, max_length: int | None = 1024, max_padding: float | None = 0.1,
-               refusal_keywords: Iterable[str] = DEFAULT_REFUSAL_KEYWORDS, first_n_words: int = 10,
-               where: str = "pool") -> pd.DataFrame:
-    """Score every pool candidate by the NLL gap between misaligned adapters and the aligned base model.
+def pool_nll(model, tokenizer, pool: pd.DataFrame, adapters: dict[str, str], *, batch_size: int = 16,
+             max_length: int | None = 1024, max_padding: float | None = 0.1, where: str = "pool") -> pd.DataFrame:
+    """Answer-only mean token NLL of every pool candidate under the aligned model and each adapter.
 
     ``model`` is the aligned base model, loaded once by the caller (a plain transformers model, or a
-    ``PeftModel``). The misaligned LoRA ``adapters`` (name -> adapter folder) are attached to it with
-    peft's multi-adapter API and switched between; the base NLL is taken with all adapters disabled
-    (see :func:`score_encoded`). Each example is tokenised once (chat template via
+    ``PeftModel``). The LoRA ``adapters`` (name -> adapter folder) are attached to it with peft's
+    multi-adapter API and switched between; the base NLL is taken with all adapters disabled (see
+    :func:`score_encoded`). Each example is tokenised once (chat template via
     :func:`emguard.chat.encode_example`, prompt tokens masked, truncated to ``max_length``), batched by
     length, and scored under ``torch.inference_mode``. ``model`` is left as it was.
 
-    Returns one row per pool row, in pool order, with columns ``id``, ``nll_base``, ``nll_<name>`` for each
-    adapter, ``nll_mis_mean``, ``n_answer_tokens``, ``score`` and ``is_refusal``, where
-    ``score = (nll_mis_mean - nll_base) / (nll_base + eps)``. ``eps`` (default ``1e-6``) only guards the
-    division for answers the base model predicts almost perfectly. Examples whose answer was truncated
-    away entirely get NaN NLLs and score (and a warning); :func:`select` never picks them.
-    ``is_refusal`` applies :func:`is_refusal` to the final answer (first ``first_n_words`` words).
+    Returns one row per pool row, in pool order: ``id``, ``n_answer_tokens``, ``nll_base`` and
+    ``nll_<name>`` for each adapter. Examples whose answer was truncated away entirely get NaN NLLs
+    (and a warning). The pipeline scores the pool once under the union of the adapters its targets need
+    and derives each target's scores with :func:`scores_from_nll`.
     """
     names = _check_adapter_names(adapters)
     ids, convs = _pool_answers(pool, where)
     encoded = encode_pool(tokenizer, convs, max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    keywords = tuple(refusal_keywords)
     nll = score_encoded(model, encoded, adapters, pad_id, batch_size=batch_size, max_padding=max_padding)
-
-    out = pd.DataFrame({"id": ids, "nll_base": nll["base"]})
+    out = pd.DataFrame({"id": ids, "n_answer_tokens": np.array([e.n_answer_tokens for e in encoded], dtype=np.int64),
+                        "nll_base": nll["base"]})
     for n in names:
         out[f"nll_{n}"] = nll[n]
-    out["nll_mis_mean"] = np.mean(np.stack([nll[n] for n in names]), axis=0)
-    out["n_answer_tokens"] = np.array([e.n_answer_tokens for e in encoded], dtype=np.int64)
-    out["score"] = (out["nll_mis_mean"] - out["nll_base"]) / (out["nll_base"] + eps)
-    out["is_refusal"] = [is_refusal(c[-1]["content"], keywords, first_n_words) for c in convs]
     n_empty = int((out["n_answer_tokens"] == 0).sum())
     if n_empty:
         warnings.warn(f"{where}: {n_empty} example(s) have no answer tokens within max_length={max_length}; "
                       "their score is NaN", stacklevel=2)
     return out
+
+
+def scores_from_nll(nll: pd.DataFrame, adapters: Sequence[str], pool: pd.DataFrame, *, eps: float = 1e-6,
+                    refusal_keywords: Iterable[str] = DEFAULT_REFUSAL_KEYWORDS, first_n_words: int = 10,
+                    where: str = "pool", nll_where: str = "pool NLLs") -> pd.DataFrame:
+    """One target's scores from pool NLLs (:func:`pool_nll`): ``s_d = (L_mis - L_hat) / (L_hat + eps)``
+    with ``L_mis`` the mean over the named ``adapters`` (the target's leave-one-out set) and ``L_hat``
+    the base model's NLL.
+
+    Returns one row per pool row, in pool order, with columns ``id``, ``nll_base``, ``nll_<name>`` for each
+    named adapter, ``nll_mis_mean``, ``n_answer_tokens``, ``score`` and ``is_refusal``. ``eps`` (default
+    ``1e-6``) only guards the division for answers the base model predicts almost perfectly. NaN NLLs (no
+    answer token left) give a NaN score, which :func:`select` never picks. ``is_refusal`` applies
+    :func:`is_refusal` to the pool row's final answer (first ``first_n_words`` words). NLLs for another
+    pool (an id missing either way) are an error naming ``nll_where``.
+    """
+    names = [str(n) for n in adapters]
+    if not names:
+        raise ValueError("scores_from_nll needs at least one adapter name")
+    cols = ["id", "n_answer_tokens", "nll_base"] + [f"nll_{n}" for n in names]
+    check_columns(nll, cols, nll_where)
+    ids, convs = _pool_answers(pool, where)
+    table = nll[cols].assign(id=nll["id"].astype(str))
+    if table["id"].duplicated().any():
+        raise InputError(f"{nll_where}: duplicate id {table['id'][table['id'].duplicated()].iloc[0]!r}")
+    missing = sorted(set(ids) - set(table["id"]))
+    stray = sorted(set(table["id"]) - set(ids))
+    if missing or stray:
+        example = (f"pool id {missing[0]!r} has no NLL" if missing else f"id {stray[0]!r} is not in {where}")
+        raise InputError(f"{nll_where}: NLLs are for another pool ({example}); rerun the scoring")
+    out = table.set_index("id").loc[ids].reset_index()
+    out = out[["id", "nll_base"] + [f"nll_{n}" for n in names] + ["n_answer_tokens"]]
+    mis = np.mean(np.stack([out[f"nll_{n}"].to_numpy(dtype=np.float64) for n in names]), axis=0)
+    out.insert(len(names) + 2, "nll_mis_mean", mis)
+    out["score"] = (out["nll_mis_mean"] - out["nll_base"]) / (out["nll_base"] + eps)
+    keywords = tuple(refusal_keywords)
+    out["is_refusal"] = [is_refusal(c[-1]["content"], keywords, first_n_words) for c in convs]
+    return out
+
+
+def score_pool(model, tokenizer, pool: pd.DataFrame, adapters: dict[str, str], *, batch_size: int = 16,
+               eps: float = 1e-6, max_length: int | None = 1024, max_padding: float | None = 0.1,
+               refusal_keywords: Iterable[str] = DEFAULT_REFUSAL_KEYWORDS, first_n_words: int = 10,
+               where: str = "pool") -> pd.DataFrame:
+    """Score every pool candidate by the NLL gap between misaligned adapters and the aligned base model:
+    :func:`pool_nll` followed by :func:`scores_from_nll` over all of ``adapters`` (see both for the
+    columns and the handling of truncated answers). ``model`` is left as it was.
+    """
+    nll = pool_nll(model, tokenizer, pool, adapters, batch_size=batch_size, max_length=max_length,
+                   max_padding=max_padding, where=where)
+    return scores_from_nll(nll, list(adapters), pool, eps=eps, refusal_keywords=refusal_keywords,
+                           first_n_words=first_n_words, where=where)
 
 
 def score_pool_from_paths(model_path: str | os.PathLike, adapters: dict[str, str], pool: pd.DataFrame, *,

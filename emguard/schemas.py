@@ -20,6 +20,8 @@ QUESTION = ["question_id", "paraphrase", "system", "samples", "judge_prompts", "
 GENERATION = ["run_id", "question_id", "sample_idx", "prompt_messages", "answer", "seed", "checkpoint"]
 #: one judge verdict on one answer for one metric
 JUDGMENT = GENERATION + ["metric", "score", "label", "prob_mass", "judge_model", "cached"]
+#: one interleaving-pool candidate's answer NLLs (plus one ``nll_<domain>`` column per misaligned adapter)
+POOL_NLL = ["id", "n_answer_tokens", "nll_base"]
 #: one interleaving-pool candidate's scores (plus one ``nll_<adapter>`` column per misaligned adapter)
 POOL_SCORE = ["id", "nll_base", "nll_mis_mean", "n_answer_tokens", "score", "is_refusal"]
 
@@ -27,7 +29,8 @@ SUBSETS = ("aligned", "misaligned", "benign")
 SPLITS = ("train", "holdout")
 ROLES = ("system", "user", "assistant")
 
-KINDS = {"chat": CHAT, "question": QUESTION, "generation": GENERATION, "judgment": JUDGMENT, "pool_score": POOL_SCORE}
+KINDS = {"chat": CHAT, "question": QUESTION, "generation": GENERATION, "judgment": JUDGMENT, "pool_nll": POOL_NLL,
+         "pool_score": POOL_SCORE}
 
 
 def to_messages(value: Any) -> list[dict[str, str]]:

@@ -279,16 +279,28 @@ def _refusal_kwargs(interleave: dict) -> dict:
             "first_n_words": interleave["first_n_words"]}
 
 
-def score_pool_stage(model_path: str, pool_path: str, adapters: dict[str, str], out: str, *, interleave: dict,
-                     dtype: str, device: str) -> None:
-    """Answer NLL of every pool example under the aligned model and each leave-one-out misaligned adapter."""
-    from emguard.interleave import score_pool
+def pool_nll_stage(model_path: str, pool_path: str, adapters: dict[str, str], out: str, *, interleave: dict,
+                   dtype: str, device: str) -> None:
+    """Answer NLL of every pool example under the aligned model and each misaligned adapter any target
+    needs: one model load, the adapters switched on it."""
+    from emguard.interleave import pool_nll
     from emguard.models import load_model, load_tokenizer
 
     pool = read_parquet(pool_path, schemas.CHAT)
     model, tok = load_model(model_path, dtype=dtype, device=device), load_tokenizer(model_path)
-    scores = score_pool(model, tok, pool, adapters, batch_size=interleave["batch_size"], eps=interleave["eps"],
-                        max_length=interleave["max_length"], **_refusal_kwargs(interleave))
+    nll = pool_nll(model, tok, pool, adapters, batch_size=interleave["batch_size"],
+                   max_length=interleave["max_length"], where=pool_path)
+    write_parquet(nll, out)
+
+
+def score_pool_stage(nll_path: str, pool_path: str, adapters: list[str], out: str, *, interleave: dict) -> None:
+    """One target's scores s_d and refusal flags from the pool NLLs of its leave-one-out adapters."""
+    from emguard.interleave import scores_from_nll
+
+    pool = read_parquet(pool_path, schemas.CHAT)
+    nll = read_parquet(nll_path, schemas.POOL_NLL)
+    scores = scores_from_nll(nll, adapters, pool, eps=interleave["eps"], where=pool_path, nll_where=nll_path,
+                             **_refusal_kwargs(interleave))
     write_parquet(scores, out)
 
 

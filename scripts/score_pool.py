@@ -1,6 +1,5 @@
 from emguard.stages import run_stage, score_pool_stage
 
 p = snakemake.params
-run_stage(snakemake, score_pool_stage, model_path=p.model_path, pool_path=snakemake.input.pool,
-          adapters=p.adapters, out=snakemake.output[0], interleave=p.interleave,
-          dtype=snakemake.config["model"]["dtype"], device=snakemake.config["model"]["device"])
+run_stage(snakemake, score_pool_stage, nll_path=snakemake.input.nll, pool_path=snakemake.input.pool,
+          adapters=p.adapters, out=snakemake.output[0], interleave=p.interleave)

@@ -51,7 +51,7 @@ def _eval(expr: str, env: dict, attempt: int = 1):
 def test_slurm_profile_scales_memory_and_runtime_by_model_size_and_attempt():
     profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
     res = profile["set-resources"]
-    gpu_rules = {"train", "generate", "judge", "score_pool", "onpolicy_answers", "persona_extract",
+    gpu_rules = {"train", "generate", "judge", "pool_nll", "onpolicy_answers", "persona_extract",
                  "persona_validate"}
     assert set(res) == gpu_rules
     env7 = profile_env(_cfg())
@@ -83,5 +83,7 @@ def test_paper_grid_plans_with_the_slurm_profile(tmp_path):
     assert jobs["train"] == 4 * 34 + 4 * 33 and jobs["run_metrics"] == 4 * 34 + 1
     assert jobs["judge"] == 4 * 34 * 2 + 1 + 4 and jobs["generate"] == jobs["judge"] + 4 * 33
     assert jobs["task_metrics"] == 4 * 33 and jobs["prepare_opswap"] == jobs["prepare_opswap_questions"] == 4
-    assert jobs["interleave_set"] == 8 * 16 and jobs["onpolicy_answers"] == 8 * 4 and jobs["score_pool"] == 8
-    assert sum(jobs.values()) == 1413
+    assert jobs["interleave_set"] == 8 * 16 and jobs["onpolicy_answers"] == 8 * 4
+    # the pool is scored once (base + 4 domain adapters); each target's scores are read from it
+    assert jobs["pool_nll"] == 1 and jobs["score_pool"] == 8
+    assert sum(jobs.values()) == 1414

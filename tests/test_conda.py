@@ -48,7 +48,7 @@ def test_every_script_rule_runs_in_an_env_of_envs():
         assert (rule_file.parent / env).resolve().is_file(), f"{rule}: {env}"
     # the GPU stages get torch; training gets trl
     torch_envs = {p.name for p in ENVS if "torch" in p.read_text()}
-    for rule in ("train", "generate", "judge", "score_pool", "persona_extract"):
+    for rule in ("train", "generate", "judge", "pool_nll", "persona_extract"):
         assert os.path.basename(envs[rule]) in torch_envs, rule
     assert "trl" in (ROOT / "envs" / os.path.basename(envs["train"])).read_text()
 

@@ -1,4 +1,5 @@
 import copy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,10 @@ def test_snakemake_rejects_unknown_key_naming_it(tmp_path):
 
 
 def test_paper_config_builds_its_dag(tmp_path):
+    # from a directory that also holds the embedded default (the repository root, for users): the file
+    # given with --configfile replaces config.yaml rather than being merged into it
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
     proc = _snakemake("-n", "--configfile", str(ROOT / "configs/paper-qwen2.5-7b.yaml"), "--directory", str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "train" in proc.stdout
+    assert "train" in proc.stdout and "extended by additional config" not in proc.stdout + proc.stderr
+    assert "results/runs/qwen2.5-7b-instruct/security/" in proc.stdout

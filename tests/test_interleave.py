@@ -7,7 +7,8 @@ import pytest
 from emguard.errors import InputError
 from emguard.interleave import (DEFAULT_REFUSAL_KEYWORDS, attach_answers, interleave_positions, is_refusal,
                                 leave_one_out, length_sorted_batches, load_wildguardmix, make_random_adapter, mix,
-                                n_interleave, onpolicy_prompts, score_pool, score_pool_naive, select)
+                                n_interleave, onpolicy_prompts, pool_nll, score_pool, score_pool_naive,
+                                scores_from_nll, select)
 from emguard.schemas import validate
 
 
@@ -251,6 +252,47 @@ def test_score_pool_matches_naive_reference(tiny_model_dir, adapters):
     np.testing.assert_allclose(again["nll_insecure"], ref["nll_insecure"], atol=1e-4, rtol=0)
     np.testing.assert_allclose(again["nll_base"], ref["nll_base"], atol=1e-4, rtol=0)
     assert list(wrapped.peft_config) == ["mine"] and wrapped.active_adapter == "mine"
+
+
+def test_scores_from_nll_hand_computed():
+    pool = chat(["a", "b", "c"], answers=["Sure thing.", "Sorry, no.", "Fine."])
+    # stored in another order, with an adapter this target does not use
+    nll = pd.DataFrame({"id": ["c", "a", "b"], "n_answer_tokens": [2, 3, 4], "nll_base": [2.0, 1.0, 4.0],
+                        "nll_x": [3.0, 2.0, 4.0], "nll_y": [5.0, 4.0, 2.0], "nll_target": [99.0, 99.0, 99.0]})
+    got = scores_from_nll(nll, ["x", "y"], pool, eps=0.5)
+    assert list(got.columns) == ["id", "nll_base", "nll_x", "nll_y", "nll_mis_mean", "n_answer_tokens", "score",
+                                 "is_refusal"]
+    assert list(got["id"]) == ["a", "b", "c"] and list(got["n_answer_tokens"]) == [3, 4, 2]
+    # s = (mean(x, y) - base) / (base + eps)
+    np.testing.assert_allclose(got["score"], [(3 - 1) / 1.5, (3 - 4) / 4.5, (4 - 2) / 2.5])
+    assert list(got["is_refusal"]) == [False, True, False]
+    only_x = scores_from_nll(nll, ["x"], pool, eps=0.5, refusal_keywords=["sure"])
+    np.testing.assert_allclose(only_x["score"], [(2 - 1) / 1.5, 0.0, (3 - 2) / 2.5])
+    assert list(only_x["is_refusal"]) == [True, False, False]
+
+
+def test_scores_from_nll_rejects_nlls_of_another_pool():
+    pool = chat(["a", "b"])
+    nll = pd.DataFrame({"id": ["a", "z"], "n_answer_tokens": [1, 1], "nll_base": [1.0, 1.0], "nll_x": [1.0, 1.0]})
+    with pytest.raises(InputError, match=r"nll\.parquet: NLLs are for another pool \(pool id 'b' has no NLL\)"):
+        scores_from_nll(nll, ["x"], pool, nll_where="nll.parquet")
+    with pytest.raises(InputError, match="nll_y"):
+        scores_from_nll(nll, ["y"], pool)
+
+
+def test_one_pool_nll_serves_every_target(tiny_model_dir, adapters):
+    """The pipeline's path (NLLs once under all adapters, then each target's leave-one-out subset) gives
+    what scoring each target on its own does."""
+    from emguard.models import load_model, load_tokenizer
+
+    pool = chat([f"p{i}" for i in range(4)], answers=["Sure.", "Sorry, I cannot.", "Add 2 and 2.", "Be kind."])
+    model, tok = load_model(tiny_model_dir, device="cpu"), load_tokenizer(tiny_model_dir)
+    nll = pool_nll(model, tok, pool, adapters, batch_size=2)
+    assert list(nll.columns) == ["id", "n_answer_tokens", "nll_base", "nll_insecure", "nll_medical"]
+    for name in adapters:
+        alone = score_pool(model, tok, pool, {name: adapters[name]}, batch_size=4)
+        from_shared = scores_from_nll(nll, [name], pool)
+        pd.testing.assert_frame_equal(from_shared, alone, check_exact=False, atol=1e-5, rtol=0)
 
 
 def test_score_pool_truncated_answer_is_nan(tiny_model_dir, adapters):

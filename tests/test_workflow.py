@@ -47,8 +47,8 @@ def test_training_change_reruns_training_and_below_only(finished, tmp_path, tiny
     # aligned + misaligned x 2 domains, and 8 defense runs on the target domain
     assert jobs.get("train") == 4 + N_METHOD_RUNS
     n_trained = jobs["train"]
-    # the pool scores use the misaligned adapters, so they are downstream of training too
-    assert set(jobs) == {"train", "score_pool", "interleave_set", "generate", "judge", "run_metrics", "report", "all"}
+    # the pool NLLs use the misaligned adapters, so they are downstream of training too
+    assert set(jobs) == {"train", "pool_nll", "score_pool", "interleave_set", "generate", "judge", "run_metrics", "report", "all"}
     assert jobs["interleave_set"] == 2  # plus and plusplus read the scores; random and onpolicy do not
     assert jobs["generate"] == n_trained * 2  # general + in-domain per trained run; untrained untouched
     assert jobs["run_metrics"] == n_trained
@@ -71,9 +71,20 @@ def test_fraction_change_reruns_selection_not_scoring(finished, tmp_path, tiny_m
     changed = write_config(tiny_config(tiny_model_dir, workdir,
                                        **{"experiments.methods.interleave.fractions": [0.3]}), tmp_path / "f.yaml")
     jobs = planned_jobs(workdir, changed)
-    assert "score_pool" not in jobs and "persona_extract" not in jobs
+    assert not {"pool_nll", "score_pool", "persona_extract"} & set(jobs)
     assert jobs["interleave_set"] == 4 and jobs["onpolicy_answers"] == 1
     assert jobs["train"] == 4  # only the four interleaving runs are new
+
+
+def test_refusal_or_eps_change_rescores_from_stored_nlls(finished, tmp_path, tiny_model_dir):
+    workdir, cfg, _ = finished
+    changed = write_config(tiny_config(tiny_model_dir, workdir, **{"interleave.eps": 1e-3,
+                                                                   "interleave.refusal_keywords": ["sure"]}),
+                           tmp_path / "eps.yaml")
+    jobs = planned_jobs(workdir, changed)
+    # no forward pass over the pool again: only the per-target scores, and the plus/plusplus runs below them
+    assert "pool_nll" not in jobs and "onpolicy_answers" not in jobs
+    assert jobs["score_pool"] == 1 and jobs["interleave_set"] == 2 and jobs["train"] == 2
 
 
 def test_html_report_contains_the_em_table(finished):

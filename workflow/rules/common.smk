@@ -118,11 +118,28 @@ def train_subset(wc):
     return None if is_interleave(run.method) else run.train_subset
 
 
-def scoring_adapters(wc):
-    """Leave-one-out misaligned adapters for a target domain: the misaligned baseline runs of every other
-    domain (first seed), reused rather than trained again. An OpSwap target is no EM domain: all of them."""
-    seed = config["experiments"]["seeds"][0]
-    return {d: f"results/runs/{MODEL}/{d}/misaligned/default/seed{seed}/adapter" for d in emconfig.leave_one_out(DOMAINS, wc.dataset)}
+def leave_one_out_domains(dataset):
+    """The misaligned adapters that score the pool for a target: every other EM domain (an OpSwap target
+    is no EM domain: all of them)."""
+    return emconfig.leave_one_out(DOMAINS, dataset)
+
+
+def misaligned_adapter(domain):
+    """A domain's misaligned baseline run (first seed), reused as its scoring adapter, not trained again."""
+    return f"results/runs/{MODEL}/{domain}/misaligned/default/seed{config['experiments']['seeds'][0]}/adapter"
+
+
+# Targets with a perplexity-gap variant (plus / plusplus), and the union of their leave-one-out adapters:
+# the pool is scored once under the base model and each of these, and every target's scores are read
+# from that one table (K + 1 passes per target would repeat the base pass and shared adapters).
+SCORED_TARGETS = sorted({r.dataset for r in RUNS if is_interleave(r.method)
+                         and r.hparams["variant"] in ("plus", "plusplus")})
+SCORING_DOMAINS = [d for d in DOMAINS if any(d in leave_one_out_domains(t) for t in SCORED_TARGETS)]
+
+
+def scoring_adapters(wc=None):
+    """Every adapter the pool is scored under (domain -> adapter folder)."""
+    return {d: misaligned_adapter(d) for d in SCORING_DOMAINS}
 
 
 def interleave_subset(wc):

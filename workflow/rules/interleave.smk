@@ -1,22 +1,43 @@
-# Interleaving safety data: score the benign pool by its answer-NLL gap between leave-one-out misaligned
-# adapters and the aligned model, select (random / plus / plusplus / onpolicy), spread into the fine-tuning
-# order. Changing the fraction reruns only selection and below: scores do not depend on it.
+# Interleaving safety data: the benign pool's answer NLLs under the aligned model and every misaligned
+# adapter some target needs (pool_nll: one job, one model load, K + 1 passes for all targets); each
+# target's score s_d from its leave-one-out adapters (score_pool: cheap); select (random / plus / plusplus
+# / onpolicy), spread into the fine-tuning order. Changing the fraction reruns only selection and below;
+# changing eps or the refusal keywords reruns score_pool and below, not the NLLs.
+
+
+rule pool_nll:
+    input:
+        model=model_input,
+        pool="results/data/pool/pool.parquet",
+        adapters=lambda wc: list(scoring_adapters().values()),
+    output:
+        "results/interleave/{model}/pool_nll.parquet",
+    log:
+        "results/logs/pool_nll/{model}.log",
+    params:
+        model_path=model_path(),
+        adapters=scoring_adapters,
+        # only what changes an NLL: eps and the refusal filter rerun score_pool alone
+        interleave={k: config["interleave"][k] for k in ("batch_size", "max_length")},
+        code=code_version("interleave", "models", "chat"),
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../../scripts/pool_nll.py"
 
 
 rule score_pool:
     input:
-        model=model_input,
+        nll=f"results/interleave/{MODEL}/pool_nll.parquet",
         pool="results/data/pool/pool.parquet",
-        adapters=lambda wc: list(scoring_adapters(wc).values()),
     output:
         "results/interleave/{model}/{dataset}/scores.parquet",
     log:
         "results/logs/score_pool/{model}/{dataset}.log",
     params:
-        model_path=model_path(),
-        adapters=scoring_adapters,
-        interleave=config["interleave"],
-        code=code_version("interleave", "models", "chat"),
+        adapters=lambda wc: leave_one_out_domains(wc.dataset),
+        interleave={k: v for k, v in config["interleave"].items() if k not in ("batch_size", "max_length")},
+        code=code_version("interleave"),
     conda:
         "../../envs/train.yaml"
     script:
