@@ -111,6 +111,10 @@ def _check_semantics(cfg: dict) -> None:
     for d in cfg["data"]["em"]["sources"]:
         if d not in domains:
             raise ConfigError(f"config key 'data.em.sources.{d}': {d!r} is not in data.em.domains {domains}")
+    pool = cfg["data"]["pool"]
+    if pool.get("wildguardmix") and pool["source"] == "embedded":
+        raise ConfigError("config key 'data.pool.wildguardmix': filters a WildGuardMix source, but data.pool.source "
+                          "is 'embedded' (set it to allenai/wildguardmix or a local file, or drop the filter)")
     methods = cfg["experiments"]["methods"]
     n_layers = cfg["model"].get("num_layers")
     if n_layers:

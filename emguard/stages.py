@@ -116,7 +116,10 @@ def prepare_indomain_questions(em_path: str, out: str, *, domain: str, n_questio
     write_parquet(schemas.validate(df, "question", out), out)
 
 
-def prepare_pool(out: str, *, source: str, n: int, seed: int) -> None:
+def prepare_pool(out: str, *, source: str, n: int, seed: int, wildguardmix: dict | None = None) -> None:
+    """The interleaving pool: ``n`` generated benign examples, or WildGuardMix (hub id or local file) filtered
+    by ``wildguardmix`` (keyword arguments of :func:`emguard.interleave.load_wildguardmix`), then ``n`` rows
+    drawn at random with ``seed`` (all of them when fewer are left), kept in source order."""
     from emguard import data
 
     if source == "embedded":
@@ -124,7 +127,9 @@ def prepare_pool(out: str, *, source: str, n: int, seed: int) -> None:
     else:
         from emguard.interleave import load_wildguardmix
 
-        df = load_wildguardmix(source, limit=n)
+        df = load_wildguardmix(source, **(wildguardmix or {}))
+        if len(df) > n:
+            df = df.sample(n=n, random_state=seed).sort_index().reset_index(drop=True)
     write_parquet(schemas.validate(df, "chat", out), out)
 
 

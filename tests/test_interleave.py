@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -311,3 +312,49 @@ def torch_equal(a, b):
     import torch
 
     return torch.equal(a, b)
+
+
+def test_prepare_pool_filters_and_samples_wildguardmix_from_config(tmp_path):
+    from emguard.stages import prepare_pool
+
+    rows = []
+    for i in range(30):
+        rows.append({"prompt": f"question {i}", "response": f"answer {i}", "adversarial": False,
+                     "subcategory": "benign", "prompt_harm_label": "unharmful",
+                     "response_harm_label": "harmful" if i % 3 == 0 else "unharmful",
+                     "response_refusal_label": "refusal" if i % 5 == 0 else "compliance"})
+    src = tmp_path / "wgm.parquet"
+    pd.DataFrame(rows).to_parquet(src)
+    out = tmp_path / "pool.parquet"
+
+    prepare_pool(str(out), source=str(src), n=8, seed=1, wildguardmix={"require_no_refusal": True})
+    got = pd.read_parquet(out)
+    kept = [i for i in range(30) if i % 3 and i % 5]  # harmful responses and refusals dropped: 16 rows
+    picked = [int(x.rsplit("-", 1)[1]) for x in got["id"]]
+    assert len(got) == 8 and set(picked) <= set(kept) and picked == sorted(picked)
+    again = tmp_path / "again.parquet"
+    prepare_pool(str(again), source=str(src), n=8, seed=1, wildguardmix={"require_no_refusal": True})
+    pd.testing.assert_frame_equal(pd.read_parquet(again), got)
+    prepare_pool(str(again), source=str(src), n=8, seed=2, wildguardmix={"require_no_refusal": True})
+    assert list(pd.read_parquet(again)["id"]) != list(got["id"])  # another seed, another sample
+    # no label filter on the response: every row but the refusals; n above what is left keeps all of them
+    prepare_pool(str(again), source=str(src), n=100, seed=1,
+                 wildguardmix={"response_harm_label": None, "require_no_refusal": True})
+    assert len(pd.read_parquet(again)) == 24
+
+
+def test_pool_filter_needs_a_wildguardmix_source():
+    import yaml
+
+    import emguard.config as emconfig
+    from emguard.errors import ConfigError
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+    cfg["data"]["pool"]["wildguardmix"] = {"require_no_refusal": True}
+    with pytest.raises(ConfigError, match="data.pool.wildguardmix"):
+        emconfig.load(cfg)
+    cfg["data"]["pool"]["source"] = "allenai/wildguardmix"
+    assert emconfig.load(cfg)["data"]["pool"]["wildguardmix"] == {"require_no_refusal": True}
+    cfg["data"]["pool"]["wildguardmix"] = {"require_no_refusl": True}
+    with pytest.raises(ConfigError, match="data.pool.wildguardmix.require_no_refusl"):
+        emconfig.load(cfg)

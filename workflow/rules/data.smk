@@ -58,6 +58,7 @@ rule prepare_pool:
     params:
         source=config["data"]["pool"]["source"],
         n=config["data"]["pool"]["n"],
+        wildguardmix=config["data"]["pool"].get("wildguardmix"),
         seed=config["data"]["seed"],
         code=code_version("data", "interleave"),
     conda:
