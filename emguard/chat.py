@@ -9,8 +9,11 @@ any tokenizer with a chat template and needs no template-specific ``{% generatio
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are made: tokenising needs none
+    import torch
+
 
 IGNORE_INDEX = -100
 
@@ -71,4 +74,6 @@ def pad_batch(encoded: list[Encoded], pad_id: int, *, side: str = "right") -> di
             ids.append([pad_id] * n + e.input_ids)
             mask.append([0] * n + [1] * len(e.input_ids))
             labels.append([IGNORE_INDEX] * n + e.labels)
+    import torch
+
     return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask), "labels": torch.tensor(labels)}

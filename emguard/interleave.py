@@ -25,17 +25,19 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from emguard.chat import IGNORE_INDEX, Encoded, encode_example, pad_batch
 from emguard.config import leave_one_out  # noqa: F401  (torch-free home: the DAG plans with it)
 from emguard.errors import InputError
 from emguard.io import check_columns, read_jsonl, read_parquet
 from emguard.schemas import CHAT, to_messages
+
+if TYPE_CHECKING:  # torch is imported by the scoring functions only: selection and mixing need none
+    import torch
 
 VARIANTS = ("random", "plus", "plusplus", "onpolicy")
 
@@ -170,6 +172,8 @@ def _batch_nll(model, batch: dict[str, torch.Tensor], use_keep: bool) -> torch.T
     positions that predict an answer token (``logits_to_keep`` as a boolean mask), which skips the
     vocabulary projection on prompt and padding tokens.
     """
+    import torch
+
     device = _model_device(model)
     ids = batch["input_ids"].to(device)
     labels = batch["labels"].to(device)
@@ -226,6 +230,8 @@ def mean_answer_nll(model, encoded: Sequence[Encoded], pad_id: int, *, batch_siz
 
     Examples with no answer token left (truncated away) get NaN.
     """
+    import torch
+
     use_keep = _accepts_logits_to_keep(model)
     out = np.full(len(encoded), np.nan, dtype=np.float64)
     counts = np.array([e.n_answer_tokens for e in encoded])
@@ -393,6 +399,8 @@ def score_pool_naive(model_path: str | os.PathLike, adapters: dict[str, str], po
     """Slow reference for tests and benchmarks: a fresh model load per adapter, one example at a time,
     full logits and transformers' own causal-LM loss. Returns the NLL/score columns of :func:`score_pool`.
     """
+    import torch
+
     from emguard.models import load_model, load_tokenizer
 
     names = _check_adapter_names(adapters)
@@ -424,6 +432,7 @@ def make_random_adapter(model_path: str | os.PathLike, out_dir: str | os.PathLik
                         dtype: str = "float32") -> Path:
     """Save a LoRA adapter with random (non-zero) A and B for ``model_path``: a stand-in misaligned adapter
     for tests and benchmarks. Uses rs-LoRA settings from :class:`emguard.models.LoraSettings`."""
+    import torch
     from peft import get_peft_model
 
     from emguard.models import LoraSettings, load_model

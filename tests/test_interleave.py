@@ -358,3 +358,39 @@ def test_pool_filter_needs_a_wildguardmix_source():
     cfg["data"]["pool"]["wildguardmix"] = {"require_no_refusl": True}
     with pytest.raises(ConfigError, match="data.pool.wildguardmix.require_no_refusl"):
         emconfig.load(cfg)
+
+
+def test_local_interleave_stages_run_without_torch(tmp_path):
+    """score_pool and interleave_set run on the Snakemake host under a cluster profile (local rules):
+    they read stored NLLs and select rows, and must not pay for importing torch."""
+    import subprocess
+    import sys
+
+    from emguard import data
+
+    em = data.em_domain("medical", 10, seed=0)
+    pool = data.benign_pool(12, seed=0)
+    em.to_parquet(tmp_path / "em.parquet")
+    pool.to_parquet(tmp_path / "pool.parquet")
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"id": pool["id"], "n_answer_tokens": 5, "nll_base": rng.uniform(1, 2, 12),
+                  "nll_legal": rng.uniform(1, 3, 12), "nll_security": rng.uniform(1, 3, 12)}
+                 ).to_parquet(tmp_path / "nll.parquet")
+    code = f"""
+import sys
+from emguard.stages import interleave_set_stage, score_pool_stage
+d = {str(tmp_path)!r}
+score_pool_stage(d + "/nll.parquet", d + "/pool.parquet", ["legal", "security"], d + "/scores.parquet",
+                 interleave={{"eps": 1e-6, "refusal_keywords": None, "first_n_words": 10}})
+interleave_set_stage(d + "/em.parquet", d + "/pool.parquet", d + "/mix.parquet", variant="plusplus",
+                     fraction=0.5, seed=0, scores_path=d + "/scores.parquet")
+print(sorted(m for m in ("torch", "transformers", "peft") if m in sys.modules))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]"
+    mixed = pd.read_parquet(tmp_path / "mix.parquet")
+    scores = pd.read_parquet(tmp_path / "scores.parquet")
+    picked = set(mixed.loc[mixed["interleaved"], "id"])
+    expected = scores[~scores["is_refusal"]].sort_values("score", ascending=False)["id"].head(len(picked))
+    assert picked == set(expected) and len(picked) > 0
