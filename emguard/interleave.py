@@ -383,16 +383,6 @@ def score_pool(model, tokenizer, pool: pd.DataFrame, adapters: dict[str, str], *
                            first_n_words=first_n_words, where=where)
 
 
-def score_pool_from_paths(model_path: str | os.PathLike, adapters: dict[str, str], pool: pd.DataFrame, *,
-                          dtype: str = "float32", device: str = "auto", **kwargs) -> pd.DataFrame:
-    """Load the aligned base model and tokenizer once with :mod:`emguard.models`, then :func:`score_pool`."""
-    from emguard.models import load_model, load_tokenizer
-
-    model = load_model(model_path, dtype=dtype, device=device)
-    tokenizer = load_tokenizer(model_path)
-    return score_pool(model, tokenizer, pool, adapters, **kwargs)
-
-
 def score_pool_naive(model_path: str | os.PathLike, adapters: dict[str, str], pool: pd.DataFrame, *,
                      dtype: str = "float32", device: str = "cpu", eps: float = 1e-6,
                      max_length: int | None = 1024) -> pd.DataFrame:
