@@ -90,6 +90,12 @@ def synthetic_pool(n: int, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def max_abs_diff(got: pd.DataFrame, ref: pd.DataFrame, adapter_names: list[str]) -> float:
+    """Largest absolute difference over the NLL and score columns of two scorings of one pool."""
+    cols = ["nll_base"] + [f"nll_{n}" for n in adapter_names] + ["nll_mis_mean", "score"]
+    return max(float(np.nanmax(np.abs(got[c].to_numpy() - ref[c].to_numpy()))) for c in cols)
+
+
 def training_throughput(model_path, encoded: list[Encoded], pad_id: int, *, batch_size: int, lora_r: int,
                         steps: int) -> dict:
     """LoRA training tokens/s (forward + backward + AdamW step) on the same examples as the scoring."""
@@ -148,8 +154,7 @@ def cpu_benchmark(args) -> dict:
     t_naive = sw.read()
     print(f"naive:   wall {t_naive['wall']:.2f}s, cpu {t_naive['cpu']:.2f}s", flush=True)
 
-    cols = ["nll_base"] + [f"nll_{n}" for n in adapters] + ["nll_mis_mean", "score"]
-    max_diff = max(float(np.nanmax(np.abs(fast[c].to_numpy() - naive[c].to_numpy()))) for c in cols)
+    max_diff = max_abs_diff(fast, naive, list(adapters))
     assert max_diff < 1e-4, f"batched and naive scores differ by {max_diff:.3g}"
     speedup = {c: t_naive[c] / t_fast[c] for c in t_fast}
 
@@ -229,10 +234,7 @@ def grid_benchmark(args, model_path: Path, tmp: Path, pool: pd.DataFrame) -> dic
     print(f"grid, naive ({naive_passes} passes, {naive_passes} loads): wall {t_naive['wall']:.2f}s, "
           f"cpu {t_naive['cpu']:.2f}s", flush=True)
 
-    max_diff = 0.0
-    for t, names in targets.items():
-        for c in ["nll_base"] + [f"nll_{n}" for n in names] + ["nll_mis_mean", "score"]:
-            max_diff = max(max_diff, float(np.nanmax(np.abs(fast[t][c].to_numpy() - naive[t][c].to_numpy()))))
+    max_diff = max(max_abs_diff(fast[t], naive[t], names) for t, names in targets.items())
     assert max_diff < 1e-4, f"grid: pipeline and naive scores differ by {max_diff:.3g}"
     speedup = {c: t_naive[c] / t_fast[c] for c in t_fast}
     print(f"grid: {len(targets)} targets ({args.grid_domains} EM domains, {args.grid_opswap} OpSwap tiers); "

@@ -137,6 +137,10 @@ SCORED_TARGETS = sorted({r.dataset for r in RUNS if is_interleave(r.method)
 SCORING_DOMAINS = [d for d in DOMAINS if any(d in leave_one_out_domains(t) for t in SCORED_TARGETS)]
 
 
+# interleave.* keys that change a pool NLL (rule pool_nll); the others (eps, refusal filter) only rerun score_pool
+NLL_KEYS = ("batch_size", "max_length")
+
+
 def scoring_adapters(wc=None):
     """Every adapter the pool is scored under (domain -> adapter folder)."""
     return {d: misaligned_adapter(d) for d in SCORING_DOMAINS}

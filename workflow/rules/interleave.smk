@@ -17,8 +17,7 @@ rule pool_nll:
     params:
         model_path=model_path(),
         adapters=scoring_adapters,
-        # only what changes an NLL: eps and the refusal filter rerun score_pool alone
-        interleave={k: config["interleave"][k] for k in ("batch_size", "max_length")},
+        interleave={k: config["interleave"][k] for k in NLL_KEYS},
         code=code_version("interleave", "models", "chat"),
     conda:
         "../../envs/train.yaml"
@@ -36,7 +35,7 @@ rule score_pool:
         "results/logs/score_pool/{model}/{dataset}.log",
     params:
         adapters=lambda wc: leave_one_out_domains(wc.dataset),
-        interleave={k: v for k, v in config["interleave"].items() if k not in ("batch_size", "max_length")},
+        interleave={k: v for k, v in config["interleave"].items() if k not in NLL_KEYS},
         code=code_version("interleave"),
     conda:
         "../../envs/train.yaml"
