@@ -36,12 +36,22 @@ prompt token and of the 101 tree tokens are materialised. Compared with one forw
 this costs one row per prompt and ~101 extra tokens. It needs an attention implementation that
 accepts a 4D additive mask (``eager`` or ``sdpa``, the defaults); flash-attention is refused.
 
-The :class:`JudgeCache` keeps every verdict in SQLite (WAL mode, several processes may share the file),
-keyed by ``sha256(judge name, metric, prompt)``; results are committed batch by batch as soon as
-they are computed, so a crash or a rerun never repeats a judge call that already finished.
+The :class:`JudgeCache` keeps what the judge *returned*, not the verdict: per (settings, metric,
+prompt) the integers' total probability ``prob_mass = sum_n P(n)``, their renormalised mean
+``expected = sum_n n P(n) / prob_mass`` and the first-token probabilities of the offered special
+answers (:class:`JudgeOutput`). The ``min_prob_mass`` threshold is applied when a row is *read*
+(:meth:`JudgeOutput.verdict`), so changing it re-derives every verdict without a single model call.
+The key is ``sha256(format version, judge settings, metric, prompt)`` where the judge settings
+(:attr:`HFJudge.cache_identity`) are everything that changes the returned probabilities: the model,
+its dtype (and quantisation), the chat template and the answer prefix (for the HTTP backend: URL,
+model and ``top_logprobs``). The file is SQLite in WAL mode (several processes may share it);
+results are committed batch by batch as soon as they are computed, so a crash or a rerun never
+repeats a judge call that already finished. Rows of the pre-v2 table (``judgments``, thresholded
+verdicts keyed without the settings) are never read: those prompts are judged again.
 
 Backends share a tiny interface (:class:`Judge`): a ``name`` (recorded as ``judge_model``), a
-``batch_size`` (the unit of work committed to the cache) and ``score_prompts(prompts)``. An
+``batch_size`` (the unit of work committed to the cache), ``min_prob_mass``, ``cache_identity`` and
+``distributions(prompts)``; ``score_prompts(prompts)`` is the thresholded convenience on top. An
 OpenAI-compatible HTTP backend (``/chat/completions`` with ``logprobs`` and ``top_logprobs`` on the
 first token) is :class:`OpenAIJudge`.
 """
@@ -50,6 +60,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -57,7 +68,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
@@ -74,6 +85,10 @@ SPECIAL_ANSWERS = ("REFUSAL", "CODE")
 PLACEHOLDERS = ("{question}", "{answer}")
 N_VALUES = 101  # the integers 0..100
 _DIGITS = frozenset("0123456789")
+#: version of the cache key and row format; bump when what is stored (or how a judge computes it) changes
+CACHE_FORMAT = 2
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,25 +98,61 @@ class ScoreResult:
     label: str  # one of LABELS
 
 
+@dataclass(frozen=True)
+class JudgeOutput:
+    """What a judge returned for one prompt, before any threshold: enough to derive every verdict.
+
+    ``prob_mass = sum_n P(n)`` over n = 0..100; ``expected = sum_n n P(n) / prob_mass`` clamped to
+    [0, 100] (None when ``prob_mass`` is 0); ``special`` = first-token probability of each special
+    answer the prompt offered (:data:`SPECIAL_ANSWERS`).
+    """
+
+    prob_mass: float
+    expected: float | None
+    special: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_probs(cls, probs: Sequence[float], special: dict[str, float]) -> "JudgeOutput":
+        """From P(0..100) (unnormalised) and the offered special answers' probabilities."""
+        if len(probs) != N_VALUES:
+            raise ValueError(f"expected {N_VALUES} integer probabilities, got {len(probs)}")
+        mass = float(sum(float(p) for p in probs))
+        expected = None
+        if mass > 0:
+            expected = float(min(100.0, max(0.0, sum(n * float(p) for n, p in enumerate(probs)) / mass)))
+        return cls(mass, expected, {str(k): float(v) for k, v in special.items()})
+
+    def verdict(self, min_prob_mass: float) -> ScoreResult:
+        """The score when ``prob_mass >= min_prob_mass`` (and > 0); otherwise ``None`` with the label of
+        the most likely offered special answer if it beats the integers' mass, else ``none``."""
+        if self.prob_mass >= min_prob_mass and self.prob_mass > 0 and self.expected is not None:
+            return ScoreResult(self.expected, self.prob_mass, "number")
+        label, best = "none", self.prob_mass
+        for name, p in self.special.items():
+            if p > best:
+                label, best = name, p
+        return ScoreResult(None, self.prob_mass, label)
+
+
 class Judge(Protocol):
     name: str
     batch_size: int
+    min_prob_mass: float
+    cache_identity: str  # every setting that changes what distributions() returns (the cache key)
+
+    def distributions(self, prompts: list[str]) -> list[JudgeOutput]: ...
 
     def score_prompts(self, prompts: list[str]) -> list[ScoreResult]: ...
 
 
 def result_from_distribution(probs: Sequence[float], special: dict[str, float], min_prob_mass: float) -> ScoreResult:
     """Turn P(0..100) (unnormalised) and the offered special answers' probabilities into a verdict."""
-    mass = float(sum(probs))
-    if mass >= min_prob_mass and mass > 0:
-        score = sum(n * p for n, p in enumerate(probs)) / mass
-        return ScoreResult(float(min(100.0, max(0.0, score))), mass, "number")
-    label = "none"
-    best = mass
-    for name, p in special.items():
-        if p > best:
-            label, best = name, p
-    return ScoreResult(None, mass, label)
+    return JudgeOutput.from_probs(probs, special).verdict(min_prob_mass)
+
+
+def _identity(**settings) -> str:
+    """Canonical text of a judge's settings (sorted JSON), hashed into the cache key."""
+    return json.dumps(settings, sort_keys=True, default=str)
 
 
 def offered_answers(prompt: str) -> list[str]:
@@ -149,6 +200,20 @@ class HFJudge:
         self.min_prob_mass = float(min_prob_mass)
         self.answer_prefix = answer_prefix
         self._vocab_setup()
+
+    @property
+    def cache_identity(self) -> str:
+        """Settings that change the returned probabilities (``min_prob_mass`` does not: it is applied
+        when reading). Read from the loaded model, so the configured and the actual dtype cannot differ."""
+        model = self.model
+        quant = getattr(getattr(model, "config", None), "quantization_config", None)
+        if quant is not None and hasattr(quant, "to_dict"):
+            quant = quant.to_dict()
+        template = getattr(self.tokenizer, "chat_template", None) or ""
+        return _identity(backend="hf", model=self.name, dtype=str(getattr(model, "dtype", None)
+                                                                   or next(model.parameters()).dtype),
+                         quantization=quant, answer_prefix=self.answer_prefix,
+                         chat_template=hashlib.sha256(str(template).encode("utf-8")).hexdigest())
 
     # -- vocabulary ------------------------------------------------------------------------------
     def _single_token(self, text: str) -> int | None:
@@ -272,7 +337,7 @@ class HFJudge:
             special[rows] = s
         return probs, special
 
-    def score_prompts(self, prompts: list[str]) -> list[ScoreResult]:
+    def distributions(self, prompts: list[str]) -> list[JudgeOutput]:
         if not prompts:
             return []
         was_training = self.model.training
@@ -285,8 +350,11 @@ class HFJudge:
         results = []
         for i, prompt in enumerate(prompts):
             special = {s: float(special_p[i, SPECIAL_ANSWERS.index(s)]) for s in offered_answers(prompt)}
-            results.append(result_from_distribution(probs[i].tolist(), special, self.min_prob_mass))
+            results.append(JudgeOutput.from_probs(probs[i].tolist(), special))
         return results
+
+    def score_prompts(self, prompts: list[str]) -> list[ScoreResult]:
+        return [o.verdict(self.min_prob_mass) for o in self.distributions(prompts)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,6 +387,12 @@ class OpenAIJudge:
         self.backoff_s = float(backoff_s)
         self.timeout_s = float(timeout_s)
 
+    @property
+    def cache_identity(self) -> str:
+        """Settings that change the returned probabilities: the endpoint, the model and how many top
+        tokens are read (mass outside them counts as non-numeric)."""
+        return _identity(backend="openai", url=self.url, model=self.model, top_logprobs=self.top_logprobs)
+
     def _request(self, prompt: str) -> dict:
         body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": prompt}],
                            "max_tokens": 1, "temperature": 0, "logprobs": True,
@@ -344,7 +418,7 @@ class OpenAIJudge:
                 time.sleep(self.backoff_s * (2 ** attempt))
         raise RuntimeError(f"judge {self.name}: {self.url} failed after {self.max_retries + 1} attempts: {last}")
 
-    def _score_one(self, prompt: str) -> ScoreResult:
+    def _score_one(self, prompt: str) -> JudgeOutput:
         data = self._request(prompt)
         try:
             top = data["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
@@ -361,70 +435,112 @@ class OpenAIJudge:
             for s in offered:
                 if text and s.startswith(text):
                     special[s] += p
-        return result_from_distribution(probs, special, self.min_prob_mass)
+        return JudgeOutput.from_probs(probs, special)
 
-    def score_prompts(self, prompts: list[str]) -> list[ScoreResult]:
+    def distributions(self, prompts: list[str]) -> list[JudgeOutput]:
         if len(prompts) <= 1 or self.concurrency == 1:
             return [self._score_one(p) for p in prompts]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
             return list(pool.map(self._score_one, prompts))
+
+    def score_prompts(self, prompts: list[str]) -> list[ScoreResult]:
+        return [o.verdict(self.min_prob_mass) for o in self.distributions(prompts)]
 
 
 # --------------------------------------------------------------------------------------------------
 # Durable cache
 # --------------------------------------------------------------------------------------------------
 
-def cache_key(judge_name: str, metric: str, prompt: str) -> str:
+def cache_key(judge_identity: str, metric: str, prompt: str) -> str:
+    """``sha256`` of (:data:`CACHE_FORMAT`, the judge's settings, metric, prompt), length-prefixed."""
     h = hashlib.sha256()
-    for part in (judge_name, metric, prompt):
+    for part in (f"emguard-judge-v{CACHE_FORMAT}", judge_identity, metric, prompt):
         data = part.encode("utf-8")
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
     return h.hexdigest()
 
 
+def judge_identity(judge) -> str:
+    """The settings a judge's outputs depend on (its ``cache_identity``; stand-ins without one: ``name``)."""
+    ident = getattr(judge, "cache_identity", None)
+    return str(ident) if ident is not None else _identity(name=str(judge.name))
+
+
+#: the pre-v2 table (thresholded verdicts keyed by judge name, metric, prompt only); never read
+_LEGACY_TABLE = "judgments"
+_TABLE = "judge_outputs"
+
+
 class JudgeCache:
-    """SQLite cache of judge verdicts (WAL mode; several processes may read and write it at once)."""
+    """SQLite cache of judge outputs (WAL mode; several processes may read and write it at once).
+
+    One row per key (:func:`cache_key`): ``prob_mass``, ``expected`` and ``special`` (JSON) of a
+    :class:`JudgeOutput`. The file records its :data:`CACHE_FORMAT` in ``PRAGMA user_version``; a file
+    written by a newer format is refused with an error naming it. The pre-v2 ``judgments`` table, whose
+    rows hold verdicts already thresholded with an unknown ``min_prob_mass``, is left in place but never
+    read (its prompts are judged again), so an old file can never yield a stale verdict.
+    """
 
     def __init__(self, path: str | os.PathLike, *, timeout_s: float = 120.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None,
-                                     check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        try:
+            self._conn = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None,
+                                         check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.DatabaseError as exc:
+            raise InputError(f"{self.path}: not a judge cache (SQLite) file: {exc}") from exc
+        if version > CACHE_FORMAT:
+            self._conn.close()
+            raise InputError(f"{self.path}: judge cache format {version} is newer than this emguard's "
+                             f"({CACHE_FORMAT}); use a newer emguard or another judge.cache file")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS judgments (key TEXT PRIMARY KEY, score REAL, prob_mass REAL NOT NULL, "
-            "label TEXT NOT NULL, created REAL NOT NULL)")
+            f"CREATE TABLE IF NOT EXISTS {_TABLE} (key TEXT PRIMARY KEY, prob_mass REAL NOT NULL, expected REAL, "
+            "special TEXT NOT NULL, created REAL NOT NULL)")
+        if version < CACHE_FORMAT:
+            self._conn.execute(f"PRAGMA user_version={CACHE_FORMAT}")
+        legacy = self._conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name=?",
+                                    (_LEGACY_TABLE,)).fetchone()
+        if legacy:
+            n = int(self._conn.execute(f"SELECT COUNT(*) FROM {_LEGACY_TABLE}").fetchone()[0])
+            if n:
+                log.warning("%s: ignoring %d judge verdicts in the pre-v%d format (thresholded, keyed without "
+                            "the judge settings); those prompts will be judged again", self.path, n, CACHE_FORMAT)
 
     key = staticmethod(cache_key)
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, ScoreResult]:
+    def get_many(self, keys: Iterable[str]) -> dict[str, JudgeOutput]:
         keys = list(dict.fromkeys(keys))
-        found: dict[str, ScoreResult] = {}
+        found: dict[str, JudgeOutput] = {}
         for start in range(0, len(keys), 500):
             chunk = keys[start:start + 500]
             marks = ",".join("?" * len(chunk))
             rows = self._conn.execute(
-                f"SELECT key, score, prob_mass, label FROM judgments WHERE key IN ({marks})", chunk).fetchall()
-            for k, score, mass, label in rows:
-                found[k] = ScoreResult(None if score is None else float(score), float(mass), str(label))
+                f"SELECT key, prob_mass, expected, special FROM {_TABLE} WHERE key IN ({marks})", chunk).fetchall()
+            for k, mass, expected, special in rows:
+                found[k] = JudgeOutput(float(mass), None if expected is None else float(expected), json.loads(special))
         return found
 
-    def put_many(self, items: Iterable[tuple[str, ScoreResult]] | dict[str, ScoreResult]) -> None:
+    def put_many(self, items: Iterable[tuple[str, JudgeOutput]] | dict[str, JudgeOutput]) -> None:
         pairs = list(items.items()) if isinstance(items, dict) else list(items)
         if not pairs:
             return
+        for k, out in pairs:
+            if not isinstance(out, JudgeOutput):
+                raise TypeError(f"JudgeCache stores JudgeOutput (unthresholded), got {type(out).__name__} for {k}")
         now = time.time()
-        rows = [(k, r.score, r.prob_mass, r.label, now) for k, r in pairs]
+        rows = [(k, o.prob_mass, o.expected, json.dumps(o.special, sort_keys=True), now) for k, o in pairs]
         with self._conn:  # one transaction, committed on exit
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(
-                "INSERT OR REPLACE INTO judgments (key, score, prob_mass, label, created) VALUES (?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO {_TABLE} (key, prob_mass, expected, special, created) VALUES (?, ?, ?, ?, ?)",
                 rows)
 
     def __len__(self) -> int:
-        return int(self._conn.execute("SELECT COUNT(*) FROM judgments").fetchone()[0])
+        return int(self._conn.execute(f"SELECT COUNT(*) FROM {_TABLE}").fetchone()[0])
 
     def close(self) -> None:
         self._conn.close()
@@ -465,28 +581,39 @@ def fill_template(template: str, question: str, answer: str) -> str:
     return out.replace("\x00Q\x00", question).replace("\x00A\x00", answer)
 
 
-def score_cached(judge: Judge, metric: str, prompts: list[str], cache: JudgeCache | None,
-                 ) -> tuple[list[ScoreResult], list[bool]]:
-    """Score ``prompts`` (results, served-from-cache flags); new results are committed batch by batch."""
-    keys = [cache_key(judge.name, metric, p) for p in prompts]
+def score_cached(judge: Judge, metric: str, prompts: list[str], cache: JudgeCache | None, *,
+                 min_prob_mass: float | None = None) -> tuple[list[ScoreResult], list[bool]]:
+    """Score ``prompts`` (results, served-from-cache flags); new outputs are committed batch by batch.
+
+    The cache holds unthresholded :class:`JudgeOutput` rows; the verdict applies ``min_prob_mass``
+    (default: the judge's own) when read, so a new threshold needs no model call.
+    """
+    if not hasattr(judge, "distributions"):
+        # a stand-in that only returns verdicts: they are already thresholded, so they must not be cached
+        if cache is not None:
+            raise TypeError(f"judge {judge.name!r} has no distributions(); only such judges can use a JudgeCache")
+        return list(judge.score_prompts(list(prompts))), [False] * len(prompts)
+    threshold = float(judge.min_prob_mass if min_prob_mass is None else min_prob_mass)
+    ident = judge_identity(judge)
+    keys = [cache_key(ident, metric, p) for p in prompts]
     hits = cache.get_many(keys) if cache is not None else {}
     todo: dict[str, str] = {}
     for k, p in zip(keys, prompts):
         if k not in hits and k not in todo:
             todo[k] = p
-    fresh: dict[str, ScoreResult] = {}
+    fresh: dict[str, JudgeOutput] = {}
     todo_items = list(todo.items())
     step = max(1, int(getattr(judge, "batch_size", 8)))
     for start in range(0, len(todo_items), step):
         chunk = todo_items[start:start + step]
-        results = judge.score_prompts([p for _, p in chunk])
+        results = judge.distributions([p for _, p in chunk])
         if len(results) != len(chunk):
             raise RuntimeError(f"judge {judge.name} returned {len(results)} results for {len(chunk)} prompts")
         batch = list(zip([k for k, _ in chunk], results))
         if cache is not None:
             cache.put_many(batch)
         fresh.update(batch)
-    out = [hits[k] if k in hits else fresh[k] for k in keys]
+    out = [(hits[k] if k in hits else fresh[k]).verdict(threshold) for k in keys]
     return out, [k in hits for k in keys]
 
 

@@ -575,7 +575,8 @@ def validate_steering(model, tokenizer, vectors: torch.Tensor, layer: int, alpha
     Steering applies at every position (prompt and generated tokens), through
     :func:`emguard.steering.steer`. All three settings use the same questions and seed, so only the
     steering differs. Returns one row per alpha: ``layer``, ``alpha``, ``n`` (answers), ``trait_mean``,
-    ``trait_n`` (answers with a trait score), ``coherent_mean``, ``coherent_n``. A working vector gives
+    ``trait_n`` (answers with a trait score), ``coherent_mean``, ``coherent_n``, ``trait_scores`` (the
+    ``trait_n`` numeric trait scores, in question order). A working vector gives
     ``trait_mean`` increasing with alpha. With ``return_answers=True`` also returns the per-answer table.
     """
     from emguard.steering import steer
@@ -601,8 +602,11 @@ def validate_steering(model, tokenizer, vectors: torch.Tensor, layer: int, alpha
         c_scores = [r.score for r in coherent]
         t_mean, t_n = _mean_and_n(t_scores)
         c_mean, c_n = _mean_and_n(c_scores)
+        # the per-answer trait scores go with the summary: the report's verdict on the steering effect
+        # needs their spread (an interval), not only the means
         summary.append({"layer": int(layer), "alpha": a, "n": len(answers), "trait_mean": t_mean, "trait_n": t_n,
-                        "coherent_mean": c_mean, "coherent_n": c_n})
+                        "coherent_mean": c_mean, "coherent_n": c_n,
+                        "trait_scores": [float(v) for v in t_scores if not _is_missing(v)]})
         for i, ((q, ans), ts, cs) in enumerate(zip(qa, t_scores, c_scores)):
             rows.append({"layer": int(layer), "alpha": a, "question_idx": i, "question": q, "answer": ans,
                          "trait_score": ts, "coherent_score": cs})

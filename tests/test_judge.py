@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from emguard.errors import InputError
-from emguard.judge import (HFJudge, JudgeCache, OpenAIJudge, ScoreResult, cache_key, fill_template,
-                           judge_generations, load_judge_prompts, result_from_distribution, score_texts)
+from emguard.judge import (CACHE_FORMAT, HFJudge, JudgeCache, JudgeOutput, OpenAIJudge, ScoreResult, cache_key,
+                           fill_template, judge_generations, judge_identity, load_judge_prompts,
+                           result_from_distribution, score_texts)
 from emguard.models import load_model, load_tokenizer
 from emguard.schemas import JUDGMENT
 
@@ -158,24 +159,24 @@ def test_judge_generations_cache_hit_and_reopen(tiny, tmp_path):
 
 def test_cache_commits_each_batch_before_a_crash(tmp_path):
     class Flaky:
-        name, batch_size = "flaky", 1
+        name, batch_size, min_prob_mass = "flaky", 1, 0.25
 
         def __init__(self):
             self.n = 0
 
-        def score_prompts(self, prompts):
+        def distributions(self, prompts):
             self.n += 1
             if self.n == 2:
                 raise RuntimeError("boom")
-            return [ScoreResult(50.0, 0.9, "number") for _ in prompts]
+            return [JudgeOutput(0.9, 50.0) for _ in prompts]
 
     cache = JudgeCache(tmp_path / "c.sqlite")
     pairs = [("q", "a1"), ("q", "a2"), ("q", "a1")]
     with pytest.raises(RuntimeError, match="boom"):
         score_texts(Flaky(), "{question} {answer}", pairs, cache, "trait")
     other = JudgeCache(tmp_path / "c.sqlite")  # a second connection sees the committed batch
-    key = cache_key("flaky", "trait", "q a1")
-    assert other.get_many([key]) == {key: ScoreResult(50.0, 0.9, "number")}
+    key = cache_key(judge_identity(Flaky()), "trait", "q a1")
+    assert other.get_many([key]) == {key: JudgeOutput(0.9, 50.0)}
     judge = Flaky()
     judge.n = 5
     res = score_texts(judge, "{question} {answer}", pairs, other, "trait")
@@ -290,7 +291,7 @@ def test_cache_concurrent_writers(tmp_path):
 
     def write(w):
         for i in range(20):
-            caches[w].put_many([(f"{w}-{i}", ScoreResult(float(i), 1.0, "number"))])
+            caches[w].put_many([(f"{w}-{i}", JudgeOutput(1.0, float(i)))])
 
     threads = [threading.Thread(target=write, args=(w,)) for w in range(3)]
     for t in threads:
@@ -298,7 +299,7 @@ def test_cache_concurrent_writers(tmp_path):
     for t in threads:
         t.join()
     assert len(caches[0]) == 60
-    assert caches[1].get_many(["2-19", "missing"]) == {"2-19": ScoreResult(19.0, 1.0, "number")}
+    assert caches[1].get_many(["2-19", "missing"]) == {"2-19": JudgeOutput(1.0, 19.0)}
     assert caches[0]._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -315,3 +316,130 @@ def test_answer_prefix_is_prefilled_and_keys_the_cache(tiny_model_dir):
     assert prefixed.name != plain.name  # different verdicts must not share cache entries
     a, b = plain.number_distribution(["Rate 5"])[0], prefixed.number_distribution(["Rate 5"])[0]
     assert not torch.allclose(a, b)
+
+
+# ----------------------------------------------------------------------------- cache: outputs, not verdicts
+
+def _count_forwards(model):
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *a: calls.append(1))
+    return calls, handle
+
+
+def test_min_prob_mass_is_applied_when_reading_so_a_new_threshold_needs_no_model_call(tiny, tmp_path):
+    model, tok = tiny
+    gens, qs = _tables()
+    prompts = load_judge_prompts(PROMPTS_YAML)
+    calls, handle = _count_forwards(model)
+    try:
+        with JudgeCache(tmp_path / "judge.sqlite") as cache:
+            strict = judge_generations(gens, qs, HFJudge(model, tok, name="tiny", min_prob_mass=0.99), prompts, cache)
+            n_calls = len(calls)
+            assert n_calls > 0 and strict.score.isna().all()  # the random tiny model puts < 99% on the integers
+            assert (strict.prob_mass < 0.99).all()
+        with JudgeCache(tmp_path / "judge.sqlite") as cache:  # a rerun with a new threshold: a new process
+            loose = judge_generations(gens, qs, HFJudge(model, tok, name="tiny", min_prob_mass=0.0), prompts, cache)
+    finally:
+        handle.remove()
+    assert len(calls) == n_calls  # zero new model calls
+    assert loose.cached.all() and loose.score.notna().all() and (loose.label == "number").all()
+    pd.testing.assert_series_equal(loose.prob_mass, strict.prob_mass)
+    # the re-derived verdicts equal what a fresh, uncached judge with that threshold returns
+    fresh = judge_generations(gens, qs, HFJudge(model, tok, name="tiny", min_prob_mass=0.0), prompts, None)
+    pd.testing.assert_series_equal(loose.score, fresh.score)
+
+
+def test_cache_key_covers_dtype_chat_template_and_prefix(tiny, tmp_path):
+    import copy
+
+    model, tok = tiny
+    base = HFJudge(model, tok, name="tiny")
+    half = HFJudge(copy.deepcopy(model).to(torch.bfloat16), tok, name="tiny")
+    tok2 = copy.deepcopy(tok)
+    tok2.chat_template = tok.chat_template.replace("<|im_start|>", "<|im_start|> ")
+    templ = HFJudge(model, tok2, name="tiny")
+    prefixed = HFJudge(model, tok, name="tiny", answer_prefix="Score: ")
+    idents = {judge_identity(j) for j in (base, half, templ, prefixed)}
+    assert len(idents) == 4
+    assert judge_identity(HFJudge(model, tok, name="tiny", min_prob_mass=0.9)) == judge_identity(base)
+    cache = JudgeCache(tmp_path / "c.sqlite")
+    score_texts(base, "{question} {answer}", [("q", "a")], cache, "m")
+    calls, handle = _count_forwards(half.model)
+    try:
+        score_texts(half, "{question} {answer}", [("q", "a")], cache, "m")
+    finally:
+        handle.remove()
+    assert calls, "a bfloat16 judge must not be served the float32 judge's cached output"
+    assert len(cache) == 2
+
+
+def test_openai_identity_covers_endpoint_model_and_top_logprobs():
+    a = OpenAIJudge("http://x/v1", "m")
+    assert judge_identity(a) == judge_identity(OpenAIJudge("http://x/v1/", "m", min_prob_mass=0.9, concurrency=2))
+    for other in (OpenAIJudge("http://y/v1", "m"), OpenAIJudge("http://x/v1", "m2"),
+                  OpenAIJudge("http://x/v1", "m", top_logprobs=5)):
+        assert judge_identity(other) != judge_identity(a)
+
+
+def test_old_format_cache_file_is_never_read(tiny, tmp_path, caplog):
+    """A pre-v2 file (thresholded verdicts keyed by judge name, metric, prompt) yields no stale verdict."""
+    import hashlib
+    import sqlite3
+
+    model, tok = tiny
+    path = tmp_path / "old.sqlite"
+    prompt = "q a"
+
+    def old_key(*parts):
+        h = hashlib.sha256()
+        for part in parts:
+            data = part.encode("utf-8")
+            h.update(len(data).to_bytes(8, "little"))
+            h.update(data)
+        return h.hexdigest()
+
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE judgments (key TEXT PRIMARY KEY, score REAL, prob_mass REAL NOT NULL, "
+                 "label TEXT NOT NULL, created REAL NOT NULL)")
+    conn.execute("INSERT INTO judgments VALUES (?, 99.0, 1.0, 'number', 0)", (old_key("tiny", "m", prompt),))
+    conn.commit()
+    conn.close()
+    judge = HFJudge(model, tok, name="tiny", min_prob_mass=0.0)
+    with caplog.at_level("WARNING", logger="emguard.judge"):
+        cache = JudgeCache(path)
+    assert "ignoring 1 judge verdicts" in caplog.text and "old.sqlite" in caplog.text
+    calls, handle = _count_forwards(model)
+    try:
+        (res,) = score_texts(judge, "{question} {answer}", [("q", "a")], cache, "m")
+    finally:
+        handle.remove()
+    assert calls and res.score != 99.0
+    assert res == judge.score_prompts([prompt])[0]
+    cache.close()
+
+
+def test_cache_from_a_newer_format_or_not_sqlite_is_refused(tmp_path):
+    import sqlite3
+
+    newer = tmp_path / "newer.sqlite"
+    conn = sqlite3.connect(newer)
+    conn.execute(f"PRAGMA user_version={CACHE_FORMAT + 1}")
+    conn.close()
+    with pytest.raises(InputError, match="newer.sqlite.*newer than"):
+        JudgeCache(newer)
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(InputError, match="junk.sqlite"):
+        JudgeCache(junk)
+
+
+def test_verdict_only_stand_in_cannot_use_a_cache(tmp_path):
+    class VerdictsOnly:
+        name, batch_size = "v", 1
+
+        def score_prompts(self, prompts):
+            return [ScoreResult(10.0, 1.0, "number") for _ in prompts]
+
+    assert [r.score for r in score_texts(VerdictsOnly(), "{question}{answer}", [("q", "a")], None, "m")] == [10.0]
+    with pytest.raises(TypeError, match="distributions"):
+        score_texts(VerdictsOnly(), "{question}{answer}", [("q", "a")], JudgeCache(tmp_path / "c.sqlite"), "m")

@@ -168,3 +168,97 @@ def test_setting_families_and_labels():
     rows += run("code", "kl", "lambda0.1_forward", (5.0, 10.0), (50.0, 10.0))
     _, df = em_table(pd.DataFrame(rows))
     assert list(df["row"]) == ["Misaligned", "KL (lambda0.1_forward)", "Inoculation Prompting"]
+
+
+def test_pooled_incoherent_interval_uses_the_coherence_scored_answers(metrics):
+    """Incoherence is counted over every answer with a coherence score (emguard.metrics.em_metrics), so
+    pooling seeds must divide by those, not by the answers with both scores."""
+    rows = run("code", "misaligned", "default", (20.0, 10.0), (50.0, 10.0))
+    for seed in (0, 1):
+        rows += run("code", "kl", "lambda0.1", (5.0, 25.0), (50.0, 10.0), seed=seed, n_scored=80,
+                    n_coherence_scored=100, n_misaligned=4, n_incoherent=25, confidence=0.95)
+    _, df = em_table(pd.DataFrame(rows))
+    kl = df[df["row"] == "KL (lambda0.1)"].iloc[0]
+    lo, hi = wilson_interval(50, 200)
+    assert (kl["general_incoherent_lo"], kl["general_incoherent_hi"]) == pytest.approx((100 * lo, 100 * hi))
+    lo, hi = wilson_interval(8, 160)
+    assert (kl["general_misaligned_lo"], kl["general_misaligned_hi"]) == pytest.approx((100 * lo, 100 * hi))
+
+
+# ----------------------------------------------------------------------------- persona steering sentences
+
+def validation(scores_by_alpha, alpha=5.0, layer=20):
+    rows = []
+    for a, scores in zip((-alpha, 0.0, alpha), scores_by_alpha):
+        rows.append({"layer": layer, "alpha": a, "n": len(scores), "trait_mean": sum(scores) / len(scores),
+                     "trait_n": len(scores), "coherent_mean": 80.0, "coherent_n": len(scores),
+                     "trait_scores": list(scores)})
+    return pd.DataFrame(rows)
+
+
+def sentences(md):
+    return md.split("|\n\n", 1)[1]
+
+
+def test_persona_sentence_claims_no_effect_from_near_equal_means():
+    from emguard.report import persona_validation_table
+
+    # means 44.4 (alpha 0) and 44.7 (alpha +5) over 4 answers each, as in the shipped default's report
+    md = persona_validation_table(validation([[41.0, 47.0, 44.0, 45.5], [40.1, 48.9, 43.0, 45.6],
+                                              [44.0, 46.1, 42.2, 46.5]]))
+    assert "| 20 | +5 | 4 | 44.7 (4) |" in md and "| 20 | +0 | 4 | 44.4 (4) |" in md
+    text = sentences(md)
+    assert "raises" not in text and "lowers" not in text
+    assert "No effect of steering with alpha = +5 on the judged trait score was detected at this sample size" in text
+    assert "No effect of steering with alpha = -5" in text and "difference +0.0 points" in text
+    assert "difference +0.3 points (95% CI [" in text and "n = 4 steered vs 4 unsteered scored answers" in text
+
+
+def test_persona_sentence_claims_a_clear_effect_with_its_interval():
+    from emguard.metrics import welch_interval
+    from emguard.report import persona_validation_table
+
+    low, mid, high = [1.0, 2.0, 0.5, 1.5], [10.0, 12.0, 11.0, 13.0], [80.0, 82.0, 79.0, 85.0]
+    text = sentences(persona_validation_table(validation([low, mid, high])))
+    up, down = welch_interval(mid, high), welch_interval(mid, low)
+    assert (f"Steering with alpha = +5 raises the judged trait score by {up['diff']:.1f} points relative to no "
+            f"steering (95% CI [{up['lo']:+.1f}, {up['hi']:+.1f}], Welch, n = 4 steered vs 4 unsteered scored answers).") in text
+    assert (f"Steering with alpha = -5 lowers the judged trait score by {-down['diff']:.1f} points relative to no "
+            f"steering (95% CI [{down['lo']:+.1f}, {down['hi']:+.1f}]") in text
+    # an effect in the wrong direction is claimed as such, and flagged
+    text = sentences(persona_validation_table(validation([high, mid, low])))
+    assert "alpha = +5 lowers the judged trait score" in text and "the opposite of what a working persona" in text
+    # too few scored answers, or a table without per-answer scores: nothing is claimed
+    text = sentences(persona_validation_table(validation([[1.0], [50.0], [99.0]])))
+    assert "Too few scored answers to test steering with alpha = +5 (n = 1 steered vs 1" in text and "raises" not in text
+    text = sentences(persona_validation_table(validation([low, mid, high]).drop(columns="trait_scores")))
+    assert "none is claimed" in text and "raises" not in text
+
+
+def test_persona_validation_scores_survive_parquet_into_the_sentence(tiny_model_dir, tmp_path):
+    """validate_steering -> parquet -> report: the per-answer scores the sentence tests reach it."""
+    import torch
+
+    from emguard.io import read_parquet, write_parquet
+    from emguard.judge import ScoreResult
+    from emguard.models import load_model, load_tokenizer
+    from emguard.persona import validate_steering
+    from emguard.report import persona_validation_table
+
+    model, tok = load_model(tiny_model_dir, device="cpu"), load_tokenizer(tiny_model_dir)
+    vectors = torch.zeros(model.config.num_hidden_layers + 1, model.config.hidden_size)
+    questions = [f"q{i}?" for i in range(5)]
+
+    def sample(model, tokenizer, conversations, settings, seed):  # the answer is the question's index
+        return [c[0]["content"][1:-1] for c in conversations]
+
+    def score(judge, template, pairs, cache, metric):  # trait: near-equal at every alpha
+        return [ScoreResult(40.0 + float(a), 1.0, "number") for _, a in pairs]
+
+    table = validate_steering(model, tok, vectors, 1, 5.0, questions, None, cache=None, sampling=None, seed=0,
+                              trait_template="{question}{answer}", coherence_template="{question}{answer}",
+                              sample_fn=sample, score_fn=score)
+    write_parquet(table, tmp_path / "v.parquet")
+    text = sentences(persona_validation_table(read_parquet(tmp_path / "v.parquet")))
+    assert "No effect of steering with alpha = +5" in text and "difference +0.0 points" in text
+    assert "n = 5 steered vs 5 unsteered scored answers" in text
