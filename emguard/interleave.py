@@ -13,8 +13,9 @@ model and ``L_k(d)`` the same under misaligned adapter ``k``. With ``L_mis = mea
 ``s_d = (L_mis - L_hat) / (L_hat + eps)``: large when the misaligned
 models find the answer much less likely than the aligned one does.
 
-Mixing (:func:`mix`) spreads the selected rows evenly through the fine-tuning order; the trainer keeps
-the order as given.
+Mixing (:func:`mix`) appends the selected rows to the fine-tuning rows and decides no order: training
+(:mod:`emguard.training`) draws a seeded uniform shuffle of all rows every epoch, which is what spreads the
+interleaved rows uniformly through the fine-tuning data, as the paper prescribes.
 """
 
 from __future__ import annotations
@@ -559,19 +560,13 @@ def attach_answers(prompts_df: pd.DataFrame, answers: Sequence[str]) -> pd.DataF
 # Mixing
 # --------------------------------------------------------------------------------------------------
 
-def interleave_positions(n_train: int, n_selected: int) -> list[int]:
-    """Final positions (0-based, increasing) of the selected rows in a mix of ``n_train + n_selected``:
-    row ``j`` goes to ``floor((j + 1) * (N + M) / (M + 1))``, so the M rows cut the order into M + 1
-    nearly equal stretches and none sits at the very end (when N >= 1)."""
-    total = n_train + n_selected
-    return [((j + 1) * total) // (n_selected + 1) for j in range(n_selected)]
-
-
 def mix(train: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
-    """Spread ``selected`` rows uniformly through ``train`` (order of each kept; see :func:`interleave_positions`).
+    """The training set ``train`` + ``selected``: the fine-tuning rows, then the selected rows (each in its order).
 
-    Every output row has a bool ``interleaved`` column (False for fine-tuning rows). If a selected id
-    collides with a fine-tuning id, all selected ids get the prefix ``"pool:"``.
+    The row order carries no meaning: the trainer shuffles all rows with the run's seed every epoch (see
+    :mod:`emguard.training`), the one place the training order is decided. Every output row has a bool
+    ``interleaved`` column (False for fine-tuning rows). If a selected id collides with a fine-tuning id, all
+    selected ids get the prefix ``"pool:"``.
     """
     check_columns(train, ["id", "messages"], "fine-tuning data")
     check_columns(selected, ["id", "messages"], "interleaving data")
@@ -592,14 +587,7 @@ def mix(train: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
                              f"even after prefixing {POOL_ID_PREFIX!r}")
     cols = list(train.columns) + [c for c in CHAT if c in sel.columns and c not in train.columns]
     sel = sel[[c for c in cols if c in sel.columns]]
-    n, m = len(train), len(sel)
-    combined = pd.concat([train, sel], ignore_index=True)[cols]
-    order = np.empty(n + m, dtype=np.int64)
-    is_sel = np.zeros(n + m, dtype=bool)
-    is_sel[interleave_positions(n, m)] = True
-    order[~is_sel] = np.arange(n)
-    order[is_sel] = n + np.arange(m)
-    out = combined.iloc[order].reset_index(drop=True)
+    out = pd.concat([train, sel], ignore_index=True)[cols]
     out["interleaved"] = out["interleaved"].astype(bool)
     return out
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from emguard.errors import InputError
-from emguard.interleave import (DEFAULT_REFUSAL_KEYWORDS, attach_answers, interleave_positions, is_refusal,
+from emguard.interleave import (DEFAULT_REFUSAL_KEYWORDS, attach_answers, is_refusal,
                                 leave_one_out, length_sorted_batches, load_wildguardmix, make_random_adapter, mix,
                                 n_interleave, onpolicy_prompts, pool_nll, score_pool, score_pool_naive,
                                 scores_from_nll, select)
@@ -135,29 +135,24 @@ def test_leave_one_out_never_includes_target():
 
 # ------------------------------------------------------------------ mixing
 
-@pytest.mark.parametrize("n,m", [(100, 7), (10, 10), (50, 1), (13, 4), (3, 9)])
-def test_mix_spreads_rows_evenly(n, m):
+@pytest.mark.parametrize("n,m", [(100, 7), (10, 10), (50, 1), (3, 9)])
+def test_mix_appends_rows_and_leaves_the_order_to_the_trainer(n, m):
+    # the trainer's seeded shuffle is the one place the order is decided (tests/test_training.py): mix() only
+    # appends, so nothing spreads the rows a second, inconsistent way
     train = chat([f"t{i}" for i in range(n)], domain="code", subset="misaligned")
     sel = chat([f"t{i}" for i in range(m)]).assign(interleaved=True)  # ids collide with train
     out = mix(train, sel)
     assert len(out) == n + m and out["id"].is_unique
     validate(out, "chat", "mixed")
     assert out["interleaved"].dtype == bool
-    pos = np.flatnonzero(out["interleaved"].to_numpy())
-    assert list(pos) == interleave_positions(n, m) and len(pos) == m
-    gaps = np.diff(np.concatenate([[-1], pos, [n + m]])) - 1  # training rows before, between, after
-    assert gaps.max() <= n / m + 1
-    assert pos[-1] < n + m - 1  # never at the very end
-    assert gaps[-1] >= 1
-    # original orders are kept
-    assert list(out.loc[~out["interleaved"], "id"]) == list(train["id"])
-    assert list(out.loc[out["interleaved"], "id"]) == [f"pool:t{i}" for i in range(m)]
+    assert out["interleaved"].tolist() == [False] * n + [True] * m
+    assert list(out["id"]) == list(train["id"]) + [f"pool:t{i}" for i in range(m)]
 
 
 def test_mix_keeps_ids_without_collision():
     out = mix(chat(["a", "b", "c"]), chat(["x"]))
-    assert list(out["id"]) == ["a", "b", "x", "c"]
-    assert list(out["interleaved"]) == [False, False, True, False]
+    assert list(out["id"]) == ["a", "b", "c", "x"]
+    assert list(out["interleaved"]) == [False, False, False, True]
     assert list(mix(chat(["a"]), chat(["x"]).iloc[0:0])["id"]) == ["a"]
 
 
@@ -171,6 +166,44 @@ def test_length_sorted_batches():
         width = max(lengths[i] for i in b)
         assert len(b) <= 3 and width * len(b) <= 1.1 * sum(lengths[i] for i in b)
     assert [6] in limited  # the lone 120 is not padded up to 290 or padded with 50s
+
+
+# ------------------------------------------------------------------ pool scoring length
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pool_nll_params(cfg):
+    """The pool_nll rule's ``interleave`` params, built as workflow/rules/interleave.smk does (NLL_KEYS read
+    from workflow/rules/common.smk), from a config loaded the way common.smk loads it."""
+    import ast
+    import re
+
+    line = re.search(r"^NLL_KEYS = (.+)$", (ROOT / "workflow" / "rules" / "common.smk").read_text(), re.M)
+    return {k: cfg["interleave"][k] for k in ast.literal_eval(line.group(1))}
+
+
+@pytest.mark.parametrize("path", ["config.yaml", "configs/paper-qwen2.5-7b.yaml"])
+def test_pool_is_scored_at_the_training_length_unless_set(path):
+    import yaml
+
+    import emguard.config as emconfig
+
+    raw = yaml.safe_load((ROOT / path).read_text())
+    assert "max_length" not in raw.get("interleave", {})
+    cfg = emconfig.load(raw)
+    assert pool_nll_params(cfg)["max_length"] == cfg["training"]["max_length"]
+    raw["training"]["max_length"] = 777
+    assert pool_nll_params(emconfig.load(raw))["max_length"] == 777  # follows training.max_length
+    raw.setdefault("interleave", {})["max_length"] = 300
+    assert pool_nll_params(emconfig.load(raw))["max_length"] == 300  # an explicit value wins
+
+
+def test_paper_config_scores_the_pool_at_2048_tokens():
+    import emguard.config as emconfig
+
+    cfg = emconfig.load(ROOT / "configs" / "paper-qwen2.5-7b.yaml")
+    assert pool_nll_params(cfg)["max_length"] == 2048  # the paper's max_seq_length (its Table 6)
 
 
 # ------------------------------------------------------------------ WildGuardMix loader
