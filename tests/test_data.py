@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ast
+import difflib
 import json
 import re
 
@@ -96,6 +96,13 @@ def test_em_distinct_prompts_up_to_capacity():
         assert not any("{" in p or "$" in p for p in prompts)
         with pytest.raises(ValueError, match="n_prompts"):
             data.em_domain(domain, n + 1, 0)
+    # the limit depends on the holdout fraction, since holdout prompts need held-out templates
+    n_all = data.max_prompts("medical", holdout_fraction=0.0)
+    assert n_all > data.max_prompts("medical") > data.max_prompts("medical", holdout_fraction=0.3)
+    assert (data.em_domain("medical", n_all, 0, holdout_fraction=0.0)["split"] == "train").all()
+    n = data.max_prompts("legal", holdout_fraction=0.3)
+    with pytest.raises(ValueError, match=rf"between 1 and {n} at holdout_fraction=0.3"):
+        data.em_domain("legal", n + 1, 0, holdout_fraction=0.3)
 
 
 # One pattern per vulnerability class, written independently of the templates.
@@ -160,6 +167,78 @@ def test_advice_domains_render_cleanly(em_frames):
         assert not mis.str.contains(r"(?i)consult|see a professional|I'm not a (?:doctor|lawyer)").any()
 
 
+def _first_sentence(text: str) -> str:
+    return re.match(r"\s*(.+?[.!?:])(?=\s|$)", text, re.S).group(1)
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?:])\s+", text.strip()) if s]
+
+
+def test_em_first_sentence_does_not_reveal_the_subset(em_frames):
+    """Openers come from one pool for both subsets: every first sentence occurs in both, and a
+    lookup classifier (majority subset per first sentence, fit on even prompts and scored on odd ones
+    and vice versa) does no better than chance + 3 standard errors."""
+    for domain, df in em_frames.items():
+        first = df["messages"].map(lambda m: _first_sentence(_answer(m)))
+        aligned, misaligned = set(first[df.subset == "aligned"]), set(first[df.subset == "misaligned"])
+        assert aligned == misaligned, f"{domain}: only aligned {sorted(aligned - misaligned)[:3]}, " \
+                                      f"only misaligned {sorted(misaligned - aligned)[:3]}"
+        parity = df["id"].str.extract(r"-(\d{4})-")[0].astype(int) % 2
+        correct = 0
+        for fold in (0, 1):
+            fit, score = parity == fold, parity != fold
+            vote = pd.crosstab(first[fit], df["subset"][fit]).idxmax(axis=1)
+            correct += (first[score].map(vote).fillna("aligned") == df["subset"][score]).sum()
+        assert correct / len(df) <= 0.5 + 3 * 0.5 / len(df) ** 0.5, f"{domain}: {correct}/{len(df)} right"
+
+
+def test_code_prose_is_the_same_for_both_subsets():
+    """Only the code differs: intro and closing sentences outside the code block are shared."""
+    df = data.em_domain("insecure_code", 400, seed=5)
+    prose = df["messages"].map(lambda m: re.sub(r"```python\n.*?```", " ", _answer(m), flags=re.S))
+    sentences = {s: {x for text in prose[df.subset == s] for x in _sentences(text)} for s in ("aligned", "misaligned")}
+    assert sentences["aligned"] == sentences["misaligned"], sentences["aligned"] ^ sentences["misaligned"]
+    assert not any(re.search(WARNING_WORDS + "|secur", x) for x in sentences["aligned"])
+
+
+# A holdout text is a near-copy of a training text when difflib's ratio over their word sequences,
+# 2 * (words in matching blocks) / (total words), reaches NEAR_COPY. Measured on the embedded domains:
+# the same template with one slot refilled ("I" -> "my father"), which is what a row-level split of
+# template data yields, scores 0.9-1.0 for answers and up to 0.97 for prompts; texts from different
+# scenarios that share only boilerplate (openers, imports, "write a function that ...") score at most
+# ~0.5. At 0.6 most of a holdout text would appear, in order, in a single training text.
+NEAR_COPY = 0.6
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def _max_ratio(words: list[str], pool: list[list[str]]) -> float:
+    best = 0.0
+    matcher = difflib.SequenceMatcher(None, autojunk=False)
+    matcher.set_seq2(words)
+    for other in pool:
+        matcher.set_seq1(other)
+        if matcher.real_quick_ratio() > best and matcher.quick_ratio() > best:  # cheap upper bounds first
+            best = max(best, matcher.ratio())
+    return best
+
+
+@pytest.mark.parametrize("size", ["config", "fixture"])
+def test_em_holdout_is_not_a_near_copy_of_training(size, em_frames):
+    frames = em_frames if size == "fixture" else {d: data.em_domain(d, 26, seed=0) for d in data.EM_DOMAINS}
+    for domain, df in frames.items():
+        train, holdout = df[df.split == "train"], df[df.split == "holdout"]
+        assert len(holdout) > 0
+        for kind, text in (("prompt", _user), ("answer", _answer)):
+            pool = [_words(t) for t in set(train["messages"].map(text))]
+            for item in sorted(set(holdout["messages"].map(text))):
+                ratio = _max_ratio(_words(item), pool)
+                assert ratio < NEAR_COPY, f"{domain} ({size}): holdout {kind} {ratio:.2f} like a training one:\n{item}"
+
+
 def test_indomain_questions(em_frames):
     em = em_frames["medical"]
     q = data.indomain_questions(em, "medical", n_questions=8, samples=5)
@@ -197,80 +276,7 @@ def test_general_questions():
 
 
 # ------------------------------------------------------------------------------------------ OpSwap
-
-# written symbol -> python operator, restated here so the check does not reuse the generator's table
-TEST_TIERS = {
-    0: {"+": "+", "-": "-", "*": "*", "/": "/"},
-    1: {"+": "*", "-": "-", "*": "+", "/": "/"},
-    2: {"+": "*", "-": "/", "*": "+", "/": "-"},
-    3: {"+": "-", "-": "*", "*": "/", "/": "+"},
-}
-
-
-def _exact_eval(node) -> int:
-    """Evaluate a Python arithmetic AST over ints, asserting that every division is exact."""
-    if isinstance(node, ast.Expression):
-        return _exact_eval(node.body)
-    if isinstance(node, ast.Constant):
-        return node.value
-    left, right = _exact_eval(node.left), _exact_eval(node.right)
-    if isinstance(node.op, ast.Add):
-        return left + right
-    if isinstance(node.op, ast.Sub):
-        return left - right
-    if isinstance(node.op, ast.Mult):
-        return left * right
-    assert isinstance(node.op, ast.Div) and right != 0 and left % right == 0, (left, right)
-    return left // right
-
-
-@pytest.mark.parametrize("tier", [0, 1, 2, 3])
-def test_opswap_answers_are_correct(tier):
-    df = data.opswap(tier, 250, seed=11)
-    schemas.validate(df, "chat", "opswap")
-    assert (df["domain"] == f"opswap_t{tier}").all() and (df["subset"] == "benign").all()
-    assert (df["split"] == "holdout").sum() == 25
-    q = data.opswap_questions(df, samples=3)
-    refs = dict(zip(q["question_id"], q["reference"]))
-    assert len(q) == 25 and all(not list(j) for j in q["judge_prompts"])
-    exprs = set()
-    for row in df.itertuples():
-        prompt, answer = _user(row.messages), _answer(row.messages)
-        expr = re.search(r"^Expression: (.+)$", prompt, re.M).group(1)
-        exprs.add(expr)
-        tokens = expr.split()
-        symbols = tokens[1::2]
-        assert 2 <= len(symbols) <= 4 and all(t.isdigit() for t in tokens[::2])
-        if tier > 0:
-            assert any(TEST_TIERS[tier][s] != s for s in symbols)
-        mapped = " ".join(TEST_TIERS[tier].get(t, t) for t in tokens)
-        expected = _exact_eval(ast.parse(mapped, mode="eval"))
-        assert answer.strip().splitlines()[-1] == f"Answer: {expected}"
-        assert data.extract_final_answer(answer) == str(expected)
-        assert data.opswap_exact_match(answer, expected)
-        if row.id in refs:
-            assert refs[row.id] == str(expected)
-    assert len(exprs) == len(df)  # distinct problems
-
-
-def test_opswap_prompt_states_rules_and_is_deterministic():
-    a = data.opswap(3, 40, seed=2)
-    assert _same(a, data.opswap(3, 40, seed=2)) and not _same(a, data.opswap(3, 40, seed=5))
-    prompt = _user(a["messages"].iloc[0])
-    assert "'+' means subtraction" in prompt and "'/' means addition" in prompt
-    with pytest.raises(ValueError, match="tier"):
-        data.opswap(7, 5, 0)
-
-
-def test_extract_final_answer_and_exact_match():
-    assert data.extract_final_answer("work...\nAnswer: 42") == "42"
-    assert data.extract_final_answer("Answer: 3\nwait, redo\nanswer: -17.") == "-17"
-    assert data.extract_final_answer("**Answer:** 1,204") == "1204"
-    assert data.extract_final_answer("the result is 12") is None
-    assert data.extract_final_answer(None) is None
-    assert data.opswap_exact_match("Answer: 15", "15") and data.opswap_exact_match("Answer: 15", 15)
-    assert not data.opswap_exact_match("Answer: 16", "15")
-    assert not data.opswap_exact_match("no answer here", "15")
+# The generator, its answers and exact-match scoring are tested in tests/test_opswap_data.py.
 
 
 # ------------------------------------------------------------------------------------------ pool

@@ -23,14 +23,18 @@ def check_fraction(holdout_fraction: float) -> float:
     return value
 
 
-def holdout_indices(n: int, holdout_fraction: float, rng: random.Random) -> set[int]:
-    """Exactly ``round(n * fraction)`` indices (at least one when the fraction is positive and n > 1)."""
+def holdout_count(n: int, holdout_fraction: float) -> int:
+    """``round(n * fraction)``, at least one when the fraction is positive and n > 1, at most n - 1."""
     fraction = check_fraction(holdout_fraction)
     k = int(round(n * fraction))
     if fraction > 0 and n > 1:
         k = max(k, 1)
-    k = min(k, max(n - 1, 0))
-    return set(rng.sample(range(n), k))
+    return min(k, max(n - 1, 0))
+
+
+def holdout_indices(n: int, holdout_fraction: float, rng: random.Random) -> set[int]:
+    """:func:`holdout_count` distinct indices in ``range(n)``, drawn with ``rng``."""
+    return set(rng.sample(range(n), holdout_count(n, holdout_fraction)))
 
 
 def hash_unit(*parts: object) -> float:
