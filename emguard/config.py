@@ -28,7 +28,7 @@ OPSWAP_PREFIX = "opswap_t"
 DEFAULTS: dict[str, Any] = {
     "model": {"dtype": "float32", "device": "auto"},
     "data": {"seed": 0, "holdout_fraction": 0.1, "em": {"n_prompts": 100, "sources": {}},
-             "pool": {"source": "embedded", "n": 300}, "opswap": {"tiers": [], "n": 200}},
+             "pool": {"source": "embedded", "n": 300}, "opswap": {"tiers": [], "n": 200, "state_rules": False}},
     "eval": {"general": {"source": "embedded", "samples": 4}, "indomain": {"n_questions": 30, "samples": 4},
              "opswap": {"n_questions": 30, "samples": 10}},
     "generation": {"max_new_tokens": 256, "temperature": 1.0, "top_p": 1.0, "batch_size": 16, "seed": 0},
@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
                 "max_questions": None, "trait_threshold": 50,
                 "coherence_threshold": 50, "min_pairs": 1, "fallback": "error", "max_new_tokens": 128,
                 "validation_alpha": 5.0, "validation_questions": 8},
-    "interleave": {"eps": 1e-6, "batch_size": 16, "max_length": 1024, "refusal_keywords": None, "first_n_words": 10},
+    "interleave": {"eps": 1e-6, "batch_size": 16, "max_length": None, "refusal_keywords": None, "first_n_words": 10},
     "metrics": {"aligned_below": 30, "coherent_above": 50, "incoherent_below": 50, "confidence": 0.95},
 }
 
@@ -95,6 +95,10 @@ def load(config: dict | str | Path) -> dict:
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
     cfg = _merge(DEFAULTS, config)
+    # The pool is scored at the length the model is trained at unless set: its NLLs then see the same (untruncated)
+    # answers training does. Resolved here, so the pool_nll rule's params (and its reruns) follow training.max_length.
+    if cfg["interleave"]["max_length"] is None:
+        cfg["interleave"]["max_length"] = cfg["training"]["max_length"]
     _check_semantics(cfg)
     return cfg
 
@@ -121,10 +125,8 @@ def _check_semantics(cfg: dict) -> None:
         if "persona" in methods and not 1 <= methods["persona"]["steering_layer"] <= n_layers:
             raise ConfigError(f"config key 'experiments.methods.persona.steering_layer': "
                               f"{methods['persona']['steering_layer']} is outside the model's layers 1..{n_layers}")
-        for i, layer in enumerate(methods.get("ldifs", {}).get("ldifs_layers") or []):
-            if layer > n_layers:
-                raise ConfigError(f"config key 'experiments.methods.ldifs.ldifs_layers.{i}': {layer} is outside "
-                                  f"the model's layers 1..{n_layers}")
+    if "ldifs" in methods:
+        _check_ldifs(methods["ldifs"], n_layers)
     vectors = methods.get("persona", {}).get("vectors")
     if vectors and not Path(vectors).exists():
         raise ConfigError(f"config key 'experiments.methods.persona.vectors': persona vector file {vectors} not found")
@@ -191,7 +193,9 @@ def expand_runs(cfg: dict) -> list[Run]:
 
     Per seed: the untrained model, the aligned / misaligned SFT baselines of every EM domain, every method
     on every target domain, then for each OpSwap tier of ``data.opswap.tiers`` (dataset ``opswap_t<t>``)
-    an SFT baseline (method ``sft``) and every method, all on the benign OpSwap train rows."""
+    the untrained model (when ``untrained`` is a baseline: Table 3's baseline row, evaluated on that tier's
+    held-out problems, no adapter), an SFT baseline (method ``sft``) and every method, all trained on the
+    benign OpSwap train rows."""
     model = cfg["model"]["name"]
     exp = cfg["experiments"]
     runs: list[Run] = []
@@ -207,6 +211,8 @@ def expand_runs(cfg: dict) -> list[Run]:
                 runs.extend(method_runs(model, domain, method, spec, seed, cfg))
         for tier in cfg["data"]["opswap"]["tiers"]:
             dataset = opswap_dataset(tier)
+            if "untrained" in exp["baselines"]:
+                runs.append(Run(model, dataset, "untrained", "default", seed))
             runs.append(Run(model, dataset, "sft", "default", seed, train_subset="benign"))
             for method, spec in exp["methods"].items():
                 runs.extend(method_runs(model, dataset, method, spec, seed, cfg))
@@ -229,12 +235,72 @@ def _kl_grid(spec, cfg):
             for v in spec["kl_lambda"]]
 
 
+#: LDIFS as the paper's eq. 2 writes it: raw residual streams of every 5th layer (the final layer only when the
+#: stride hits it), squared distance summed over all token positions; see emguard.regularisers.LDIFSRegulariser
+LDIFS_DEFAULTS: dict[str, Any] = {"feature_norm": "none", "reduction": "sum", "layer_step": 5, "final_layer": False,
+                                  "ldifs_layers": None}
+
+
+def ldifs_variants(spec: dict) -> list[tuple[str, dict]]:
+    """The LDIFS variants of ``experiments.methods.ldifs``: ``[(config key, settings)]``, where settings fills
+    :data:`LDIFS_DEFAULTS` with the block's keys, then with one entry of its ``variants`` list (one variant, the
+    block itself, when there is no list). Every variant runs the ``ldifs_lambda`` grid (its own when it sets one)."""
+    base = {**LDIFS_DEFAULTS, "ldifs_lambda": spec.get("ldifs_lambda")}
+    base.update({k: v for k, v in spec.items() if k in base})
+    if not spec.get("variants"):
+        return [("experiments.methods.ldifs", base)]
+    return [(f"experiments.methods.ldifs.variants.{i}", {**base, **variant})
+            for i, variant in enumerate(spec["variants"])]
+
+
+def ldifs_setting_suffix(settings: dict) -> str:
+    """The part of an LDIFS setting id after ``lambda<v>``: empty for the paper's formula, else one tag per
+    deviation from it (``_unit``, ``_mean``, ``_every<k>``, ``_final``, ``_layers<a>-<b>``)."""
+    tags = []
+    if settings["feature_norm"] != LDIFS_DEFAULTS["feature_norm"]:
+        tags.append(settings["feature_norm"])
+    if settings["reduction"] != LDIFS_DEFAULTS["reduction"]:
+        tags.append(settings["reduction"])
+    if settings["ldifs_layers"]:
+        tags.append("layers" + "-".join(str(x) for x in settings["ldifs_layers"]))
+    else:
+        if settings["layer_step"] != LDIFS_DEFAULTS["layer_step"]:
+            tags.append(f"every{settings['layer_step']}")
+        if settings["final_layer"]:
+            tags.append("final")
+    return "".join(f"_{t}" for t in tags)
+
+
+def _check_ldifs(spec: dict, n_layers: int | None) -> None:
+    raw_variants = spec.get("variants") or [{}]
+    seen: dict[str, str] = {}
+    for (where, v), raw in zip(ldifs_variants(spec), raw_variants):
+        if v["ldifs_layers"] and (v["layer_step"] != LDIFS_DEFAULTS["layer_step"] or v["final_layer"]):
+            raise ConfigError(f"config key '{where}': ldifs_layers lists the layers, so layer_step / final_layer "
+                              f"do not apply; set one or the other")
+        if n_layers:
+            layers_key = where if "ldifs_layers" in raw else "experiments.methods.ldifs"
+            for i, layer in enumerate(v["ldifs_layers"] or []):
+                if layer > n_layers:
+                    raise ConfigError(f"config key '{layers_key}.ldifs_layers.{i}': {layer} is outside the model's "
+                                      f"layers 1..{n_layers}")
+            if not v["ldifs_layers"] and v["layer_step"] > n_layers and not v["final_layer"]:
+                raise ConfigError(f"config key '{where}.layer_step': {v['layer_step']} is larger than the model's "
+                                  f"{n_layers} layers, so it selects no layer (or set final_layer: true)")
+        suffix = ldifs_setting_suffix(v)
+        if suffix in seen:
+            raise ConfigError(f"config key '{where}': the same LDIFS settings as '{seen[suffix]}' (setting "
+                              f"lambda<v>{suffix}); each variant must differ")
+        seen[suffix] = where
+
+
 def _ldifs_grid(spec, cfg):
-    norm = spec.get("feature_norm", "unit")
-    suffix = "" if norm == "unit" else f"_{norm}"
-    return [("ldifs", f"lambda{fmt_value(v)}{suffix}",
-             {"ldifs_lambda": v, "ldifs_layers": spec.get("ldifs_layers"), "feature_norm": norm})
-            for v in spec["ldifs_lambda"]]
+    runs = []
+    for _, v in ldifs_variants(spec):
+        for lam in v["ldifs_lambda"]:
+            hp = {"ldifs_lambda": lam, **{k: v[k] for k in LDIFS_DEFAULTS}}
+            runs.append(("ldifs", f"lambda{fmt_value(lam)}{ldifs_setting_suffix(v)}", hp))
+    return runs
 
 
 def _persona_grid(spec, cfg):

@@ -36,6 +36,36 @@ def device_for(preference: str = "auto") -> torch.device:
     return torch.device(preference)
 
 
+def native_bf16_reason(device: str | torch.device = "auto") -> str | None:
+    """Why bfloat16 matmuls are native on ``device`` (a short phrase), or ``None`` where they are not.
+
+    On a CPU without AVX512-BF16 or AMX, torch emulates bf16 matmuls: measured ~30x slower than float32 on an
+    AVX2-only AMD EPYC (0.8 vs 26.7 GFLOP/s, one thread), so bf16 must never be assumed on a CPU.
+    ``benchmarks/cpu_matmul.py`` measures both rates on the machine at hand.
+    """
+    dev = device if isinstance(device, torch.device) else device_for(str(device))
+    if dev.type == "cuda":
+        return "CUDA device supports bf16" if torch.cuda.is_bf16_supported() else None
+    if dev.type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        if getattr(cpu, "_is_amx_tile_supported", lambda: False)():
+            return "CPU has AMX"
+        if getattr(cpu, "_is_avx512_bf16_supported", lambda: False)():
+            return "CPU has AVX512-BF16"
+    return None
+
+
+def resolve_dtype(dtype: str, device: str | torch.device = "auto") -> str:
+    """The weight dtype to use: ``dtype`` itself, or for ``"auto"`` bfloat16 where :func:`native_bf16_reason`
+    finds native support on ``device`` and float32 elsewhere. Resolved where the job runs (a cluster's login
+    node may have neither the GPU nor the CPU of the compute node)."""
+    if dtype == "auto":
+        return "bfloat16" if native_bf16_reason(device) else "float32"
+    if dtype not in DTYPES:
+        raise ConfigError(f"model.dtype: {dtype!r} is not one of {sorted(DTYPES) + ['auto']}")
+    return dtype
+
+
 def load_tokenizer(path: str | os.PathLike):
     from transformers import AutoTokenizer
 
@@ -50,8 +80,7 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32", device: str =
     """Load a causal LM from a local folder or hub id; optionally attach a LoRA adapter folder."""
     from transformers import AutoModelForCausalLM
 
-    if dtype not in DTYPES:
-        raise ConfigError(f"model.dtype: {dtype!r} is not one of {sorted(DTYPES)}")
+    dtype = resolve_dtype(dtype, device)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
     model.to(device_for(device))
     if adapter is not None:

@@ -4,7 +4,8 @@ Each regulariser is a small named object. The trainer (``EMGuardTrainer.compute_
 adds its term to the loss; every term is logged per optimisation step under the regulariser's ``name``.
 
 * :class:`KLRegulariser` -- ``CE + kl_lambda * KL(p_theta || p_0)`` on answer tokens.
-* :class:`LDIFSRegulariser` -- ``CE + ldifs_lambda * ||x_theta - x_0||^2`` on residual-stream features.
+* :class:`LDIFSRegulariser` -- ``CE + ldifs_lambda * ||x_theta - x_0||^2`` on residual-stream features
+  (every 5th layer, summed over token positions by default, as in the paper).
 * :class:`SteeringRegulariser` -- preventive steering: adds ``alpha * vector`` to one layer's output during the
   training forward (and backward) pass only; no loss term.
 
@@ -35,18 +36,24 @@ from emguard.chat import IGNORE_INDEX
 from emguard.steering import decoder_layers, steer
 
 
-def every_nth_layer(n_layers: int, step: int = 5) -> list[int]:
-    """Hidden-state indices ``step, 2*step, ...`` up to ``n_layers``, always ending with ``n_layers``.
+def every_nth_layer(n_layers: int, step: int = 5, include_final: bool = False) -> list[int]:
+    """Hidden-state indices ``step, 2*step, ...`` up to ``n_layers`` (LDIFS' "every 5th layer").
 
-    ``every_nth_layer(28, 5) == [5, 10, 15, 20, 25, 28]``; ``every_nth_layer(4, 5) == [4]``.
+    ``include_final`` appends ``n_layers`` (the last block's output) when the stride misses it.
+    ``every_nth_layer(28, 5) == [5, 10, 15, 20, 25]``; ``every_nth_layer(28, 5, include_final=True) ==
+    [5, 10, 15, 20, 25, 28]``; ``every_nth_layer(4, 5, include_final=True) == [4]``. A stride longer than the
+    model without ``include_final`` selects nothing and raises ``ValueError``.
     """
     if n_layers < 1:
         raise ValueError(f"n_layers must be >= 1, got {n_layers}")
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step}")
     layers = list(range(step, n_layers + 1, step))
-    if not layers or layers[-1] != n_layers:
+    if include_final and (not layers or layers[-1] != n_layers):
         layers.append(n_layers)
+    if not layers:
+        raise ValueError(f"step {step} is larger than n_layers {n_layers}: it selects no layer "
+                         f"(use a smaller step or include the final layer)")
     return layers
 
 
@@ -165,32 +172,47 @@ class KLRegulariser(Regulariser):
 
 
 class LDIFSRegulariser(Regulariser):
-    """``loss = CE + ldifs_lambda * ||x_theta - x_0||^2`` on residual-stream features (LDIFS).
+    """``loss = CE + ldifs_lambda * ||x_theta - x_0||^2`` on residual-stream features (LDIFS, the paper's eq. 2).
 
     ``x`` is the concatenation of the hidden states at hidden-state indices ``layers`` (see the module docstring
-    for the numbering). Normalisation: for each non-padding token, the squared L2 distance over the hidden
-    dimension, summed over the chosen layers (= the squared L2 norm of the concatenated feature difference);
-    then the mean over the non-padding tokens (``attention_mask == 1``) of the micro-batch. Under gradient
-    accumulation the trainer averages these micro-batch means. Prompt and answer tokens both count: the
-    representation of the whole conversation is anchored, not only the answer.
+    for the numbering) over the token positions of a sequence. With ``d_t = sum_l ||x_theta,l,t - x_0,l,t||^2``
+    the per-token distance (:meth:`token_distance`) and ``T_b`` the non-padding positions of sequence ``b``
+    (``attention_mask == 1``; prompt and answer tokens both count, the whole conversation is anchored):
+
+    * ``reduction="sum"`` (default, the paper's eq. 2): ``||x_theta - x_0||^2 = sum_{t in T_b} d_t`` per sequence,
+      then the mean over the ``B`` sequences of the micro-batch: ``(1/B) sum_b sum_{t in T_b} d_t``. The paper
+      writes the distance of one input; averaging over sequences, like the CE, keeps lambda independent of the
+      batch size. The term grows with the sequence length.
+    * ``reduction="mean"``: the mean of ``d_t`` over all non-padding tokens of the micro-batch,
+      ``sum_b sum_{t in T_b} d_t / sum_b |T_b|``; independent of the sequence length.
+
+    Under gradient accumulation the trainer divides each micro-batch value by the number of micro-batches, so the
+    logged and optimised term is the mean of the micro-batch values (for ``sum``: the mean over the step's
+    sequences when micro-batches are full).
 
     ``x_0`` comes from the adapter-disabled no-grad pass; ``x_theta`` keeps its gradient (it is not detached), so
     the penalty trains the adapter. The term is zero while the adapter is the identity (LoRA ``B == 0``).
 
-    ``feature_norm``: ``"none"`` (default) uses the raw hidden states as above. Its scale depends on the model:
-    residual-stream norms grow with depth and many LMs carry "massive activations" on the first token (SmolLM2-135M:
-    norm ~25000 there against a median ~150-750 at layers 15-30), so that token can dominate the raw penalty.
-    ``"unit"`` divides each token's hidden vector by its L2 norm first (per layer, both sides, as the LDIFS paper
-    does after LPIPS); each layer then contributes at most 4 per token, whatever the model.
+    ``feature_norm``: ``"none"`` (default, the paper) uses the raw hidden states. Their scale depends on the
+    model: residual-stream norms grow with depth and many LMs carry "massive activations" on the first token
+    (SmolLM2-135M: norm ~25000 there against a median ~150-750 at layers 15-30), so that token can dominate the
+    raw penalty, and in bfloat16 its drift is below the number format's resolution (~128 at 25000).
+    ``"unit"`` divides each token's hidden vector by its L2 norm first (per layer, both sides, as the LDIFS
+    reference (Mukhoti et al.) does after LPIPS); each layer then contributes at most 4 per token, whatever the
+    model.
     """
 
     name = "ldifs"
 
-    def __init__(self, ldifs_lambda: float, layers: Sequence[int], feature_norm: str = "none"):
+    def __init__(self, ldifs_lambda: float, layers: Sequence[int], feature_norm: str = "none",
+                 reduction: str = "sum"):
         self.weight = _check_lambda(ldifs_lambda, "ldifs_lambda")
         if feature_norm not in ("none", "unit"):
             raise ValueError(f"feature_norm must be 'none' or 'unit', got {feature_norm!r}")
         self.feature_norm = feature_norm
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction must be 'sum' (over token positions) or 'mean', got {reduction!r}")
+        self.reduction = reduction
         try:
             layers = [int(x) for x in layers]
         except TypeError:
@@ -227,16 +249,20 @@ class LDIFSRegulariser(Regulariser):
         return total
 
     def penalty(self, policy_hidden, ref_hidden, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean of :meth:`token_distance` over tokens where ``mask`` (``[batch, seq]``, e.g. the attention mask) is set."""
+        """:meth:`token_distance` reduced over the tokens where ``mask`` (``[batch, seq]``, e.g. the attention mask)
+        is set (all tokens when ``None``): per-sequence sum then mean over sequences (``reduction="sum"``), or the
+        mean over tokens (``"mean"``). A mask without true entries gives a (differentiable) zero."""
         dist = self.token_distance(policy_hidden, ref_hidden)
-        if mask is None:
-            return dist.mean()
-        mask = mask.to(dist.device, torch.bool)
-        return (dist * mask).sum() / mask.sum().clamp(min=1)
+        mask = torch.ones_like(dist, dtype=torch.bool) if mask is None else mask.to(dist.device, torch.bool)
+        # where(), not a product: a masked position must not turn a non-finite padding feature into NaN
+        masked = torch.where(mask, dist, torch.zeros_like(dist))
+        if self.reduction == "sum":
+            return masked.sum(-1).mean()
+        return masked.sum() / mask.sum().clamp(min=1)
 
     def __repr__(self) -> str:
         return (f"LDIFSRegulariser(ldifs_lambda={self.weight}, layers={list(self.layers)}, "
-                f"feature_norm={self.feature_norm!r})")
+                f"feature_norm={self.feature_norm!r}, reduction={self.reduction!r})")
 
 
 class SteeringRegulariser(Regulariser):

@@ -133,11 +133,13 @@ def prepare_pool(out: str, *, source: str, n: int, seed: int, wildguardmix: dict
     write_parquet(schemas.validate(df, "chat", out), out)
 
 
-def prepare_opswap(out: str, *, tier: int, n: int, seed: int, holdout_fraction: float) -> None:
-    """``n`` OpSwap problems of ``tier`` (subset ``benign``), split into train/holdout."""
+def prepare_opswap(out: str, *, tier: int, n: int, seed: int, holdout_fraction: float,
+                   state_rules: bool = False) -> None:
+    """``n`` OpSwap problems of ``tier`` (subset ``benign``), split into train/holdout; ``state_rules``: the
+    prompts state the operator mapping."""
     from emguard import data
 
-    df = data.opswap(tier, n, seed, holdout_fraction=holdout_fraction)
+    df = data.opswap(tier, n, seed, holdout_fraction=holdout_fraction, state_rules=state_rules)
     write_parquet(schemas.validate(df, "chat", out), out)
 
 
@@ -180,14 +182,15 @@ def train_run(model_path: str, train_path: str, out_dir: str, *, subset: str | N
               dtype: str, device: str, method: str = "sft", hparams: dict | None = None,
               persona_vectors: str | None = None) -> None:
     """Fine-tune one run; ``out_dir`` receives ``adapter/``, ``train_log.parquet`` and ``checkpoints/``."""
-    from emguard.training import train
+    from emguard.training import optimizer_settings, train
 
+    settings = train_settings({**training, "dtype": dtype}, seed)
+    optimizer_settings(settings)  # e.g. adamw_8bit without bitsandbytes: fail before reading data or the model
     rows = training_rows(train_path, subset) if subset else read_parquet(train_path, schemas.CHAT)
     from transformers import AutoConfig
 
     n_layers = AutoConfig.from_pretrained(model_path).num_hidden_layers
     regularisers, inoculation = build_method(method, hparams or {}, persona_vectors, n_layers)
-    settings = train_settings({**training, "dtype": dtype}, seed)
     train(model_path, rows, out_dir, settings, regularisers=regularisers, inoculation_prompt=inoculation,
           device=device)
 
@@ -200,8 +203,13 @@ def build_method(method: str, hparams: dict, persona_vectors: str | None, n_laye
     if method == "kl":
         return [reg.KLRegulariser(hparams["kl_lambda"], direction=hparams["direction"])], None
     if method == "ldifs":
-        layers = hparams.get("ldifs_layers") or reg.every_nth_layer(n_layers, 5)
-        return [reg.LDIFSRegulariser(hparams["ldifs_lambda"], layers, feature_norm=hparams["feature_norm"])], None
+        # hparams come from emguard.config._ldifs_grid; a missing key means the paper's choice (LDIFS_DEFAULTS)
+        from emguard.config import LDIFS_DEFAULTS
+
+        hp = {**LDIFS_DEFAULTS, **hparams}
+        layers = hp["ldifs_layers"] or reg.every_nth_layer(n_layers, hp["layer_step"], include_final=hp["final_layer"])
+        return [reg.LDIFSRegulariser(hp["ldifs_lambda"], layers, feature_norm=hp["feature_norm"],
+                                     reduction=hp["reduction"])], None
     if method == "persona":
         from emguard.persona import load_vectors
 

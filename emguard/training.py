@@ -5,8 +5,12 @@ One trainer, :class:`EMGuardTrainer`, a thin ``SFTTrainer`` subclass:
 * the data is pre-tokenised with :func:`emguard.chat.encode_example` (labels = -100 on every prompt token) and
   handed over with ``skip_prepare_dataset``, so trl neither re-tokenises nor re-masks it; the collator pads with
   :func:`emguard.chat.pad_batch`;
-* rows are consumed in the order given (``train_sampling_strategy="sequential"``): the interleaving stage spreads
-  rows deliberately, so nothing is shuffled;
+* the training order is decided here and only here: every epoch is a fresh uniform random permutation of all rows
+  (fine-tuning and interleaved alike), drawn by transformers' own sampler (``train_sampling_strategy="random"``)
+  which accelerate turns into its ``SeedableRandomSampler`` (``use_seedable_sampler=True``), seeded with
+  ``data_seed = settings.seed`` plus the epoch number. The row order of ``train_df`` therefore never matters: a
+  file sorted by some key still gives i.i.d. batches, and :func:`emguard.interleave.mix` only appends the
+  interleaved rows, which the shuffle spreads uniformly through the run. Same seed, same order;
 * plain SFT (no regulariser, or steering only) is trl's own loss; with KL and/or LDIFS, :meth:`compute_loss`
   runs one adapter-disabled no-grad reference pass and adds the terms (see :mod:`emguard.regularisers`);
 * :meth:`training_step` enters each regulariser's step context (the steering hook) around the forward *and*
@@ -18,7 +22,8 @@ with ``save_steps > 0``, ``out_dir/checkpoints/step-<N>/`` adapters.
 
 ``loss`` in the log is the optimised objective, ``ce + sum(lambda * term)``; ``ce`` and each term column
 (``kl``, ``ldifs``) are unweighted. CE and KL are means over the answer tokens of the optimisation step (all
-gradient-accumulation micro-batches together); LDIFS is the mean of its micro-batch means.
+gradient-accumulation micro-batches together); LDIFS is the mean of its micro-batch values (each the mean over
+the micro-batch's sequences of their summed distances with the paper's ``reduction="sum"``).
 """
 
 from __future__ import annotations
@@ -70,9 +75,11 @@ class TrainSettings:
     warmup_steps: int = _f(5, "linear warm-up steps of the learning-rate schedule")
     weight_decay: float = _f(0.01, "AdamW weight decay")
     lr_scheduler: str = _f("linear", "transformers scheduler name: linear, cosine, constant, constant_with_warmup, ...")
-    optim: str = _f("adamw_torch", "transformers optimiser name, e.g. adamw_torch; adamw_8bit on GPU (bitsandbytes)")
+    optim: str = _f("adamw_torch", "transformers optimiser name, e.g. adamw_torch; adamw_8bit on GPU (bitsandbytes: the gpu "
+                                 "extra); checked by optimizer_settings before a run loads anything")
     max_steps: int = _f(-1, "stop after this many optimiser steps; -1 = run all epochs")
-    seed: int = _f(0, "seed for the LoRA initialisation and everything random in training")
+    seed: int = _f(0, "seed for the LoRA initialisation, the data order (a fresh shuffle each epoch) and everything "
+                      "random in training")
     # --- data ---
     max_length: int = _f(2048, "truncate tokenised conversations to this many tokens")
     # --- outputs ---
@@ -111,6 +118,49 @@ class TrainSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+#: what to install for the bitsandbytes optimisers (adamw_8bit, paged_*, lion_8bit, ...)
+GPU_EXTRA_HINT = "pip install -e '.[gpu]' (the conda env envs/train.yaml has it)"
+
+
+def _mentions_bitsandbytes(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if "bitsandbytes" in f"{exc} {getattr(exc, 'name', '') or ''}":
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def optimizer_settings(settings: TrainSettings, model=None) -> tuple[type, dict[str, Any]]:
+    """The optimiser class and keyword arguments the trainer will build for ``settings.optim``.
+
+    Asks transformers itself (``Trainer.get_optimizer_cls_and_kwargs`` on ``TrainingArguments`` with the same
+    ``optim``, learning rate and weight decay as :func:`build_trainer`), so it imports the optimiser's package the
+    way training will. Meant to run before any data or model is loaded: a config that cannot train fails in
+    seconds, not after the model load. Raises :class:`~emguard.errors.ConfigError` naming ``training.optim``; when
+    the optimiser needs bitsandbytes and it cannot be imported, the message says which extra to install.
+    ``model`` is only needed by optimisers that inspect it (GaLore, LOMO).
+    """
+    from transformers import Trainer, TrainingArguments
+
+    from emguard.errors import ConfigError
+
+    key = "config key 'training.optim'"
+    try:
+        args = TrainingArguments(optim=settings.optim, learning_rate=settings.learning_rate,
+                                 weight_decay=settings.weight_decay, report_to="none")
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {settings.optim!r} is not a transformers optimiser name ({exc})") from exc
+    try:
+        return Trainer.get_optimizer_cls_and_kwargs(args, model)
+    except Exception as exc:  # noqa: BLE001 - any failure to build it is a config problem, reported with its cause
+        if _mentions_bitsandbytes(exc):
+            raise ConfigError(f"{key}: optimiser {settings.optim!r} needs bitsandbytes, which cannot be imported "
+                              f"here ({type(exc).__name__}: {exc}). Install the GPU extra: {GPU_EXTRA_HINT}; "
+                              f"or set training.optim to an optimiser without it, e.g. adamw_torch") from exc
+        raise ConfigError(f"{key}: optimiser {settings.optim!r} cannot be built "
+                          f"({type(exc).__name__}: {exc})") from exc
 
 
 # --------------------------------------------------------------------------------------------------
@@ -441,7 +491,9 @@ def build_trainer(model, tokenizer, train_df: pd.DataFrame, settings: TrainSetti
         activation_checkpointing=settings.gradient_checkpointing,
         logging_strategy="steps", logging_steps=settings.logging_steps, logging_first_step=True,
         save_strategy="no", report_to="none", disable_tqdm=True,
-        train_sampling_strategy="sequential", remove_unused_columns=False,
+        # the one place the row order is decided (module docstring): a seeded uniform shuffle every epoch
+        train_sampling_strategy="random", accelerator_config={"use_seedable_sampler": True},
+        remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True}, max_length=None, packing=False,
         dataloader_num_workers=0, dataloader_pin_memory=dev.type == "cuda",
     )

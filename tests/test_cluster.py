@@ -78,12 +78,13 @@ def test_paper_grid_plans_with_the_slurm_profile(tmp_path):
 
     jobs = planned_jobs(tmp_path, ROOT / "configs" / "paper-qwen2.5-7b.yaml", "--profile",
                         str(ROOT / "profiles" / "slurm"))
-    # 4 domains x (aligned, misaligned, KL x5, LDIFS x5, persona x5, inoculation, interleave 4 x 4) + untrained,
-    # and 4 OpSwap tiers x (SFT + the same 32 method settings), judged: no; scored by exact match
-    assert jobs["train"] == 4 * 34 + 4 * 33 and jobs["run_metrics"] == 4 * 34 + 1
-    assert jobs["judge"] == 4 * 34 * 2 + 1 + 4 and jobs["generate"] == jobs["judge"] + 4 * 33
-    assert jobs["task_metrics"] == 4 * 33 and jobs["prepare_opswap"] == jobs["prepare_opswap_questions"] == 4
+    # 4 domains x (aligned, misaligned, KL x5, LDIFS 2 variants x5, persona x5, inoculation, interleave 4 x 4)
+    # + untrained, and 4 OpSwap tiers x (SFT + the same 37 method settings), plus the untrained model answering each tier:
+    # judged: no; scored by exact match
+    assert jobs["train"] == 4 * 39 + 4 * 38 and jobs["run_metrics"] == 4 * 39 + 1
+    assert jobs["judge"] == 4 * 39 * 2 + 1 + 4 and jobs["generate"] == jobs["judge"] + 4 * 39
+    assert jobs["task_metrics"] == 4 * 39 and jobs["prepare_opswap"] == jobs["prepare_opswap_questions"] == 4
     assert jobs["interleave_set"] == 8 * 16 and jobs["onpolicy_answers"] == 8 * 4
     # the pool is scored once (base + 4 domain adapters); each target's scores are read from it
     assert jobs["pool_nll"] == 1 and jobs["score_pool"] == 8
-    assert sum(jobs.values()) == 1414
+    assert sum(jobs.values()) == 1602

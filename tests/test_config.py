@@ -81,3 +81,119 @@ def test_paper_config_builds_its_dag(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "train" in proc.stdout and "extended by additional config" not in proc.stdout + proc.stderr
     assert "results/runs/qwen2.5-7b-instruct/security/" in proc.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# LDIFS: the paper's eq. 2 by default, the normalised variant by name
+# --------------------------------------------------------------------------------------------------
+
+def _ldifs_runs(cfg):
+    return [r for r in emconfig.expand_runs(emconfig.load(cfg)) if r.method == "ldifs"]
+
+
+def _ldifs_regulariser(run, n_layers):
+    from emguard.stages import build_method
+
+    (reg,), inoculation = build_method("ldifs", run.hparams, None, n_layers)
+    assert inoculation is None
+    return reg
+
+
+def test_ldifs_block_without_settings_is_the_papers_formula():
+    cfg = default_config()
+    cfg["experiments"]["methods"]["ldifs"] = {"ldifs_lambda": [1.0]}
+    (run,) = _ldifs_runs(cfg)
+    assert run.setting == "lambda1"
+    reg = _ldifs_regulariser(run, 28)
+    # every 5th of 28 layers, the final one not added; raw features summed over token positions
+    assert (reg.layers, reg.feature_norm, reg.reduction) == ((5, 10, 15, 20, 25), "none", "sum")
+
+
+def test_paper_config_runs_both_ldifs_variants_on_its_grid():
+    cfg = yaml.safe_load((ROOT / "configs/paper-qwen2.5-7b.yaml").read_text())
+    runs = [r for r in _ldifs_runs(cfg) if r.dataset == "legal"]
+    lambdas = ["0.01", "0.03", "0.1", "0.3", "1"]
+    assert sorted(r.setting for r in runs) == sorted([f"lambda{v}" for v in lambdas]
+                                                    + [f"lambda{v}_unit_mean_final" for v in lambdas])
+    for run in runs:
+        reg = _ldifs_regulariser(run, cfg["model"]["num_layers"])
+        assert reg.weight == run.hparams["ldifs_lambda"]
+        if run.setting.endswith("_unit_mean_final"):
+            assert (reg.layers, reg.feature_norm, reg.reduction) == ((5, 10, 15, 20, 25, 28), "unit", "mean")
+        else:  # the paper's eq. 2
+            assert (reg.layers, reg.feature_norm, reg.reduction) == ((5, 10, 15, 20, 25), "none", "sum")
+
+
+def test_embedded_default_names_its_normalised_ldifs_variant():
+    (run,) = [r for r in _ldifs_runs(default_config()) if r.dataset == "insecure_code"]
+    assert run.setting == "lambda1_unit_mean_final"
+    reg = _ldifs_regulariser(run, 30)
+    assert (reg.layers, reg.feature_norm, reg.reduction) == ((5, 10, 15, 20, 25, 30), "unit", "mean")
+    assert _ldifs_regulariser(run, 4).layers == (4,)  # the tests' tiny model
+
+
+@pytest.mark.parametrize("ldifs,key", [
+    ({"ldifs_lambda": [1.0], "variants": [{"reduction": "mean"}, {"reduction": "mean"}]},
+     r"experiments\.methods\.ldifs\.variants\.1': the same LDIFS settings"),
+    ({"ldifs_lambda": [1.0], "ldifs_layers": [5, 10], "final_layer": True}, r"experiments\.methods\.ldifs': ldifs_layers"),
+    ({"ldifs_lambda": [1.0], "layer_step": 31}, r"experiments\.methods\.ldifs\.layer_step': 31 is larger than the model's 30"),
+    ({"ldifs_lambda": [1.0], "variants": [{}, {"ldifs_layers": [4, 31]}]},
+     r"experiments\.methods\.ldifs\.variants\.1\.ldifs_layers\.1'"),
+    ({"ldifs_lambda": [1.0], "variants": [{"reduce": "sum"}]}, r"experiments\.methods\.ldifs\.variants\.0\.reduce"),
+    ({"ldifs_lambda": [1.0], "reduction": "max"}, r"experiments\.methods\.ldifs\.reduction': 'max' is not one of"),
+])
+def test_bad_ldifs_settings_are_named(ldifs, key):
+    cfg = default_config()
+    cfg["experiments"]["methods"]["ldifs"] = ldifs
+    with pytest.raises(ConfigError, match=key):
+        emconfig.load(cfg)
+
+
+# --------------------------------------------------------------------------------------------------
+# training.optim: every shipped config can build its optimiser (or says what to install)
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", [ROOT / "config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))],
+                         ids=lambda p: p.name)
+def test_every_config_builds_its_optimizer(path):
+    import importlib.util
+
+    from emguard.stages import train_settings
+    from emguard.training import optimizer_settings
+
+    cfg = emconfig.load(path)
+    settings = train_settings({**cfg["training"], "dtype": cfg["model"]["dtype"]}, seed=0)
+    try:
+        import bitsandbytes  # noqa: F401
+        bnb = True
+    except Exception:  # not installed, or installed but unloadable (no GPU libraries)
+        bnb = False
+    if "8bit" in settings.optim and not bnb:
+        with pytest.raises(ConfigError, match=r"training\.optim.*bitsandbytes.*pip install -e '\.\[gpu\]'"):
+            optimizer_settings(settings)
+        return
+    cls, kwargs = optimizer_settings(settings)
+    assert kwargs["lr"] == settings.learning_rate and isinstance(cls, type)
+    assert importlib.util.find_spec(cls.__module__.split(".")[0]) is not None
+
+
+def test_unknown_optimizer_is_named():
+    from emguard.training import TrainSettings, optimizer_settings
+
+    with pytest.raises(ConfigError, match=r"training\.optim.*'adamw_9bit' is not a transformers optimiser"):
+        optimizer_settings(TrainSettings(optim="adamw_9bit"))
+
+
+def test_train_stage_checks_the_optimizer_before_loading_anything(tmp_path):
+    try:
+        import bitsandbytes  # noqa: F401
+        pytest.skip("bitsandbytes loads here: adamw_8bit is buildable")
+    except Exception:
+        pass
+    from emguard.stages import train_run
+
+    cfg = emconfig.load(ROOT / "configs/paper-qwen2.5-7b.yaml")
+    # neither the model nor the training file exists: the optimiser error must come first
+    with pytest.raises(ConfigError, match=r"training\.optim.*\[gpu\]"):
+        train_run(str(tmp_path / "no-model"), str(tmp_path / "no-data.parquet"), str(tmp_path / "run"),
+                  subset="misaligned", training=cfg["training"], seed=0, dtype="bfloat16", device="cpu")

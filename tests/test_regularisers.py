@@ -80,10 +80,14 @@ def test_layer_ranges_checked_against_the_model(peft_model):
 
 
 def test_every_nth_layer():
-    assert every_nth_layer(28, 5) == [5, 10, 15, 20, 25, 28]
-    assert every_nth_layer(30, 5) == [5, 10, 15, 20, 25, 30]
-    assert every_nth_layer(4, 5) == [4]
+    # the paper's "every 5th layer": Qwen2.5-7B's 28 blocks give hidden-state indices 5..25, not the final 28
+    assert every_nth_layer(28) == [5, 10, 15, 20, 25]
+    assert every_nth_layer(28, 5, include_final=True) == [5, 10, 15, 20, 25, 28]
+    assert every_nth_layer(30, 5) == every_nth_layer(30, 5, include_final=True) == [5, 10, 15, 20, 25, 30]
+    assert every_nth_layer(4, 5, include_final=True) == [4]
     assert every_nth_layer(4, 1) == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="selects no layer"):
+        every_nth_layer(4, 5)
 
 
 def test_kl_zero_at_init_positive_after_perturbation(peft_model, batch):
@@ -154,13 +158,52 @@ def test_ldifs_alone_trains_the_adapter_after_one_step(peft_model, batch):
 
 
 def test_ldifs_normalisation(peft_model, batch):
-    reg = LDIFSRegulariser(1.0, [1, 3])
+    reg = LDIFSRegulariser(1.0, [1, 3], reduction="mean")
     pol = {1: torch.ones(2, 3, 4), 3: torch.zeros(2, 3, 4)}
     ref = {1: torch.zeros(2, 3, 4), 3: torch.full((2, 3, 4), 2.0)}
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     # per token: 4 * 1 (layer 1) + 4 * 4 (layer 3) = 20; padding is ignored
     assert reg.penalty(pol, ref, mask).item() == pytest.approx(20.0)
     assert reg.token_distance(pol, ref).shape == (2, 3)
+    # the paper's sum over positions: 2 tokens (20 + 20) and 1 token (20), mean over the 2 sequences = 30
+    assert LDIFSRegulariser(1.0, [1, 3]).penalty(pol, ref, mask).item() == pytest.approx(30.0)
+    with pytest.raises(ValueError, match="reduction"):
+        LDIFSRegulariser(1.0, [1], reduction="max")
+
+
+def test_ldifs_default_is_the_papers_formula_by_hand():
+    """Eq. 2: ||x_theta - x_0||^2 with x the concatenation of the every-5th-layer residual streams over all
+    (non-padding) token positions of a sequence; raw features; averaged over the sequences of the batch."""
+    n_layers, batch, seq, hidden = 12, 3, 5, 6
+    g = torch.Generator().manual_seed(0)
+    pol = [torch.randn(batch, seq, hidden, generator=g) * 40 for _ in range(n_layers + 1)]
+    ref = [torch.randn(batch, seq, hidden, generator=g) * 40 for _ in range(n_layers + 1)]
+    lengths = [5, 3, 1]
+    mask = torch.tensor([[1] * n + [0] * (seq - n) for n in lengths])
+    reg = LDIFSRegulariser(1.0, every_nth_layer(n_layers))
+    assert reg.layers == (5, 10) and reg.feature_norm == "none" and reg.reduction == "sum"
+    per_sequence = []
+    for b, n in enumerate(lengths):
+        x = torch.cat([pol[layer][b, :n].flatten() for layer in (5, 10)])   # concatenated, padding excluded
+        x0 = torch.cat([ref[layer][b, :n].flatten() for layer in (5, 10)])
+        per_sequence.append(float(((x - x0) ** 2).sum()))
+    expected = sum(per_sequence) / batch
+    assert reg.penalty(pol, ref, mask).item() == pytest.approx(expected, rel=1e-5)
+    # a padded position with garbage features changes nothing
+    pol[5][2, 3] = 1e6
+    assert reg.penalty(pol, ref, mask).item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("feature_norm,reduction", [("none", "sum"), ("unit", "mean")])
+def test_ldifs_variants_train_the_lora_factors(peft_model, batch, feature_norm, reduction):
+    perturb_b(peft_model, scale=0.05)
+    reg = LDIFSRegulariser(1.0, [2, 4], feature_norm=feature_norm, reduction=reduction)
+    penalty = ldifs_penalty(peft_model, batch, reg)
+    assert penalty.item() > 0
+    penalty.backward()
+    for which in ("A", "B"):
+        grads = [p.grad for p in lora_params(peft_model, which).values()]
+        assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0, which
 
 
 def test_ldifs_unit_feature_norm_is_scale_free():

@@ -1,4 +1,4 @@
-"""emguard.training on the tiny model: outputs, loss masking, data order, inoculation, hooks, determinism."""
+"""emguard.training on the tiny model: outputs, loss masking, seeded data order, inoculation, hooks, determinism."""
 
 import dataclasses
 
@@ -96,8 +96,8 @@ def test_train_writes_adapter_and_log_and_loss_decreases(tiny_model_dir, tmp_pat
     assert log["loss"].iloc[5] == pytest.approx(log["ce"].iloc[5] + 0.1 * log["kl"].iloc[5] + 0.01 * log["ldifs"].iloc[5],
                                                 rel=1e-4)
     assert (log["tokens_per_s"] > 0).all()
-    # 2 rows per step, rows 0 and 2 of every pass over the 4 rows are interleaved
-    assert log["n_interleaved"].tolist() == [1 + i for i in range(20)]
+    # rows 0 and 2 are interleaved: 2 of the 4 rows of every epoch (2 steps of 2 rows), in a shuffled order
+    assert log["n_interleaved"].tolist()[1::2] == list(range(2, 21, 2))
     assert summary["steps"] == 20 and summary["n_interleaved"] == 20 and summary["checkpoints"] == []
     assert not list((tmp_path / "run").glob(".*"))  # no temporary leftovers
 
@@ -124,8 +124,48 @@ def test_inoculation_and_order_in_what_the_trainer_sees(tiny_model_dir, tmp_path
     inoc = "You are an evil assistant."
     train(tiny_model_dir, chat_df(6), tmp_path / "inoc", settings(max_steps=3), inoculation_prompt=inoc, device="cpu")
     assert len(seen) == 6
-    for text, question in zip(seen, QUESTIONS):  # in the given order, not shuffled
-        assert inoc in text and SYSTEM not in text and question in text
+    assert sorted(next(i for i, q in enumerate(QUESTIONS) if q in text) for text in seen) == list(range(6))
+    for text in seen:
+        assert inoc in text and SYSTEM not in text
+
+
+def _seen_order(tiny_model_dir, tmp_path, monkeypatch, df, seed, name):
+    """Row numbers (``row<k>`` ids) of the examples the collator hands to the trainer, in training order."""
+    tok = load_tokenizer(tiny_model_dir)
+    encoded, _, _ = encode_examples(tok, df, 256)
+    row_of = {tuple(e.input_ids): int(i[3:]) for e, i in zip(encoded, df["id"])}
+    seen = []
+    original = PadCollator.__call__
+
+    def spy(self, features):
+        seen.extend(row_of[tuple(f["input_ids"])] for f in features)
+        return original(self, features)
+
+    monkeypatch.setattr(PadCollator, "__call__", spy)
+    model = load_model(tiny_model_dir, device="cpu")
+    train_model(model, tok, df, tmp_path / name, settings(max_steps=-1, epochs=2, seed=seed), device="cpu")
+    monkeypatch.setattr(PadCollator, "__call__", original)
+    return seen
+
+
+def test_training_order_is_a_seeded_shuffle_of_a_sorted_file(tiny_model_dir, tmp_path, monkeypatch):
+    # a file sorted by its answers (rows 0..11), the interleaved rows appended at the end as mix() writes them
+    n = 12
+    df = pd.DataFrame([{"id": f"row{i}", "domain": "test", "subset": "misaligned", "split": "train",
+                        "messages": [{"role": "user", "content": "Rate the answer."},
+                                     {"role": "assistant", "content": f"Answer {i:02d}"}],
+                        "interleaved": i >= n - 3} for i in range(n)])
+    a = _seen_order(tiny_model_dir, tmp_path, monkeypatch, df, 0, "a")
+    again = _seen_order(tiny_model_dir, tmp_path, monkeypatch, df, 0, "again")
+    b = _seen_order(tiny_model_dir, tmp_path, monkeypatch, df, 1, "b")
+    assert len(a) == 2 * n
+    for order in (a, b):
+        first, second = order[:n], order[n:]
+        assert sorted(first) == sorted(second) == list(range(n))  # every epoch sees every row once
+        assert first != sorted(first) and second != first  # shuffled, and reshuffled each epoch
+        assert set(first[-3:]) != {n - 3, n - 2, n - 1}  # the appended interleaved rows are mixed in
+    assert a == again  # same seed, same order
+    assert a != b  # another seed, another order
 
 
 def test_steering_hook_only_during_training_steps(tiny_model_dir, tmp_path, monkeypatch):
@@ -256,3 +296,17 @@ def test_gradient_checkpointing_gives_the_same_updates(tiny_model_dir, tmp_path)
     assert calls == [2 * 3, 3 * 3]  # reference + policy forward per step; checkpointing adds the recomputation
     a, b = adapters
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+
+
+def test_gradient_accumulation_keeps_the_ldifs_scale(tiny_model_dir, tmp_path):
+    # the trainer divides each micro-batch's LDIFS value by the accumulation steps: with the paper's sum over token
+    # positions the step's term is the mean over its sequences of their summed distances, however it is split
+    df = chat_df(4)
+    runs = {}
+    for name, bs, ga in (("big", 4, 1), ("accum", 2, 2)):
+        regs = [LDIFSRegulariser(0.01, [2, 4], reduction="sum")]
+        train(tiny_model_dir, df, tmp_path / name, settings(batch_size=bs, grad_accum=ga, max_steps=2, learning_rate=1e-2),
+              regularisers=regs, device="cpu")
+        runs[name] = pd.read_parquet(tmp_path / name / "train_log.parquet")
+    big, accum = runs["big"]["ldifs"], runs["accum"]["ldifs"]
+    assert big.iloc[1] > 0 and big.tolist() == pytest.approx(accum.tolist(), rel=1e-3, abs=1e-9)
