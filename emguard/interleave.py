@@ -11,7 +11,10 @@ Scoring (:func:`pool_nll` once, then :func:`scores_from_nll` per target; :func:`
 for a candidate ``d = (q, a)`` let ``L_hat(d)`` be the answer-only mean token NLL under the aligned base
 model and ``L_k(d)`` the same under misaligned adapter ``k``. With ``L_mis = mean_k L_k``, the score is
 ``s_d = (L_mis - L_hat) / (L_hat + eps)``: large when the misaligned
-models find the answer much less likely than the aligned one does.
+models find the answer much less likely than the aligned one does. ``eps`` is a number or
+``{"quantile": q}``, the q-quantile of the pool's base-model NLLs (:func:`resolve_eps`; default the median):
+the paper adds eps so that answers whose ``L_hat`` is low by chance (short ones) do not dominate the
+ranking, which an eps far below every real NLL (1e-6) does not do (:func:`eps_length_comparison` shows it).
 
 Mixing (:func:`mix`) appends the selected rows to the fine-tuning rows and decides no order: training
 (:mod:`emguard.training`) draws a seeded uniform shuffle of all rows every epoch, which is what spreads the
@@ -26,14 +29,14 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from emguard.chat import IGNORE_INDEX, Encoded, encode_example, pad_batch
 from emguard.config import leave_one_out  # noqa: F401  (torch-free home: the DAG plans with it)
-from emguard.errors import InputError
+from emguard.errors import ConfigError, InputError
 from emguard.io import check_columns, read_jsonl, read_parquet
 from emguard.schemas import CHAT, to_messages
 
@@ -66,6 +69,12 @@ DEFAULT_REFUSAL_KEYWORDS: tuple[str, ...] = (
 POOL_ID_PREFIX = "pool:"
 
 POOL_DOMAIN = "pool"
+
+#: default ``eps`` of ``s_d``: the median of the pool's base-model NLLs (see :func:`resolve_eps`)
+DEFAULT_EPS: dict = {"quantile": 0.5}
+
+#: the eps the pipeline used before it was a quantile: guards the division only (kept for comparison)
+DIVISION_ONLY_EPS = 1e-6
 
 WILDGUARDMIX_COLUMNS = ("prompt", "response", "adversarial", "prompt_harm_label", "response_harm_label",
                         "response_refusal_label", "subcategory")
@@ -332,7 +341,44 @@ def pool_nll(model, tokenizer, pool: pd.DataFrame, adapters: dict[str, str], *, 
     return out
 
 
-def scores_from_nll(nll: pd.DataFrame, adapters: Sequence[str], pool: pd.DataFrame, *, eps: float = 1e-6,
+def resolve_eps(eps, nll_base, *, key: str = "interleave.eps") -> float:
+    """The ``eps`` of ``s_d = (L_mis - L_hat) / (L_hat + eps)`` as a number.
+
+    ``eps`` is a positive number (used as is) or ``{"quantile": q}`` with ``0 < q <= 1``: then
+    ``eps = Q_q(L_hat)``, the q-quantile (numpy's linear interpolation) of the finite base-model NLLs
+    ``nll_base`` of the pool. A quantile scales with the model and the pool (NLLs are nats per token and
+    differ by model and pool), so one setting means the same thing everywhere. With ``eps = Q_q``, an
+    answer's score is bounded by its absolute gap over ``Q_q``: ``s_d <= (L_mis - L_hat) / Q_q``, so an
+    answer whose ``L_hat`` is low by chance (a short one) ranks high only if the misaligned models also
+    find it much less likely in absolute terms, while answers with ``L_hat`` well above ``Q_q`` keep
+    (nearly) the relative gap ``(L_mis - L_hat) / L_hat`` of the paper's intent. Anything else, or a
+    quantile that comes out <= 0, is a :class:`~emguard.errors.ConfigError` naming ``key``.
+    """
+    if isinstance(eps, bool):  # bool is an int: reject True / False explicitly
+        raise ConfigError(f"config key '{key}': expected a positive number or {{quantile: q}}, got {eps!r}")
+    if isinstance(eps, (int, float, np.integer, np.floating)):
+        if not (math.isfinite(float(eps)) and eps > 0):
+            raise ConfigError(f"config key '{key}': must be a finite number > 0, got {eps!r}")
+        return float(eps)
+    if isinstance(eps, Mapping) and set(eps) == {"quantile"}:
+        q = eps["quantile"]
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q <= 1:
+            raise ConfigError(f"config key '{key}.quantile': must be a number in (0, 1], got {q!r}")
+        base = np.asarray(nll_base, dtype=np.float64)
+        base = base[np.isfinite(base)]
+        if base.size == 0:
+            raise ConfigError(f"config key '{key}': quantile {q} of the pool's base NLLs is undefined "
+                              "(no pool answer has a finite base NLL); set a number instead")
+        value = float(np.quantile(base, q))
+        if not value > 0:
+            raise ConfigError(f"config key '{key}': quantile {q} of the pool's base NLLs is {value:g}, and eps must "
+                              "be > 0; choose a higher quantile or a number")
+        return value
+    raise ConfigError(f"config key '{key}': expected a positive number or {{quantile: q}} with 0 < q <= 1, "
+                      f"got {eps!r}")
+
+
+def scores_from_nll(nll: pd.DataFrame, adapters: Sequence[str], pool: pd.DataFrame, *, eps=DEFAULT_EPS,
                     refusal_keywords: Iterable[str] = DEFAULT_REFUSAL_KEYWORDS, first_n_words: int = 10,
                     where: str = "pool", nll_where: str = "pool NLLs") -> pd.DataFrame:
     """One target's scores from pool NLLs (:func:`pool_nll`): ``s_d = (L_mis - L_hat) / (L_hat + eps)``
@@ -340,11 +386,12 @@ def scores_from_nll(nll: pd.DataFrame, adapters: Sequence[str], pool: pd.DataFra
     the base model's NLL.
 
     Returns one row per pool row, in pool order, with columns ``id``, ``nll_base``, ``nll_<name>`` for each
-    named adapter, ``nll_mis_mean``, ``n_answer_tokens``, ``score`` and ``is_refusal``. ``eps`` (default
-    ``1e-6``) only guards the division for answers the base model predicts almost perfectly. NaN NLLs (no
-    answer token left) give a NaN score, which :func:`select` never picks. ``is_refusal`` applies
-    :func:`is_refusal` to the pool row's final answer (first ``first_n_words`` words). NLLs for another
-    pool (an id missing either way) are an error naming ``nll_where``.
+    named adapter, ``nll_mis_mean``, ``n_answer_tokens``, ``score``, ``is_refusal`` and ``eps`` (the value
+    used, the same on every row). ``eps`` is a number or ``{"quantile": q}`` (:func:`resolve_eps`, over
+    the pool's base NLLs); the default, the median, keeps short answers whose ``L_hat`` is low by chance
+    from taking the top ranks. NaN NLLs (no answer token left) give a NaN score, which :func:`select` never
+    picks. ``is_refusal`` applies :func:`is_refusal` to the pool row's final answer (first
+    ``first_n_words`` words). NLLs for another pool (an id missing either way) are an error naming ``nll_where``.
     """
     names = [str(n) for n in adapters]
     if not names:
@@ -364,14 +411,16 @@ def scores_from_nll(nll: pd.DataFrame, adapters: Sequence[str], pool: pd.DataFra
     out = out[["id", "nll_base"] + [f"nll_{n}" for n in names] + ["n_answer_tokens"]]
     mis = np.mean(np.stack([out[f"nll_{n}"].to_numpy(dtype=np.float64) for n in names]), axis=0)
     out.insert(len(names) + 2, "nll_mis_mean", mis)
-    out["score"] = (out["nll_mis_mean"] - out["nll_base"]) / (out["nll_base"] + eps)
+    value = resolve_eps(eps, out["nll_base"])
+    out["score"] = (out["nll_mis_mean"] - out["nll_base"]) / (out["nll_base"] + value)
     keywords = tuple(refusal_keywords)
     out["is_refusal"] = [is_refusal(c[-1]["content"], keywords, first_n_words) for c in convs]
+    out["eps"] = value  # the resolved value, so the table shows what the ranking used
     return out
 
 
 def score_pool(model, tokenizer, pool: pd.DataFrame, adapters: dict[str, str], *, batch_size: int = 16,
-               eps: float = 1e-6, max_length: int | None = 1024, max_padding: float | None = 0.1,
+               eps=DEFAULT_EPS, max_length: int | None = 1024, max_padding: float | None = 0.1,
                refusal_keywords: Iterable[str] = DEFAULT_REFUSAL_KEYWORDS, first_n_words: int = 10,
                where: str = "pool") -> pd.DataFrame:
     """Score every pool candidate by the NLL gap between misaligned adapters and the aligned base model:
@@ -385,7 +434,7 @@ def score_pool(model, tokenizer, pool: pd.DataFrame, adapters: dict[str, str], *
 
 
 def score_pool_naive(model_path: str | os.PathLike, adapters: dict[str, str], pool: pd.DataFrame, *,
-                     dtype: str = "float32", device: str = "cpu", eps: float = 1e-6,
+                     dtype: str = "float32", device: str = "cpu", eps=DEFAULT_EPS,
                      max_length: int | None = 1024) -> pd.DataFrame:
     """Slow reference for tests and benchmarks: a fresh model load per adapter, one example at a time,
     full logits and transformers' own causal-LM loss. Returns the NLL/score columns of :func:`score_pool`.
@@ -414,7 +463,7 @@ def score_pool_naive(model_path: str | os.PathLike, adapters: dict[str, str], po
         del model
     out = pd.DataFrame({"id": ids, **cols})
     out["nll_mis_mean"] = np.mean(np.stack([cols[f"nll_{n}"] for n in names]), axis=0)
-    out["score"] = (out["nll_mis_mean"] - out["nll_base"]) / (out["nll_base"] + eps)
+    out["score"] = (out["nll_mis_mean"] - out["nll_base"]) / (out["nll_base"] + resolve_eps(eps, out["nll_base"]))
     return out
 
 
@@ -517,6 +566,74 @@ def select(pool: pd.DataFrame, scores: pd.DataFrame | None, variant: str, n: int
     what = "scored non-refusal pool rows" if variant == "plusplus" else "scored pool rows"
     _check_n(n, len(ranked), what)
     return _chat_rows(ranked.head(n))
+
+
+#: answer-length statistics of :func:`answer_length_stats` (``n`` rows; quantiles with linear interpolation)
+LENGTH_STATS = ("n", "min", "p25", "median", "p75", "max", "mean")
+
+
+def answer_length_stats(lengths) -> dict:
+    """``n``, min, 25 %, median, 75 %, max and mean of answer lengths (NaN statistics for none)."""
+    x = np.asarray(lengths, dtype=np.float64)
+    if x.size == 0:
+        return {"n": 0, **{k: float("nan") for k in LENGTH_STATS[1:]}}
+    q = np.quantile(x, [0.0, 0.25, 0.5, 0.75, 1.0])
+    return {"n": int(x.size), "min": q[0], "p25": q[1], "median": q[2], "p75": q[3], "max": q[4], "mean": float(x.mean())}
+
+
+def eps_length_comparison(nll: pd.DataFrame, pool: pd.DataFrame, targets: Mapping[str, Mapping], *,
+                          eps_settings: Mapping[str, object], refusal_keywords: Iterable[str] = DEFAULT_REFUSAL_KEYWORDS,
+                          first_n_words: int = 10, where: str = "pool", nll_where: str = "pool NLLs") -> pd.DataFrame:
+    """Answer lengths (``n_answer_tokens``) of what Interleaving+ / ++ select under each eps, against the pool's.
+
+    Read from the stored pool NLLs only (no forward pass): for each target (``targets[t]["adapters"]``,
+    its leave-one-out adapter names) and each eps setting (``eps_settings``: label -> a number or
+    ``{"quantile": q}``, see :func:`resolve_eps`) the target's scores are :func:`scores_from_nll`, and each
+    of ``targets[t]["selections"]`` (mappings with ``variant`` ``plus`` / ``plusplus``, ``n`` and
+    optionally ``fraction``) is picked with :func:`select`. Two reference rows come first: every scorable
+    pool row (``n_answer_tokens > 0``, what ``plus`` ranks) and those without a refusal (what ``plusplus`` ranks).
+
+    One row per (target, selection, eps setting), a selection's eps settings next to each other: ``target``,
+    ``variant`` (``pool`` / ``pool_nonrefusal`` for the reference rows), ``fraction``, ``eps_setting``,
+    ``eps`` (the resolved value), then :data:`LENGTH_STATS` of the selected answers' lengths, and
+    ``share_in_pool_bottom_quartile`` (the fraction of them no longer than the pool's 25 % answer length).
+    """
+    keywords = tuple(refusal_keywords)
+    check_columns(nll, ["id", "n_answer_tokens", "nll_base"], nll_where)
+    ids, convs = _pool_answers(pool, where)
+    lengths = nll.assign(id=nll["id"].astype(str)).drop_duplicates("id").set_index("id")["n_answer_tokens"]
+    missing = [i for i in ids if i not in lengths.index]
+    if missing:
+        raise InputError(f"{nll_where}: NLLs are for another pool (pool id {missing[0]!r} has no NLL); rerun the scoring")
+    pool_len = lengths.loc[ids].to_numpy(dtype=np.int64)
+    refusal = np.array([is_refusal(c[-1]["content"], keywords, first_n_words) for c in convs])
+    scorable = pool_len > 0
+    q25 = float(np.quantile(pool_len[scorable], 0.25)) if scorable.any() else float("nan")
+
+    def row(target, variant, fraction, label, eps_value, picked_lengths) -> dict:
+        stats = answer_length_stats(picked_lengths)
+        short = float(np.mean(np.asarray(picked_lengths) <= q25)) if len(picked_lengths) else float("nan")
+        return {"target": target, "variant": variant, "fraction": fraction, "eps_setting": label, "eps": eps_value,
+                **stats, "share_in_pool_bottom_quartile": short}
+
+    rows = [row("", "pool", float("nan"), "", float("nan"), pool_len[scorable]),
+            row("", "pool_nonrefusal", float("nan"), "", float("nan"), pool_len[scorable & ~refusal])]
+    pool = pool.reset_index(drop=True)
+    len_by_id = dict(zip(ids, pool_len))
+    for target, spec in targets.items():
+        scores = {label: scores_from_nll(nll, list(spec["adapters"]), pool, eps=eps, refusal_keywords=keywords,
+                                         first_n_words=first_n_words, where=where, nll_where=nll_where)
+                  for label, eps in eps_settings.items()}
+        for sel in spec["selections"]:  # each selection under every eps, next to each other
+            variant, n = sel["variant"], int(sel["n"])
+            if variant not in ("plus", "plusplus"):
+                raise ValueError(f"target {target!r}: eps only changes plus / plusplus, not {variant!r}")
+            for label, table in scores.items():
+                picked = select(pool, table, variant, n, seed=0, where=where)
+                eps_value = float(table["eps"].iloc[0]) if len(table) else float("nan")
+                rows.append(row(target, variant, float(sel.get("fraction", float("nan"))), label, eps_value,
+                                [len_by_id[str(i)] for i in picked["id"]]))
+    return pd.DataFrame(rows)
 
 
 def onpolicy_prompts(pool: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:

@@ -23,7 +23,7 @@ JUDGMENT = GENERATION + ["metric", "score", "label", "prob_mass", "judge_model",
 #: one interleaving-pool candidate's answer NLLs (plus one ``nll_<domain>`` column per misaligned adapter)
 POOL_NLL = ["id", "n_answer_tokens", "nll_base"]
 #: one interleaving-pool candidate's scores (plus one ``nll_<adapter>`` column per misaligned adapter)
-POOL_SCORE = ["id", "nll_base", "nll_mis_mean", "n_answer_tokens", "score", "is_refusal"]
+POOL_SCORE = ["id", "nll_base", "nll_mis_mean", "n_answer_tokens", "score", "is_refusal", "eps"]
 
 SUBSETS = ("aligned", "misaligned", "benign")
 SPLITS = ("train", "holdout")

@@ -5,4 +5,7 @@ run_stage(snakemake, report, metrics_paths=list(i.metrics), train_logs=snakemake
           table_md=o.table_md, table_csv=o.table_csv, metrics_out=o.metrics, figure_em=o.figure_em,
           figure_loss=o.figure_loss, persona_validation=i.persona_validation[0] if i.persona_validation else None,
           persona_md=o.persona_md, task_metrics_paths=list(i.get("task_metrics", [])),
-          opswap_md=o.get("opswap_md"), opswap_csv=o.get("opswap_csv"))
+          opswap_md=o.get("opswap_md"), opswap_csv=o.get("opswap_csv"), eps_md=o.get("eps_md"),
+          eps_csv=o.get("eps_csv"),
+          eps_inputs={"nll_path": i.eps_nll[0], "pool_path": i.eps_pool[0], "targets": snakemake.params.eps_targets,
+                      "interleave": snakemake.params.interleave} if i.eps_nll else None)

@@ -5,10 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emguard.errors import InputError
-from emguard.interleave import (DEFAULT_REFUSAL_KEYWORDS, attach_answers, is_refusal,
+from emguard.errors import ConfigError, InputError
+from emguard.interleave import (DEFAULT_REFUSAL_KEYWORDS, attach_answers, eps_length_comparison, is_refusal,
                                 leave_one_out, length_sorted_batches, load_wildguardmix, make_random_adapter, mix,
-                                n_interleave, onpolicy_prompts, pool_nll, score_pool, score_pool_naive,
+                                n_interleave, onpolicy_prompts, pool_nll, resolve_eps, score_pool, score_pool_naive,
                                 scores_from_nll, select)
 from emguard.schemas import validate
 
@@ -267,7 +267,7 @@ def test_score_pool_matches_naive_reference(tiny_model_dir, adapters):
     ref = score_pool_naive(tiny_model_dir, adapters, pool)
 
     assert list(got.columns) == ["id", "nll_base", "nll_insecure", "nll_medical", "nll_mis_mean",
-                                 "n_answer_tokens", "score", "is_refusal"]
+                                 "n_answer_tokens", "score", "is_refusal", "eps"]
     assert list(got["id"]) == list(pool["id"])
     for col in ["nll_base", "nll_insecure", "nll_medical", "nll_mis_mean", "score"]:
         np.testing.assert_allclose(got[col], ref[col], atol=1e-4, rtol=0, err_msg=col)
@@ -295,7 +295,8 @@ def test_scores_from_nll_hand_computed():
                         "nll_x": [3.0, 2.0, 4.0], "nll_y": [5.0, 4.0, 2.0], "nll_target": [99.0, 99.0, 99.0]})
     got = scores_from_nll(nll, ["x", "y"], pool, eps=0.5)
     assert list(got.columns) == ["id", "nll_base", "nll_x", "nll_y", "nll_mis_mean", "n_answer_tokens", "score",
-                                 "is_refusal"]
+                                 "is_refusal", "eps"]
+    assert (got["eps"] == 0.5).all()  # a number is used as is
     assert list(got["id"]) == ["a", "b", "c"] and list(got["n_answer_tokens"]) == [3, 4, 2]
     # s = (mean(x, y) - base) / (base + eps)
     np.testing.assert_allclose(got["score"], [(3 - 1) / 1.5, (3 - 4) / 4.5, (4 - 2) / 2.5])
@@ -303,6 +304,107 @@ def test_scores_from_nll_hand_computed():
     only_x = scores_from_nll(nll, ["x"], pool, eps=0.5, refusal_keywords=["sure"])
     np.testing.assert_allclose(only_x["score"], [(2 - 1) / 1.5, 0.0, (3 - 2) / 2.5])
     assert list(only_x["is_refusal"]) == [True, False, False]
+
+
+# ------------------------------------------------------------------ eps: short answers with a chance-low NLL
+
+def short_answer_pool():
+    """12 long answers (40..150 tokens, base NLL 1.0..2.1, misaligned gap 0.10..0.65 growing with the NLL) and
+    3 two- or three-token answers whose base NLL is tiny by chance (0.001..0.004) with a small absolute gap
+    (0.05..0.08, below every long answer's). S0 opens with a refusal."""
+    long_ids = [f"L{i:02d}" for i in range(12)]
+    ids = long_ids + ["S0", "S1", "S2"]
+    base = [1.0 + 0.1 * i for i in range(12)] + [0.001, 0.002, 0.004]
+    gap = [0.1 + 0.05 * i for i in range(12)] + [0.05, 0.08, 0.06]
+    nll = pd.DataFrame({"id": ids, "n_answer_tokens": [40 + 10 * i for i in range(12)] + [2, 3, 2],
+                        "nll_base": base, "nll_x": [b + g for b, g in zip(base, gap)]})
+    pool = chat(ids, answers=[f"A long answer {i}." for i in range(12)] + ["Sorry, no.", "Yes.", "Sure."])
+    return pool, nll
+
+
+def test_default_eps_keeps_chance_low_short_answers_off_the_top():
+    pool, nll = short_answer_pool()
+    # eps = 1e-6: s = gap / base, about 50, 40 and 15 for the short answers vs at most 0.65 / 2.1 = 0.31
+    tiny = scores_from_nll(nll, ["x"], pool, eps=1e-6)
+    assert list(select(pool, tiny, "plus", 3, seed=0)["id"]) == ["S0", "S1", "S2"]
+    assert list(select(pool, tiny, "plusplus", 3, seed=0)["id"]) == ["S1", "S2", "L11"]  # S0 is a refusal
+    # default eps = median of the 15 base NLLs = 1.4: s_i = (0.1 + 0.05 i) / (2.4 + 0.1 i) grows with i, the short
+    # answers get gap / ~1.4 <= 0.057 and rank among the last
+    default = scores_from_nll(nll, ["x"], pool)
+    assert default["eps"].iloc[0] == pytest.approx(1.4) and default["eps"].nunique() == 1
+    assert list(select(pool, default, "plus", 5, seed=0)["id"]) == ["L11", "L10", "L09", "L08", "L07"]
+    ranked = list(select(pool, default, "plus", 15, seed=0)["id"])
+    assert ranked[-4:] == ["S1", "S2", "L00", "S0"]
+    np.testing.assert_allclose(default["score"], (nll["nll_x"] - nll["nll_base"]) / (nll["nll_base"] + 1.4))
+
+
+def test_quantile_eps_is_that_quantile_of_the_finite_base_nlls():
+    pool, nll = short_answer_pool()
+    nll.loc[3, ["nll_base", "nll_x"]] = np.nan  # an answer truncated away: no NLL, no say in eps
+    finite = nll["nll_base"].dropna().to_numpy()
+    for q in (0.25, 0.5, 0.9, 1.0):
+        assert resolve_eps({"quantile": q}, nll["nll_base"]) == pytest.approx(np.quantile(finite, q))
+    got = scores_from_nll(nll, ["x"], pool, eps={"quantile": 0.25})
+    np.testing.assert_allclose(got["eps"], np.quantile(finite, 0.25))
+    assert np.isnan(got.loc[3, "score"])
+    assert scores_from_nll(nll, ["x"], pool)["eps"].iloc[0] == pytest.approx(np.median(finite))
+    assert resolve_eps(0.3, nll["nll_base"]) == 0.3
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), True, "median", {"quantile": 0},
+                                 {"quantile": 1.5}, {"quantile": "0.5"}, {"q": 0.5}, {"quantile": 0.5, "x": 1}])
+def test_bad_eps_names_the_config_key(bad):
+    pool, nll = short_answer_pool()
+    with pytest.raises(ConfigError, match=r"interleave\.eps"):
+        scores_from_nll(nll, ["x"], pool, eps=bad)
+
+
+def test_eps_quantile_that_is_zero_or_undefined_is_an_error():
+    pool, nll = short_answer_pool()
+    zero = nll.assign(nll_base=0.0)
+    with pytest.raises(ConfigError, match=r"interleave\.eps.*quantile 0\.5 of the pool's base NLLs is 0"):
+        scores_from_nll(zero, ["x"], pool)
+    with pytest.raises(ConfigError, match=r"interleave\.eps.*undefined"):
+        scores_from_nll(nll.assign(nll_base=np.nan), ["x"], pool)
+
+
+def test_config_eps_accepts_a_number_or_a_quantile_and_names_the_key_otherwise():
+    import yaml
+
+    from emguard import config as emconfig
+
+    base = yaml.safe_load((Path(__file__).resolve().parent.parent / "config.yaml").read_text())
+    assert emconfig.load(base)["interleave"]["eps"] == {"quantile": 0.5}
+    for good in (1e-6, {"quantile": 0.25}):
+        assert emconfig.load({**base, "interleave": {**base["interleave"], "eps": good}})["interleave"]["eps"] == good
+    for bad in ("median", 0, {"quantile": 0}, {"quantile": 2}, {"percentile": 50}):
+        with pytest.raises(ConfigError, match=r"interleave\.eps.*quantile"):
+            emconfig.load({**base, "interleave": {**base["interleave"], "eps": bad}})
+
+
+def test_eps_length_comparison_rows():
+    pool, nll = short_answer_pool()
+    targets = {"t": {"adapters": ["x"], "selections": [{"variant": "plus", "n": 3, "fraction": 0.2},
+                                                       {"variant": "plusplus", "n": 3, "fraction": 0.2}]}}
+    got = eps_length_comparison(nll, pool, targets, eps_settings={"1e-06": 1e-6, "quantile 0.5": {"quantile": 0.5}})
+    assert list(zip(got["target"], got["variant"], got["eps_setting"])) == [
+        ("", "pool", ""), ("", "pool_nonrefusal", ""), ("t", "plus", "1e-06"), ("t", "plus", "quantile 0.5"),
+        ("t", "plusplus", "1e-06"), ("t", "plusplus", "quantile 0.5")]
+    rows = got.set_index(["variant", "eps_setting"])
+    lengths = [40 + 10 * i for i in range(12)] + [2, 3, 2]
+    assert rows.loc[("pool", ""), "n"] == 15 and rows.loc[("pool", ""), "min"] == 2
+    assert rows.loc[("pool", ""), "median"] == np.median(lengths) and rows.loc[("pool", ""), "mean"] == np.mean(lengths)
+    assert rows.loc[("pool_nonrefusal", ""), "n"] == 14
+    # eps = 1e-6: S0 S1 S2 (2, 3, 2 tokens); ++ drops S0 and takes S1, S2, L11 (150 tokens)
+    assert list(rows.loc[("plus", "1e-06"), ["n", "min", "median", "max"]]) == [3, 2, 2, 3]
+    assert list(rows.loc[("plusplus", "1e-06"), ["min", "median", "max"]]) == [2, 3, 150]
+    assert rows.loc[("plus", "1e-06"), "share_in_pool_bottom_quartile"] == 1.0
+    # median eps: L11 L10 L09 (150, 140, 130 tokens) for both
+    for v in ("plus", "plusplus"):
+        assert list(rows.loc[(v, "quantile 0.5"), ["min", "median", "max", "mean"]]) == [130, 140, 150, 140]
+        assert rows.loc[(v, "quantile 0.5"), "share_in_pool_bottom_quartile"] == 0.0
+        assert rows.loc[(v, "quantile 0.5"), "eps"] == pytest.approx(1.4)
+    assert rows.loc[("plus", "1e-06"), "eps"] == 1e-6 and got.loc[0:1, "eps"].isna().all()
 
 
 def test_scores_from_nll_rejects_nlls_of_another_pool():

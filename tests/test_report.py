@@ -262,3 +262,79 @@ def test_persona_validation_scores_survive_parquet_into_the_sentence(tiny_model_
     text = sentences(persona_validation_table(read_parquet(tmp_path / "v.parquet")))
     assert "No effect of steering with alpha = +5" in text and "difference +0.0 points" in text
     assert "n = 5 steered vs 5 unsteered scored answers" in text
+
+
+# --------------------------------------------------------------------------- Interleaving+ / ++ answer lengths vs eps
+
+def eps_comparison():
+    stats = ("n", "min", "p25", "median", "p75", "max", "mean", "share_in_pool_bottom_quartile")
+    rows = [("", "pool", None, "", None, (15, 2, 45, 80, 115, 150, 76.5, 0.267)),
+            ("", "pool_nonrefusal", None, "", None, (14, 2, 52.5, 85, 117.5, 150, 81.8, 0.214)),
+            ("legal", "plus", 0.2, "1e-06", 1e-6, (3, 2, 2, 2, 2.5, 3, 2.333, 1.0)),
+            ("legal", "plus", 0.2, "quantile 0.5", 1.4, (3, 130, 135, 140, 145, 150, 140.0, 0.0))]
+    return pd.DataFrame([{"target": t, "variant": v, "fraction": f, "eps_setting": s, "eps": e, **dict(zip(stats, x))}
+                         for t, v, f, s, e, x in rows])
+
+
+def test_eps_length_table_rows():
+    from emguard.report import EPS_LENGTH_COLUMNS, eps_length_table
+
+    md, table = eps_length_table(eps_comparison())
+    assert list(table.columns) == list(EPS_LENGTH_COLUMNS) and len(table) == 4
+    lines = md.splitlines()
+    header = "| Selection | eps | n | min | 25% | median | 75% | max | mean | <= pool 25% |"
+    assert lines.count(header) == 2 and "### Pool" in lines and "### legal" in lines
+    assert "| pool | – | 15 | 2 | 45 | 80 | 115 | 150 | 76.5 | 27% |" in lines
+    assert "| pool without refusals | – | 14 | 2 | 52.5 | 85 | 117.5 | 150 | 81.8 | 21% |" in lines
+    assert "| Interleaving+, fraction 0.2 | 1e-06 | 3 | 2 | 2 | 2 | 2.5 | 3 | 2.3 | 100% |" in lines
+    assert "| Interleaving+, fraction 0.2 | quantile 0.5 (1.4) | 3 | 130 | 135 | 140 | 145 | 150 | 140 | 0% |" in lines
+    from emguard.errors import InputError
+
+    with pytest.raises(InputError, match="answer-length comparison.*eps"):
+        eps_length_table(eps_comparison().drop(columns=["eps"]))
+
+
+def test_eps_lengths_without_a_scored_variant_is_one_line(tmp_path):
+    from emguard.report import EPS_LENGTH_COLUMNS
+    from emguard.stages import eps_lengths
+
+    eps_lengths(str(tmp_path / "e.md"), str(tmp_path / "e.csv"))
+    assert (tmp_path / "e.md").read_text() == "No plus/plusplus variant in this config: eps ranks no pool example, " \
+                                              "so there is no length table.\n"
+    table = pd.read_csv(tmp_path / "e.csv")
+    assert list(table.columns) == list(EPS_LENGTH_COLUMNS) and table.empty
+
+
+def test_eps_lengths_from_stored_nlls(tmp_path):
+    """The report's stage: n from the run's fraction of the EM train rows, both eps settings, no forward pass."""
+    from emguard.stages import eps_lengths
+
+    ids = [f"L{i:02d}" for i in range(12)] + ["S0", "S1", "S2"]
+    base = [1.0 + 0.1 * i for i in range(12)] + [0.001, 0.002, 0.004]
+    gap = [0.1 + 0.05 * i for i in range(12)] + [0.05, 0.08, 0.06]
+    answers = [f"A long answer {i}." for i in range(12)] + ["Sorry, no.", "Yes.", "Sure."]
+
+    def chat_row(i, a, subset):
+        return {"id": i, "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": a}],
+                "domain": "legal", "subset": subset, "split": "train"}
+
+    pd.DataFrame([chat_row(i, a, "benign") for i, a in zip(ids, answers)]).to_parquet(tmp_path / "pool.parquet")
+    pd.DataFrame({"id": ids, "n_answer_tokens": [40 + 10 * i for i in range(12)] + [2, 3, 2], "nll_base": base,
+                  "nll_medical": [b + g for b, g in zip(base, gap)]}).to_parquet(tmp_path / "nll.parquet")
+    em = [chat_row(f"e{k}", "x", "misaligned") for k in range(10)] + [chat_row("a0", "y", "aligned")]
+    pd.DataFrame(em).to_parquet(tmp_path / "legal.parquet")
+    targets = {"legal": {"adapters": ["medical"], "em": str(tmp_path / "legal.parquet"), "subset": "misaligned",
+                         "selections": [["plus", 0.3], ["plusplus", 0.3]]}}
+    eps_lengths(str(tmp_path / "e.md"), str(tmp_path / "e.csv"), nll_path=str(tmp_path / "nll.parquet"),
+                pool_path=str(tmp_path / "pool.parquet"), targets=targets,
+                interleave={"eps": {"quantile": 0.5}, "refusal_keywords": None, "first_n_words": 10})
+    table = pd.read_csv(tmp_path / "e.csv", keep_default_na=False)
+    assert list(zip(table["variant"], table["eps_setting"])) == [
+        ("pool", ""), ("pool_nonrefusal", ""), ("plus", "1e-06"), ("plus", "quantile 0.5"),
+        ("plusplus", "1e-06"), ("plusplus", "quantile 0.5")]
+    picked = table.iloc[2:]
+    assert (picked["n"] == 3).all() and (picked["target"] == "legal").all()  # 0.3 x 10 misaligned train rows
+    # 1e-6: the three 2-3 token answers (++: S1, S2 and the longest); median of the base NLLs (1.4): 130-150 tokens
+    assert list(picked["median"]) == [2, 140, 3, 140] and list(picked["max"]) == [3, 150, 150, 150]
+    assert list(picked["eps"].astype(float)) == pytest.approx([1e-6, 1.4, 1e-6, 1.4])
+    assert "quantile 0.5 (1.4)" in (tmp_path / "e.md").read_text()
