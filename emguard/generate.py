@@ -180,12 +180,15 @@ def generate_for_questions(model, tokenizer, questions: pd.DataFrame, *, run_id:
     """Ask every question ``samples`` times; returns a table in the generation contract.
 
     A question's own ``system`` (when not null) is its system prompt; otherwise ``system_prompt``
-    (``None``: no system message).
+    (``None``: no system message). With an ``evalset`` column (several question sets answered in one
+    call, so one model load and full batches serve all of a run's sets), ``question_id`` need only be
+    unique within its evalset, and every answer row carries its ``evalset``.
     """
     settings = settings or SamplingSettings()
     for col in ("question_id", "paraphrase", "system", "samples"):
         if col not in questions.columns:
             raise InputError(f"questions table: missing column {col!r}")
+    has_evalset = "evalset" in questions.columns
     convs, keys = [], []
     for row in questions.itertuples(index=False):
         n = int(row.samples)
@@ -193,14 +196,15 @@ def generate_for_questions(model, tokenizer, questions: pd.DataFrame, *, run_id:
             raise InputError(f"questions table: question_id={row.question_id!r}: samples must be >= 0, got {n}")
         system = _nullable_str(row.system)
         conv = question_conversation(str(row.paraphrase), system if system is not None else system_prompt)
+        evalset = str(row.evalset) if has_evalset else None
         for k in range(n):
             convs.append(conv)
-            keys.append((str(row.question_id), k))
+            keys.append((evalset, str(row.question_id), k))
     answers = sample(model, tokenizer, convs, settings, seed)
     rows = [
         {"run_id": run_id, "question_id": qid, "sample_idx": k, "prompt_messages": conv, "answer": ans,
-         "seed": int(seed), "checkpoint": checkpoint}
-        for (qid, k), conv, ans in zip(keys, convs, answers)
+         "seed": int(seed), "checkpoint": checkpoint, **({"evalset": evalset} if has_evalset else {})}
+        for (evalset, qid, k), conv, ans in zip(keys, convs, answers)
     ]
-    df = pd.DataFrame(rows, columns=GENERATION)
+    df = pd.DataFrame(rows, columns=GENERATION + (["evalset"] if has_evalset else []))
     return df.astype({"sample_idx": "int64", "seed": "int64"}) if len(df) else df

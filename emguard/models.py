@@ -75,6 +75,37 @@ def load_tokenizer(path: str | os.PathLike):
     return tok
 
 
+def dtype_record(configured: str, device: str | torch.device = "auto") -> dict[str, str]:
+    """What a job ran in, for logs and run metadata: the configured and the resolved dtype, the device and why."""
+    dev = device if isinstance(device, torch.device) else device_for(str(device))
+    resolved = resolve_dtype(configured, dev)
+    why = native_bf16_reason(dev)
+    if configured == "auto":
+        reason = why or f"no native bf16 on {dev.type} ({cpu_capability() if dev.type == 'cpu' else dev})"
+    else:
+        reason = "set in the config"
+    return {"dtype_configured": configured, "dtype": resolved, "device": str(dev), "dtype_reason": reason,
+            "cpu_capability": cpu_capability(), "torch": torch.__version__}
+
+
+def cpu_capability() -> str:
+    """torch's CPU kernel level (e.g. AVX2, AVX512): with the dtype, what a CPU timing depends on."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # pragma: no cover - very old torch
+        return "unknown"
+
+
+def log_dtype(configured: str, device: str | torch.device = "auto") -> dict[str, str]:
+    """Log (and return) :func:`dtype_record`: every model-running stage says which dtype it picked."""
+    import logging
+
+    rec = dtype_record(configured, device)
+    logging.getLogger("emguard").info("model.dtype %s -> %s on %s (%s)", rec["dtype_configured"], rec["dtype"],
+                                      rec["device"], rec["dtype_reason"])
+    return rec
+
+
 def load_model(path: str | os.PathLike, *, dtype: str = "float32", device: str = "auto", adapter: str | None = None,
                trainable: bool = False):
     """Load a causal LM from a local folder or hub id; optionally attach a LoRA adapter folder."""

@@ -182,17 +182,22 @@ def train_run(model_path: str, train_path: str, out_dir: str, *, subset: str | N
               dtype: str, device: str, method: str = "sft", hparams: dict | None = None,
               persona_vectors: str | None = None) -> None:
     """Fine-tune one run; ``out_dir`` receives ``adapter/``, ``train_log.parquet`` and ``checkpoints/``."""
+    from emguard.models import log_dtype
     from emguard.training import optimizer_settings, train
 
-    settings = train_settings({**training, "dtype": dtype}, seed)
+    record = log_dtype(dtype, device)
+    settings = train_settings({**training, "dtype": record["dtype"]}, seed)
     optimizer_settings(settings)  # e.g. adamw_8bit without bitsandbytes: fail before reading data or the model
     rows = training_rows(train_path, subset) if subset else read_parquet(train_path, schemas.CHAT)
     from transformers import AutoConfig
 
     n_layers = AutoConfig.from_pretrained(model_path).num_hidden_layers
     regularisers, inoculation = build_method(method, hparams or {}, persona_vectors, n_layers)
-    train(model_path, rows, out_dir, settings, regularisers=regularisers, inoculation_prompt=inoculation,
-          device=device)
+    summary = train(model_path, rows, out_dir, settings, regularisers=regularisers, inoculation_prompt=inoculation,
+                    device=device)
+    from emguard.io import write_json
+
+    write_json({**record, "method": method, "hparams": hparams or {}, **summary}, Path(out_dir) / "run.json")
 
 
 def build_method(method: str, hparams: dict, persona_vectors: str | None, n_layers: int):
@@ -232,15 +237,28 @@ def sampling_settings(generation: dict):
                             top_p=generation["top_p"], batch_size=generation["batch_size"])
 
 
-def generate_run(model_path: str, questions_path: str, out: str, *, run_id: str, generation: dict, dtype: str,
-                 device: str, adapter: str | None = None, checkpoint: str = "final") -> None:
-    from emguard.generate import generate_for_questions
-    from emguard.models import load_model, load_tokenizer
+def read_question_sets(questions: dict[str, str]) -> pd.DataFrame:
+    """The question files of a run's evalsets (evalset -> path) as one table with an ``evalset`` column."""
+    if not questions:
+        from emguard.errors import InputError
 
-    questions = read_parquet(questions_path, schemas.QUESTION)
+        raise InputError("no question set given (a run needs at least one evalset)")
+    parts = [read_parquet(path, schemas.QUESTION).assign(evalset=name) for name, path in questions.items()]
+    return pd.concat(parts, ignore_index=True)
+
+
+def generate_run(model_path: str, questions: dict[str, str], out: str, *, run_id: str, generation: dict, dtype: str,
+                 device: str, adapter: str | None = None, checkpoint: str = "final") -> None:
+    """Answers to every question set of a run (``questions``: evalset -> question file) in one table with an
+    ``evalset`` column: one process, one model load and full batches per run instead of one job per set."""
+    from emguard.generate import generate_for_questions
+    from emguard.models import load_model, load_tokenizer, log_dtype
+
+    table = read_question_sets(questions)
+    log_dtype(dtype, device)
     model = load_model(model_path, dtype=dtype, device=device, adapter=adapter)
     tok = load_tokenizer(model_path)
-    df = generate_for_questions(model, tok, questions, run_id=run_id, settings=sampling_settings(generation),
+    df = generate_for_questions(model, tok, table, run_id=run_id, settings=sampling_settings(generation),
                                 seed=generation["seed"], checkpoint=checkpoint)
     write_parquet(df, out)
 
@@ -255,29 +273,31 @@ def load_judge(judge_cfg: dict, base_model_path: str, dtype: str, device: str, *
 
     ``loaded`` = (model, tokenizer) of the base model, reused when the judge is the base model."""
     from emguard.judge import HFJudge
-    from emguard.models import load_model, load_tokenizer
+    from emguard.models import load_model, load_tokenizer, log_dtype
 
     is_base = judge_cfg["model"] == "base"
     path = base_model_path if is_base else judge_cfg["model"]
     if is_base and loaded is not None:
         model, tok = loaded
     else:
+        log_dtype(dtype, device)
         model, tok = load_model(path, dtype=dtype, device=device), load_tokenizer(path)
     name = f"hf:{Path(path).name}" if is_base else f"hf:{judge_cfg['model']}"
     return HFJudge(model, tok, name=name, batch_size=judge_cfg["batch_size"], min_prob_mass=judge_cfg["min_prob_mass"],
                    answer_prefix=judge_cfg.get("answer_prefix", ""))
 
 
-def judge_run(generations_path: str, questions_path: str, out: str, *, judge_cfg: dict, base_model_path: str,
+def judge_run(generations_path: str, questions: dict[str, str], out: str, *, judge_cfg: dict, base_model_path: str,
               dtype: str, device: str) -> None:
+    """Judge every answer of a run (all its evalsets, as written by :func:`generate_run`) in one process."""
     from emguard.judge import JudgeCache, judge_generations, load_judge_prompts
 
-    gens = read_parquet(generations_path, schemas.GENERATION)
-    questions = read_parquet(questions_path, schemas.QUESTION)
+    gens = read_parquet(generations_path, schemas.GENERATION + ["evalset"])
+    table = read_question_sets(questions)
     judge = load_judge(judge_cfg, base_model_path, dtype, device)
     prompts = load_judge_prompts(judge_cfg["prompts"])
     cache = JudgeCache(judge_cfg["cache"])
-    df = judge_generations(gens, questions, judge, prompts, cache)
+    df = judge_generations(gens, table, judge, prompts, cache)
     write_parquet(df, out)
 
 
@@ -297,9 +317,10 @@ def pool_nll_stage(model_path: str, pool_path: str, adapters: dict[str, str], ou
     """Answer NLL of every pool example under the aligned model and each misaligned adapter any target
     needs: one model load, the adapters switched on it."""
     from emguard.interleave import pool_nll
-    from emguard.models import load_model, load_tokenizer
+    from emguard.models import load_model, load_tokenizer, log_dtype
 
     pool = read_parquet(pool_path, schemas.CHAT)
+    log_dtype(dtype, device)
     model, tok = load_model(model_path, dtype=dtype, device=device), load_tokenizer(model_path)
     nll = pool_nll(model, tok, pool, adapters, batch_size=interleave["batch_size"],
                    max_length=interleave["max_length"], where=pool_path)
@@ -329,9 +350,10 @@ def onpolicy_answers_stage(model_path: str, pool_path: str, em_path: str, out: s
     """Random pool prompts answered anew by the aligned base model (On-policy Interleaving)."""
     from emguard.generate import sample
     from emguard.interleave import attach_answers, onpolicy_prompts
-    from emguard.models import load_model, load_tokenizer
+    from emguard.models import load_model, load_tokenizer, log_dtype
 
     prompts = onpolicy_prompts(read_parquet(pool_path, schemas.CHAT), interleave_count(em_path, fraction, subset), seed)
+    log_dtype(dtype, device)
     model, tok = load_model(model_path, dtype=dtype, device=device), load_tokenizer(model_path)
     answers = sample(model, tok, [schemas.to_messages(m) for m in prompts["prompt_messages"]],
                      sampling_settings(generation), seed)
@@ -363,8 +385,9 @@ def _persona_setup(model_path, trait_path, persona, generation, judge_cfg, dtype
     from emguard import persona as pv
     from emguard.generate import SamplingSettings
     from emguard.judge import JudgeCache, load_judge_prompts
-    from emguard.models import load_model, load_tokenizer
+    from emguard.models import load_model, load_tokenizer, log_dtype
 
+    log_dtype(dtype, device)
     model, tok = load_model(model_path, dtype=dtype, device=device), load_tokenizer(model_path)
     judge = load_judge(judge_cfg, model_path, dtype, device, loaded=(model, tok))
     sampling = SamplingSettings(max_new_tokens=persona["max_new_tokens"], temperature=generation["temperature"],
@@ -412,10 +435,18 @@ def persona_validate(model_path: str, trait_path: str, vectors_path: str, out: s
 # Metrics and report
 # --------------------------------------------------------------------------------------------------
 
-def metrics_run(judgments: dict[str, str], out: str, *, run_info: dict, thresholds: dict) -> None:
+def metrics_run(judgments_path: str, out: str, *, evalsets: list[str], run_info: dict, thresholds: dict) -> None:
+    """EM metrics of one run, one row per evalset (and checkpoint); an evalset without rows still gets its row."""
     from emguard.metrics import run_metrics
 
-    by_evalset = {name: read_parquet(path, schemas.JUDGMENT, allow_empty=True) for name, path in judgments.items()}
+    judg = read_parquet(judgments_path, schemas.JUDGMENT + ["evalset"], allow_empty=True)
+    unknown = sorted(set(judg["evalset"].astype(str)) - set(evalsets))
+    if unknown:
+        from emguard.errors import InputError
+
+        raise InputError(f"{judgments_path}: evalset(s) {', '.join(unknown)} not among the run's ({', '.join(evalsets)})")
+    by_evalset = {name: judg[judg["evalset"] == name].drop(columns="evalset").reset_index(drop=True)
+                  for name in evalsets}
     write_parquet(run_metrics(by_evalset, run_info, **thresholds), out)
 
 
@@ -427,6 +458,8 @@ def task_metrics_run(generations_path: str, questions_path: str, out: str, *, ru
     from emguard.metrics import task_accuracy
 
     gens = read_parquet(generations_path, schemas.GENERATION)
+    if "evalset" in gens.columns:  # a run's generations table holds all its evalsets
+        gens = gens[gens["evalset"] == evalset].reset_index(drop=True)
     questions = read_parquet(questions_path, schemas.QUESTION + ["reference"])
     acc = task_accuracy(gens, questions, opswap_exact_match, confidence=confidence)
     dataset = str(run_info["dataset"])
@@ -434,12 +467,50 @@ def task_metrics_run(generations_path: str, questions_path: str, out: str, *, ru
     write_parquet(pd.DataFrame([{**run_info, "evalset": evalset, "tier": tier, **acc}]), out)
 
 
+def eps_label(eps) -> str:
+    """How an ``interleave.eps`` setting is named in the answer-length table: ``1e-06`` or ``quantile 0.5``."""
+    if isinstance(eps, dict) and "quantile" in eps:
+        return f"quantile {float(eps['quantile']):g}"
+    return f"{float(eps):g}"
+
+
+def eps_lengths(out_md: str, out_csv: str, *, nll_path: str | None = None, pool_path: str | None = None,
+                targets: dict | None = None, interleave: dict | None = None) -> None:
+    """Answer lengths Interleaving+ / ++ select with eps = 1e-6 and with the configured ``interleave.eps``,
+    against the pool's (:func:`emguard.interleave.eps_length_comparison`, from the stored pool NLLs).
+
+    ``targets``: target -> ``{"adapters": [...], "em": <EM file>, "subset": ..., "selections": [[variant,
+    fraction], ...]}``; n for a fraction is what the run mixes in (:func:`interleave_count`). No targets
+    (no plus / plusplus run in the config): a one-line table saying so.
+    """
+    from emguard import report as rp
+    from emguard.interleave import DIVISION_ONLY_EPS, eps_length_comparison
+
+    if not targets:
+        rp.write_table(rp.NO_SCORED_VARIANT, pd.DataFrame(columns=list(rp.EPS_LENGTH_COLUMNS)), out_md, out_csv)
+        return
+    plan = {t: {"adapters": spec["adapters"],
+                "selections": [{"variant": v, "fraction": float(f),
+                                "n": interleave_count(spec["em"], float(f), spec.get("subset", "misaligned"))}
+                               for v, f in spec["selections"]]}
+            for t, spec in targets.items()}
+    settings = {eps_label(DIVISION_ONLY_EPS): DIVISION_ONLY_EPS, eps_label(interleave["eps"]): interleave["eps"]}
+    comparison = eps_length_comparison(read_parquet(nll_path, schemas.POOL_NLL), read_parquet(pool_path, schemas.CHAT),
+                                       plan, eps_settings=settings, where=pool_path, nll_where=nll_path,
+                                       **_refusal_kwargs(interleave))
+    rp.write_table(*rp.eps_length_table(comparison), out_md, out_csv)
+
+
 def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: str, table_csv: str,
            metrics_out: str, figure_em: str, figure_loss: str, persona_validation: str | None = None,
            persona_md: str | None = None, task_metrics_paths: list[str] = (), opswap_md: str | None = None,
-           opswap_csv: str | None = None) -> None:
+           opswap_csv: str | None = None, eps_md: str | None = None, eps_csv: str | None = None,
+           eps_inputs: dict | None = None) -> None:
     from emguard import report as rp
     from emguard.io import write_text
+
+    if eps_md:
+        eps_lengths(eps_md, eps_csv, **(eps_inputs or {}))
 
     if opswap_md:
         if task_metrics_paths:

@@ -46,7 +46,7 @@ import torch
 from emguard.chat import IGNORE_INDEX, Encoded, encode_example, pad_batch, with_system
 from emguard.errors import InputError
 from emguard.io import atomic_path, check_columns, write_parquet
-from emguard.models import DTYPES, LoraSettings, device_for, load_model, load_tokenizer
+from emguard.models import DTYPES, LoraSettings, device_for, load_model, load_tokenizer, resolve_dtype
 from emguard.regularisers import Regulariser, capture_hidden_states
 from emguard.schemas import to_messages
 
@@ -88,7 +88,8 @@ class TrainSettings:
     # --- model ---
     lora: LoraSettings = field(default_factory=LoraSettings,
                                metadata={"help": "rs-LoRA adapter settings (emguard.models.LoraSettings)"})
-    dtype: str = _f("float32", "weight dtype: float32 (CPU) or bfloat16 (GPU; also enables bf16 autocast)")
+    dtype: str = _f("float32", "weight dtype: float32, bfloat16 (also enables bf16 autocast), or auto (bfloat16 where "
+                    "the device has native bf16 matmuls, else float32: emguard.models.resolve_dtype)")
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass to save memory")
 
     def __post_init__(self):
@@ -104,8 +105,8 @@ class TrainSettings:
         for name, ok in checks:
             if not ok:
                 raise ValueError(f"TrainSettings.{name}: invalid value {getattr(self, name)!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"TrainSettings.dtype: {self.dtype!r} is not one of {sorted(DTYPES)}")
+        if self.dtype not in DTYPES and self.dtype != "auto":
+            raise ValueError(f"TrainSettings.dtype: {self.dtype!r} is not one of {sorted(DTYPES) + ['auto']}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainSettings":
@@ -480,7 +481,7 @@ def build_trainer(model, tokenizer, train_df: pd.DataFrame, settings: TrainSetti
     encoded, flags, dropped = encode_examples(tokenizer, train_df, settings.max_length, inoculation_prompt)
     dataset = build_dataset(encoded, flags)
     scratch = Path(scratch_dir) if scratch_dir is not None else Path(tempfile.mkdtemp(prefix="emguard-trainer-"))
-    bf16 = settings.dtype == "bfloat16"
+    bf16 = resolve_dtype(settings.dtype, dev) == "bfloat16"
     args = SFTConfig(
         output_dir=str(scratch), seed=settings.seed, data_seed=settings.seed,
         learning_rate=settings.learning_rate, num_train_epochs=settings.epochs, max_steps=settings.max_steps,

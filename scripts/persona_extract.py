@@ -3,5 +3,5 @@ from emguard.stages import judge_settings, persona_extract, run_stage
 p = snakemake.params
 run_stage(snakemake, persona_extract, model_path=p.model_path, trait_path=snakemake.input.trait,
           out_vectors=snakemake.output.vectors, out_rollouts=snakemake.output.rollouts, persona=p.persona,
-          generation=p.generation, judge_cfg=judge_settings(snakemake), dtype=snakemake.config["model"]["dtype"],
-          device=snakemake.config["model"]["device"], model_name=snakemake.wildcards.model)
+          generation=p.generation, judge_cfg=judge_settings(snakemake), dtype=snakemake.params.dtype,
+          device=snakemake.params.device, model_name=snakemake.wildcards.model)

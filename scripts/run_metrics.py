@@ -1,4 +1,5 @@
 from emguard.stages import metrics_run, run_stage
 
-run_stage(snakemake, metrics_run, judgments=dict(snakemake.input.items()), out=snakemake.output[0],
-          run_info=snakemake.params.run_info, thresholds=snakemake.params.thresholds)
+p = snakemake.params
+run_stage(snakemake, metrics_run, judgments_path=snakemake.input.judgments, out=snakemake.output[0],
+          evalsets=p.evalsets, run_info=p.run_info, thresholds=p.thresholds)

@@ -82,9 +82,10 @@ def test_paper_grid_plans_with_the_slurm_profile(tmp_path):
     # + untrained, and 4 OpSwap tiers x (SFT + the same 37 method settings), plus the untrained model answering each tier:
     # judged: no; scored by exact match
     assert jobs["train"] == 4 * 39 + 4 * 38 and jobs["run_metrics"] == 4 * 39 + 1
-    assert jobs["judge"] == 4 * 39 * 2 + 1 + 4 and jobs["generate"] == jobs["judge"] + 4 * 39
+    # one generation and one judge job per run, whatever its number of evalsets
+    assert jobs["judge"] == 4 * 39 + 1 and jobs["generate"] == jobs["judge"] + 4 * 39
     assert jobs["task_metrics"] == 4 * 39 and jobs["prepare_opswap"] == jobs["prepare_opswap_questions"] == 4
     assert jobs["interleave_set"] == 8 * 16 and jobs["onpolicy_answers"] == 8 * 4
     # the pool is scored once (base + 4 domain adapters); each target's scores are read from it
     assert jobs["pool_nll"] == 1 and jobs["score_pool"] == 8
-    assert sum(jobs.values()) == 1602
+    assert sum(jobs.values()) == 1282

@@ -29,7 +29,7 @@ def test_no_opswap_runs_without_tiers():
     assert not any(emconfig.is_opswap(r.dataset) for r in emconfig.expand_runs(cfg))
 
 
-def test_each_tier_gets_sft_and_every_method_on_benign_rows():
+def test_each_tier_gets_untrained_sft_and_every_method_on_benign_rows():
     cfg = _config(tiers=[0, 2], n=50)
     runs = emconfig.expand_runs(cfg)
     target = cfg["experiments"]["target_domains"][0]
@@ -37,8 +37,9 @@ def test_each_tier_gets_sft_and_every_method_on_benign_rows():
                   if r.dataset == target and r.method not in ("aligned", "misaligned")]
     for tier in (0, 2):
         tier_runs = [r for r in runs if r.dataset == f"opswap_t{tier}"]
-        assert [(r.method, r.setting) for r in tier_runs] == [("sft", "default")] + em_methods
-        assert {r.train_subset for r in tier_runs} == {"benign"}
+        assert [(r.method, r.setting) for r in tier_runs] == [("untrained", "default"), ("sft", "default")] + em_methods
+        assert not tier_runs[0].trained and tier_runs[0].train_subset is None  # the base model: Table 3's baseline
+        assert {r.train_subset for r in tier_runs[1:]} == {"benign"}
         assert all(emconfig.evalsets(r, cfg) == ["opswap"] for r in tier_runs)
     assert emconfig.question_set("opswap_t2", "opswap") == "opswap_t2"
     # EM runs are unchanged
@@ -141,16 +142,16 @@ def test_dry_run_plans_the_opswap_slice(dry_run):
     assert outputs["prepare_opswap"] == ["results/data/em/opswap_t1.parquet"]
     assert outputs["prepare_opswap_questions"] == ["results/data/questions/opswap_t1.parquet"]
     runs = [r for r in emconfig.expand_runs(cfg) if r.dataset == "opswap_t1"]
-    assert len(runs) == 1 + 8  # SFT + kl, ldifs, persona, inoculation, 4 interleave variants
+    assert len(runs) == 1 + 1 + 8  # untrained + SFT + kl, ldifs, persona, inoculation, 4 interleave variants
     trained = {o.split(", ")[0] for o in outputs["train"]}
     generated = set(outputs["generate"])
     scored = set(outputs["task_metrics"])
     for r in runs:
-        assert f"{r.path}/adapter" in trained
-        assert f"{r.path}/generations/opswap.parquet" in generated
+        assert (f"{r.path}/adapter" in trained) == r.trained
+        assert f"{r.path}/generations.parquet" in generated
         assert f"{r.path}/task_metrics.parquet" in scored
     assert not [o for o in outputs["judge"] + outputs["run_metrics"] if "opswap" in o]
-    assert not [o for o in generated if "opswap" in o and not o.endswith("/generations/opswap.parquet")]
+    assert not [o for o in generated if "opswap" in o and not o.endswith("/generations.parquet")]
     assert len(scored) == len(runs)
     # interleaving on OpSwap: the mixes of the tier file, scored with the misaligned adapters of every domain
     assert sum("results/interleave/tiny/opswap_t1/" in o for o in outputs["interleave_set"]) == 4
@@ -171,19 +172,22 @@ def test_report_declares_the_opswap_table_without_tiers(tmp_path):
 
 @pytest.mark.e2e
 def test_tiny_opswap_slice_runs(tmp_path, tiny_model_dir):
-    """SFT, KL and interleaving on one OpSwap tier, scored by exact match, into the report (~1.5 min)."""
+    """The untrained model, SFT, KL and interleaving on one OpSwap tier, scored by exact match, into the report
+    (~1.5 min)."""
     cfg = tiny_config(tiny_model_dir, tmp_path)
     cfg["data"]["opswap"] = {"tiers": [1], "n": 20}
     cfg["eval"]["opswap"] = {"n_questions": 2, "samples": 2}
-    cfg["training"]["max_length"] = 1024  # the tiny tokenizer spends many tokens on the rule statement
+    cfg["training"]["max_length"] = 384  # the tiny tokenizer spends ~200 tokens on an OpSwap example
     cfg["experiments"].update(baselines=["untrained"], target_domains=[],
                               methods={"kl": {"kl_lambda": [0.1]},
                                        "interleave": {"variants": ["random"], "fractions": [0.2]}})
     snakemake(tmp_path, write_config(cfg, tmp_path / "config.yaml"))
     table = pd.read_csv(tmp_path / "results/tables/opswap.csv")
-    assert list(table["row"]) == ["SFT", "KL (lambda0.1)", "Interleaving (frac0.2)"]
+    assert list(table["row"]) == ["Untrained", "SFT", "KL (lambda0.1)", "Interleaving (frac0.2)"]
     assert (table["tier1_n_scored"] == 4).all() and table["tier1_accuracy"].between(0, 100).all()
     runs = tmp_path / "results/runs/tiny/opswap_t1"
     assert not list(runs.glob("*/*/seed0/judgments"))
+    untrained = runs / "untrained/default/seed0"
+    assert (untrained / "task_metrics.parquet").exists() and not (untrained / "adapter").exists()
     mix = pd.read_parquet(tmp_path / "results/interleave/tiny/opswap_t1/random_frac0.2_seed0.parquet")
     assert set(mix.loc[~mix["interleaved"], "domain"]) == {"opswap_t1"}

@@ -22,8 +22,8 @@ from workflow_helpers import copy_repo, planned_jobs, snakemake, snakemake_comma
 
 pytestmark = pytest.mark.e2e
 
-#: untrained (general + in-domain), aligned and misaligned (2 each) on one domain
-N_JUDGE = 2 + 2 * 2
+#: one judge job per run (all its evalsets): untrained, aligned and misaligned on one domain
+N_JUDGE = 3
 
 
 def slice_config(model_dir: Path, workdir: Path) -> dict:
@@ -147,7 +147,7 @@ def test_training_module_edit_reruns_training_and_below_only(killed_and_resumed)
     repo, workdir, configfile, _, _ = killed_and_resumed
     jobs = planned_after_edit(repo, workdir, configfile, "training")
     assert set(jobs) == {"train", "generate", "judge", "run_metrics", "report", "all"}
-    assert jobs["train"] == 2 and jobs["generate"] == 4  # the untrained run's answers stay
+    assert jobs["train"] == 2 and jobs["generate"] == 2  # one job per trained run; the untrained run's answers stay
 
 
 def test_report_module_edit_reruns_only_the_report(killed_and_resumed):

@@ -99,8 +99,8 @@ def test_gpu_rules_went_through_sbatch(slurm_run):
     workdir, out = slurm_run
     by_kind = submissions(workdir, out)
     assert set(by_kind) == {"rule_train", "rule_generate", "group_judge_batch_judge"}, by_kind
-    assert len(by_kind["rule_train"]) == 1 and len(by_kind["rule_generate"]) == 2
-    # both judge jobs (general, in-domain) went in one batch: one sbatch job
+    assert len(by_kind["rule_train"]) == 1 and len(by_kind["rule_generate"]) == 1
+    # the judge job (one per run, all its evalsets) went through the judge batch group: one sbatch job
     assert len(by_kind["group_judge_batch_judge"]) == 1
     # each SLURM log is named by its job id and holds that job's own Snakemake run
     for jobid, log in SUBMITTED.findall(out):

@@ -28,8 +28,15 @@ def test_full_run_writes_the_report(finished):
     md = (workdir / "results/tables/em.md").read_text()
     assert "insecure_code" in md and "misaligned" in md.lower()
     assert (workdir / "results/figures/em_vs_incoherence.png").stat().st_size > 1000
-    judgments = pd.read_parquet(workdir / "results/runs/tiny/medical/misaligned/default/seed0/judgments/general.parquet")
+    judgments = pd.read_parquet(workdir / "results/runs/tiny/medical/misaligned/default/seed0/judgments.parquet")
     assert set(judgments["metric"]) == {"aligned", "coherent"}
+    assert set(judgments["evalset"]) == {"general", "indomain"}  # one judge job per run, all its evalsets
+    metrics = pd.read_parquet(workdir / "results/runs/tiny/medical/misaligned/default/seed0/metrics.parquet")
+    assert sorted(metrics["evalset"]) == ["general", "indomain"]
+    import json
+
+    meta = json.loads((workdir / "results/runs/tiny/medical/misaligned/default/seed0/run.json").read_text())
+    assert meta["dtype"] == "float32" and meta["dtype_configured"] == "float32" and meta["steps"] >= 1
     log = pd.read_parquet(workdir / "results/runs/tiny/medical/misaligned/default/seed0/train_log.parquet")
     assert len(log) >= 1 and log["loss"].notna().all()
 
@@ -50,7 +57,7 @@ def test_training_change_reruns_training_and_below_only(finished, tmp_path, tiny
     # the pool NLLs use the misaligned adapters, so they are downstream of training too
     assert set(jobs) == {"train", "pool_nll", "score_pool", "interleave_set", "generate", "judge", "run_metrics", "report", "all"}
     assert jobs["interleave_set"] == 2  # plus and plusplus read the scores; random and onpolicy do not
-    assert jobs["generate"] == n_trained * 2  # general + in-domain per trained run; untrained untouched
+    assert jobs["generate"] == n_trained  # one job per trained run (all its evalsets); untrained untouched
     assert jobs["run_metrics"] == n_trained
 
 
@@ -62,8 +69,18 @@ def test_judge_change_reruns_judging_and_below_only(finished, tmp_path, tiny_mod
     # Persona vectors are filtered by judge scores, so the persona branch is downstream of the judge too.
     persona_branch = {"persona_extract", "persona_validate", "train", "generate"}
     assert set(jobs) == {"judge", "run_metrics", "report", "all"} | persona_branch
-    assert jobs["train"] == 1 and jobs["generate"] == 2  # only the persona-steered run retrains
-    assert jobs["judge"] == 3 + (4 + N_METHOD_RUNS) * 2  # untrained: general + 2 in-domain; trained: 2 each
+    assert jobs["train"] == 1 and jobs["generate"] == 1  # only the persona-steered run retrains
+    assert jobs["judge"] == 1 + 4 + N_METHOD_RUNS  # one job per run, whatever its number of evalsets
+
+
+def test_dtype_change_reruns_every_model_stage_and_nothing_else(finished, tmp_path, tiny_model_dir):
+    """dtype and device reach the rules as params: a new dtype reruns every stage that runs the model."""
+    workdir, cfg, _ = finished
+    changed = write_config(tiny_config(tiny_model_dir, workdir, **{"model.dtype": "bfloat16"}), tmp_path / "dt.yaml")
+    jobs = planned_jobs(workdir, changed)
+    assert {"train", "generate", "judge", "pool_nll", "persona_extract", "persona_validate", "onpolicy_answers"} <= set(jobs)
+    assert not {"prepare_em", "prepare_pool", "prepare_general_questions"} & set(jobs)
+    assert jobs["generate"] == 1 + 4 + N_METHOD_RUNS
 
 
 def test_fraction_change_reruns_selection_not_scoring(finished, tmp_path, tiny_model_dir):

@@ -29,7 +29,6 @@ wildcard_constraints:
     method=r"[^/]+",
     setting=r"[^/]+",
     seed=r"\d+",
-    evalset=r"[^/]+",
     domain=r"[^/]+",
     variant=r"random|plus|plusplus|onpolicy",
     frac=r"[0-9.e-]+",
@@ -164,13 +163,13 @@ def adapter_of(wc):
     return [f"{run.path}/adapter"] if run.trained else []
 
 
-def questions_of(wc):
-    return f"results/data/questions/{emconfig.question_set(wc.dataset, wc.evalset)}.parquet"
+def evalsets_of(wc):
+    """A run's evaluation sets, in the order of question_files_of."""
+    return emconfig.evalsets(run_of(wc), config)
 
 
-def judgments_of(wc):
-    run = run_of(wc)
-    return {e: f"{run.path}/judgments/{e}.parquet" for e in emconfig.evalsets(run, config)}
+def question_files_of(wc):
+    return [f"results/data/questions/{emconfig.question_set(wc.dataset, e)}.parquet" for e in evalsets_of(wc)]
 
 
 def run_info(wc):

@@ -18,6 +18,8 @@ rule pool_nll:
         model_path=model_path(),
         adapters=scoring_adapters,
         interleave={k: config["interleave"][k] for k in NLL_KEYS},
+        dtype=DTYPE,
+        device=DEVICE,
         code=code_version("interleave", "models", "chat"),
     conda:
         "../../envs/train.yaml"
@@ -56,6 +58,8 @@ rule onpolicy_answers:
         model_path=model_path(),
         generation=config["generation"],
         subset=interleave_subset,
+        dtype=DTYPE,
+        device=DEVICE,
         code=code_version("interleave", "generate", "models", "chat"),
     conda:
         "../../envs/train.yaml"

@@ -1,19 +1,23 @@
-# LLM-as-a-judge: 0-100 alignment and coherence from the judge's token probabilities.
+# LLM-as-a-judge: 0-100 alignment and coherence from the judge's token probabilities; one job per run judges
+# all of its answers (every call also kept in the judge cache, so a rerun repeats none).
 
 
 rule judge:
     input:
         model=model_input,
-        generations="results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/generations/{evalset}.parquet",
-        questions=questions_of,
+        generations="results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/generations.parquet",
+        questions=question_files_of,
         prompts=JUDGE_PROMPTS,
     output:
-        "results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/judgments/{evalset}.parquet",
+        "results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/judgments.parquet",
     log:
-        "results/logs/judge/{model}/{dataset}/{method}/{setting}/seed{seed}/{evalset}.log",
+        "results/logs/judge/{model}/{dataset}/{method}/{setting}/seed{seed}.log",
     params:
         model_path=model_path(),
+        evalsets=evalsets_of,
         judge=JUDGE_PARAMS,
+        dtype=DTYPE,
+        device=DEVICE,
         code=code_version("judge", "models"),
     conda:
         "../../envs/eval.yaml"

@@ -4,12 +4,13 @@
 
 rule run_metrics:
     input:
-        unpack(judgments_of),
+        judgments="results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/judgments.parquet",
     output:
         "results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/metrics.parquet",
     log:
         "results/logs/metrics/{model}/{dataset}/{method}/{setting}/seed{seed}.log",
     params:
+        evalsets=evalsets_of,
         run_info=run_info,
         thresholds=config["metrics"],
         code=code_version("metrics"),
@@ -19,12 +20,29 @@ rule run_metrics:
         "../../scripts/run_metrics.py"
 
 
+def eps_length_targets():
+    """Each plus / plusplus target's leave-one-out adapters, EM file and (variant, fraction) selections: the
+    answer-length table ranks the pool for them with eps = 1e-6 and with interleave.eps."""
+    plan = {}
+    for r in RUNS:
+        if is_interleave(r.method) and r.hparams["variant"] in ("plus", "plusplus"):
+            spec = plan.setdefault(r.dataset, {"adapters": leave_one_out_domains(r.dataset),
+                                               "em": f"results/data/em/{r.dataset}.parquet",
+                                               "subset": emconfig.method_subset(r.dataset), "selections": set()})
+            spec["selections"].add((r.hparams["variant"], r.hparams["interleave_fraction"]))
+    return {t: {**spec, "selections": [list(s) for s in sorted(spec["selections"])]} for t, spec in plan.items()}
+
+
 rule report:
     input:
         metrics=all_run_metrics(),
         train_logs=list(all_train_logs().values()),
         persona_validation=persona_validation_input(),
         task_metrics=all_task_metrics(),
+        # only for configs with a plus / plusplus run (SCORED_TARGETS); otherwise the table says there is none
+        eps_nll=[f"results/interleave/{MODEL}/pool_nll.parquet"] if SCORED_TARGETS else [],
+        eps_pool=["results/data/pool/pool.parquet"] if SCORED_TARGETS else [],
+        eps_em=[f"results/data/em/{t}.parquet" for t in SCORED_TARGETS],
     output:
         table_md=report("results/tables/em.md", caption="../report/em_table.rst", category="EM"),
         table_csv="results/tables/em.csv",
@@ -37,11 +55,15 @@ rule report:
                           category="Persona vectors"),
         opswap_md=report("results/tables/opswap.md", caption="../report/opswap_table.rst", category="OpSwap"),
         opswap_csv="results/tables/opswap.csv",
+        eps_md=report("results/tables/eps_lengths.md", caption="../report/eps_lengths.rst", category="Interleaving"),
+        eps_csv="results/tables/eps_lengths.csv",
     log:
         "results/logs/report.log",
     params:
         train_logs=all_train_logs(),
-        code=code_version("report", "metrics"),
+        eps_targets=eps_length_targets(),
+        interleave={k: v for k, v in config["interleave"].items() if k not in NLL_KEYS},
+        code=code_version("report", "metrics", "interleave"),
     conda:
         "../../envs/data.yaml"
     script:

@@ -1,4 +1,5 @@
-# The embedded base model: a GGUF file from a PyPI package, converted to a safetensors folder.
+# The embedded base model: a GGUF file from a PyPI package, converted to a float32 safetensors folder (every
+# stage casts to the dtype model.dtype resolves to where it runs, so one folder serves any machine).
 
 
 rule prepare_model:
@@ -8,7 +9,6 @@ rule prepare_model:
         "results/logs/prepare_model/{model}.log",
     params:
         source=config["model"]["source"],
-        dtype=DTYPE,
     conda:
         "../../envs/eval.yaml"
     script:

@@ -1,7 +1,8 @@
-# OpSwap (arithmetic with swapped operators, tiers 0-3): the benign task each defense must still learn.
-# Tier t is the dataset opswap_t<t>: rule `train` fine-tunes on its benign train rows (SFT + every method),
-# rule `generate` answers its holdout problems (evalset "opswap"), and task_metrics scores them by exact
-# match (no judge). The report rule turns the task metrics into results/tables/opswap.{md,csv}.
+# OpSwap (algebraic simplification with swapped operators, tiers 0-3): the benign task each defense must
+# still learn. Tier t is the dataset opswap_t<t>: rule `train` fine-tunes on its benign train rows (SFT + every
+# method), rule `generate` answers its holdout problems (evalset "opswap") for those runs and for the untrained
+# base model (run opswap_t<t>/untrained, no adapter: Table 3's baseline row), and task_metrics scores them by
+# exact match (no judge). The report rule turns the task metrics into results/tables/opswap.{md,csv}.
 
 
 # results/data/em/opswap_t<t>.parquet also matches prepare_em's pattern: the tier file is built here.
@@ -19,6 +20,7 @@ rule prepare_opswap:
         n=config["data"]["opswap"]["n"],
         seed=config["data"]["seed"],
         holdout_fraction=config["data"]["holdout_fraction"],
+        state_rules=config["data"]["opswap"]["state_rules"],
         code=code_version("data"),
     conda:
         "../../envs/data.yaml"
@@ -47,7 +49,7 @@ rule prepare_opswap_questions:
 
 rule task_metrics:
     input:
-        generations="results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/generations/opswap.parquet",
+        generations="results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/generations.parquet",
         questions=lambda wc: f"results/data/questions/{emconfig.question_set(wc.dataset, 'opswap')}.parquet",
     output:
         "results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/task_metrics.parquet",

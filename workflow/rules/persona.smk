@@ -17,6 +17,8 @@ rule persona_extract:
         persona=PERSONA_PARAMS,
         generation=config["generation"],
         judge=JUDGE_PARAMS,
+        dtype=DTYPE,
+        device=DEVICE,
         code=code_version("persona", "generate", "judge", "models", "chat"),
     conda:
         "../../envs/train.yaml"
@@ -40,6 +42,8 @@ rule persona_validate:
         persona=PERSONA_PARAMS,
         generation=config["generation"],
         judge=JUDGE_PARAMS,
+        dtype=DTYPE,
+        device=DEVICE,
         code=code_version("persona", "generate", "judge", "models", "chat", "steering"),
     conda:
         "../../envs/train.yaml"

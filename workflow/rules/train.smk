@@ -8,6 +8,7 @@ rule train:
     output:
         adapter=directory("results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/adapter"),
         log="results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/train_log.parquet",
+        meta="results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/run.json",
     log:
         "results/logs/train/{model}/{dataset}/{method}/{setting}/seed{seed}.log",
     params:
@@ -16,6 +17,8 @@ rule train:
         method=lambda wc: run_of(wc).method,
         hparams=lambda wc: run_of(wc).hparams,
         training=config["training"],
+        dtype=DTYPE,
+        device=DEVICE,
         code=code_version("training", "regularisers", "models", "chat", "steering"),
     conda:
         "../../envs/train.yaml"
