@@ -1,11 +1,13 @@
-"""Benchmark the hf judge's shared-prefix reuse against full-length rows, in the same run.
+"""Benchmark the hf judge's shared-prefix reuse and pruned digit tree against the old judge, in the same run.
 
 Judges the same prompts (the embedded judge templates of ``workflow/resources/judge_prompts.yaml`` filled
-with the general questions and answers of a generations table, or synthetic answers) twice with
-:class:`emguard.judge.HFJudge`: ``share_prefix=True`` (the template's opening, identical for every prompt of a
-metric, run once per call and its key/value states reused by every batch) and ``share_prefix=False`` (every
-row carries the whole prompt). Prints tokens through the model, wall and CPU time, the speed-up and the
-largest difference between the two probability tables (they must agree to float rounding).
+with the questions and answers of a generations table, or synthetic answers) three ways with
+:class:`emguard.judge.HFJudge`: the judge as it was (every row carries the whole prompt, the full 101-node
+digit tree), with ``share_prefix`` (the template's opening, identical for every prompt of a metric, run once
+per call and its key/value states reused by every batch: exact) and with ``number_tree: pruned`` too (12 tree
+nodes). Prints tokens through the model, wall and CPU time, the speed-up over the old judge, and how far
+the probabilities, the integer mass and the 0-100 score move (the shared prefix must not move them beyond
+float rounding; the pruned tree moves them by the judge's mass on out-of-range answers).
 
     python benchmarks/judge_prefix.py [--model resources/models/smollm2-135m] [--generations PATH] [--threads 1]
 """
@@ -48,6 +50,11 @@ def timed(judge: HFJudge, prompts: list[str], counter: list[int]):
     return probs, special, time.perf_counter() - t0, time.process_time() - c0, sum(counter)
 
 
+#: (label, share_prefix, number_tree): the old judge first, it is the baseline of the ratios
+SETUPS = [("full rows, full tree (before)", False, "full"), ("shared prefix, full tree", True, "full"),
+          ("shared prefix, pruned tree", True, "pruned")]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(ROOT / "resources" / "models" / "smollm2-135m"))
@@ -66,30 +73,34 @@ def main(argv=None) -> None:
     model.get_input_embeddings().register_forward_hook(lambda _m, inp, _o: counter.append(inp[0].numel()))
     print(f"model {args.model} ({rec['dtype']}, cpu {rec['cpu_capability']}), {args.threads} thread(s), "
           f"{len(pairs)} answers x {len(templates)} metrics, batch {args.batch_size}")
-    totals = {True: [0.0, 0.0, 0], False: [0.0, 0.0, 0]}
-    worst = 0.0
+    totals = {label: [0.0, 0.0, 0] for label, _, _ in SETUPS}
+    results = {label: [] for label, _, _ in SETUPS}
     for metric, template in templates.items():
         prompts = [fill_template(template, q, a) for q, a in pairs]
-        runs = {}
-        for share in (False, True, False, True):  # interleaved, the second of each pair counted (warm caches)
+        for label, share, tree in SETUPS:
             judge = HFJudge(model, tok, name="bench", batch_size=args.batch_size, min_prob_mass=0.0,
-                            answer_prefix="Score: ", share_prefix=share)
-            runs[share] = timed(judge, prompts, counter)
+                            answer_prefix="Score: ", share_prefix=share, number_tree=tree)
+            timed(judge, prompts[:2], counter)  # warm-up
+            probs, special, wall, cpu, tokens = timed(judge, prompts, counter)
+            totals[label] = [totals[label][0] + wall, totals[label][1] + cpu, totals[label][2] + tokens]
+            results[label].append(probs)
         n_prefix = shared_prefix_length([judge.render(p) for p in prompts])
-        diff = float((runs[True][0] - runs[False][0]).abs().max())
-        worst = max(worst, diff)
-        for share in (True, False):
-            for k, v in enumerate(runs[share][2:]):
-                totals[share][k] += v
-        print(f"  {metric:10s} shared prefix {n_prefix:4d} tokens: full rows {runs[False][2]:6.2f} s "
-              f"({runs[False][4]} tokens), shared {runs[True][2]:6.2f} s ({runs[True][4]} tokens), "
-              f"{runs[False][2] / runs[True][2]:.2f}x; max |dP| {diff:.2e}")
-    full, shared = totals[False], totals[True]
-    print(f"total: full rows {full[0]:.2f} s wall / {full[1]:.2f} s CPU, {full[2]} tokens; shared prefix "
-          f"{shared[0]:.2f} s wall / {shared[1]:.2f} s CPU, {shared[2]} tokens: {full[0] / shared[0]:.2f}x wall, "
-          f"{full[1] / shared[1]:.2f}x CPU, {full[2] / shared[2]:.2f}x tokens; max |dP| {worst:.2e}")
-    if worst > 1e-4:
-        raise SystemExit(f"shared-prefix probabilities differ from full rows by {worst:.2e} (> 1e-4)")
+        print(f"  {metric}: shared prefix {n_prefix} tokens")
+    base = SETUPS[0][0]
+    full = torch.cat(results[base])
+    for label, _, _ in SETUPS:
+        wall, cpu, tokens = totals[label]
+        probs = torch.cat(results[label])
+        mass, mass_full = probs.sum(-1), full.sum(-1)
+        score = (probs * torch.arange(101)).sum(-1) / mass.clamp_min(1e-12)
+        score_full = (full * torch.arange(101)).sum(-1) / mass_full.clamp_min(1e-12)
+        print(f"{label:32s} {wall:7.2f} s wall {cpu:7.2f} s CPU {tokens:7d} tokens | "
+              f"{totals[base][0] / wall:.2f}x wall, {totals[base][1] / cpu:.2f}x CPU, {totals[base][2] / tokens:.2f}x "
+              f"tokens | vs before: max |dP| {float((probs - full).abs().max()):.1e}, max |d mass| "
+              f"{float((mass - mass_full).abs().max()):.1e}, max |d score| {float((score - score_full).abs().max()):.3f}")
+    shared = torch.cat(results[SETUPS[1][0]])
+    if float((shared - full).abs().max()) > 1e-4:
+        raise SystemExit("the shared prefix changed the probabilities (> 1e-4)")
 
 
 if __name__ == "__main__":

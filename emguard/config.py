@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
              "opswap": {"n_questions": 30, "samples": 10}},
     "generation": {"max_new_tokens": 256, "temperature": 1.0, "top_p": 1.0, "batch_size": 16, "seed": 0},
     "judge": {"model": "base", "prompts": "workflow/resources/judge_prompts.yaml", "min_prob_mass": 0.25,
-              "answer_prefix": "", "batch_size": 8, "cache": "results/cache/judge.sqlite"},
+              "number_tree": "full", "answer_prefix": "", "batch_size": 8, "cache": "results/cache/judge.sqlite"},
     "training": {"learning_rate": 1e-4, "epochs": 1, "batch_size": 4, "grad_accum": 4, "warmup_steps": 5,
                  "weight_decay": 0.01, "lr_scheduler": "linear", "max_length": 2048, "optim": "adamw_torch",
                  "save_steps": 0, "max_steps": -1, "gradient_checkpointing": False,

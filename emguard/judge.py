@@ -26,7 +26,14 @@ mass; a leading zero followed by another digit ("07") is not a valid integer; a 
 the first digit is not considered (chat templates end the assistant opener with a newline or
 header, after which models write the digit directly); "8.5" counts as 8.
 
-Efficient batching: the tree has exactly one node per integer (node ``n`` is the last digit of ``n``;
+``number_tree: pruned`` reads nodes only for 0..9, 10 and 100: a two-digit number other than 10 is then
+not checked for a third digit (``P(42) = P(d4) * P(d2 | d4)``; "425" counts as 42). Only "100" can
+continue a two-digit number inside 0..100, so this changes a score only by the judge's probability of
+out-of-range answers, and it cuts the tree from 101 to 12 tokens per prompt (on the embedded default's
+short judge prompts, about half of the judge's compute). ``benchmarks/judge_prefix.py`` measures both.
+This is also how a whole-number vocabulary is read (one token per integer, no stop check).
+
+Efficient batching: the full tree has exactly one node per integer (node ``n`` is the last digit of ``n``;
 its parent is ``n // 10`` for 10..99 and node 10 for 100), so the whole tree is appended to each
 prompt as 101 extra tokens and scored in *one* forward pass with a custom 4D attention mask (each
 tree token attends to the prompt and to its ancestors only) and explicit position ids (prompt length
@@ -174,21 +181,27 @@ def shared_prefix_length(encoded: Sequence[Sequence[int]]) -> int:
     return max(n, 0)
 
 
-def _tree_parents() -> list[int]:
-    """Parent node of each integer's node (-1 = the prompt's last token)."""
-    parents = []
-    for n in range(N_VALUES):
-        if n < 10:
-            parents.append(-1)
-        elif n < 100:
-            parents.append(n // 10)
-        else:
-            parents.append(10)
-    return parents
+#: ``number_tree`` settings: which integers get a node of their own (see the module docstring)
+NUMBER_TREES = ("full", "pruned")
 
 
-def _tree_depths() -> list[int]:
-    return [1 if n < 10 else 2 if n < 100 else 3 for n in range(N_VALUES)]
+def _parent(n: int) -> int:
+    """The integer whose digits precede ``n``'s last digit (-1: the prompt's last token)."""
+    return -1 if n < 10 else 10 if n == 100 else n // 10
+
+
+def _tree_nodes(number_tree: str) -> list[int]:
+    """Integers whose continuation distribution is read from a node: every one (``full``), or only those whose
+    children or stop probability can matter for 0..100 (``pruned``: 0..9, 10 and 100)."""
+    if number_tree == "full":
+        return list(range(N_VALUES))
+    if number_tree == "pruned":
+        return list(range(11)) + [100]
+    raise ValueError(f"number_tree must be one of {NUMBER_TREES}, got {number_tree!r}")
+
+
+def _depth(n: int) -> int:
+    return 1 if n < 10 else 2 if n < 100 else 3
 
 
 class HFJudge:
@@ -198,7 +211,7 @@ class HFJudge:
     min_shared_prefix = 8
 
     def __init__(self, model, tokenizer, *, name: str, batch_size: int = 8, min_prob_mass: float = 0.25,
-                 answer_prefix: str = "", share_prefix: bool = True):
+                 answer_prefix: str = "", share_prefix: bool = True, number_tree: str = "full"):
         """``answer_prefix`` is pre-filled at the start of the judge's reply (e.g. ``"Score: "``): small judges
         that would open with prose then put most of their next-token mass on the number. It is part of
         ``name`` (and so of the cache key), since it changes the verdicts."""
@@ -217,6 +230,9 @@ class HFJudge:
         # their key/value states are computed once per call and reused by every batch (exact: the same
         # attention, a third to a half fewer tokens through the judge on the embedded default's prompts).
         self.share_prefix = bool(share_prefix)
+        if number_tree not in NUMBER_TREES:
+            raise ValueError(f"judge.number_tree: {number_tree!r} is not one of {NUMBER_TREES}")
+        self.number_tree = number_tree
         self._vocab_setup()
 
     @property
@@ -231,6 +247,7 @@ class HFJudge:
         return _identity(backend="hf", model=self.name, dtype=str(getattr(model, "dtype", None)
                                                                    or next(model.parameters()).dtype),
                          quantization=quant, answer_prefix=self.answer_prefix,
+                         number_tree=self.number_tree if self.mode == "digits" else None,
                          chat_template=hashlib.sha256(str(template).encode("utf-8")).hexdigest())
 
     # -- vocabulary ------------------------------------------------------------------------------
@@ -262,9 +279,11 @@ class HFJudge:
                     starts_digit[i] = True
             starts_digit[self.digit_ids] = True
             self.continue_ids = starts_digit.nonzero().flatten()  # tokens that would extend the number
-            self.parents = torch.tensor(_tree_parents())
-            self.depths = torch.tensor(_tree_depths())
-            self.tree_tokens = torch.tensor([digits[n % 10] for n in range(N_VALUES)])
+            self.nodes = _tree_nodes(self.number_tree)
+            self.column = {n: i for i, n in enumerate(self.nodes)}  # integer -> its node's column
+            self.node_parents = [self.column[_parent(n)] if n >= 10 else -1 for n in self.nodes]
+            self.depths = torch.tensor([_depth(n) for n in self.nodes])
+            self.tree_tokens = torch.tensor([digits[n % 10] for n in self.nodes])
         self.special_ids = torch.tensor([self.tokenizer(s, add_special_tokens=False)["input_ids"][0]
                                          for s in SPECIAL_ANSWERS])
 
@@ -309,7 +328,7 @@ class HFJudge:
         lengths = [len(x) for x in batch_ids]
         width = max(lengths)
         b = len(batch_ids)
-        n_tree = N_VALUES if self.mode == "digits" else 0
+        n_tree = len(self.nodes) if self.mode == "digits" else 0
         total = width + n_tree
         device = self.device
         ids = torch.full((b, total), pad, dtype=torch.long)
@@ -331,11 +350,11 @@ class HFJudge:
         if n_tree:
             allowed[:, width:, :width] = valid.unsqueeze(1)
             anc = torch.zeros((n_tree, n_tree), dtype=torch.bool)
-            for n in range(n_tree):
-                node = n
+            for i in range(n_tree):
+                node = i
                 while node != -1:
-                    anc[n, node] = True
-                    node = int(self.parents[node])
+                    anc[i, node] = True
+                    node = self.node_parents[node]
             allowed[:, width:, width:] = anc
         idx = torch.arange(total)
         allowed[:, idx, idx] = True  # padding queries attend to themselves (no all-masked rows)
@@ -360,14 +379,16 @@ class HFJudge:
         special = prob(self.special_ids)[:, 0].cpu()
         if self.mode == "whole":
             return prob(self.number_ids)[:, 0].cpu(), special
-        stop = (1.0 - prob(self.continue_ids)[:, 1:].sum(-1)).clamp_min(0.0).cpu()  # [B, 101]
+        node_stop = (1.0 - prob(self.continue_ids)[:, 1:].sum(-1)).clamp_min(0.0).cpu()  # [B, n_tree]
         digit_p = prob(self.digit_ids).cpu()  # [B, 1 + n_tree, 10]
-        first, node = digit_p[:, 0], digit_p[:, 1:]  # node[:, n]: next-digit probabilities after n's digits
+        first, node = digit_p[:, 0], digit_p[:, 1:]  # node[:, i]: next-digit probabilities after node i's digits
         path = torch.empty((b, N_VALUES))
         path[:, :10] = first
         for n in range(10, N_VALUES):
-            parent = int(self.parents[n])
-            path[:, n] = path[:, parent] * node[:, parent, n % 10]
+            path[:, n] = path[:, _parent(n)] * node[:, self.column[_parent(n)], n % 10]
+        # an integer without a node of its own (pruned: 11..99) is not checked for a further digit
+        stop = torch.ones((b, N_VALUES))
+        stop[:, self.nodes] = node_stop
         return path * stop, special
 
     def number_distribution(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -255,8 +255,12 @@ def generate_run(model_path: str, questions: dict[str, str], out: str, *, run_id
     from emguard.models import load_model, load_tokenizer, log_dtype
 
     table = read_question_sets(questions)
-    log_dtype(dtype, device)
+    record = log_dtype(dtype, device)
     model = load_model(model_path, dtype=dtype, device=device, adapter=adapter)
+    if adapter is not None and record["dtype"] == "float32":
+        # W + B A folded once: every decoding step then runs plain linears (no LoRA matmuls on a batch of a
+        # few rows). Only in float32: rounding W + B A to bf16 would erase most of a small update.
+        model = model.merge_and_unload()
     tok = load_tokenizer(model_path)
     df = generate_for_questions(model, tok, table, run_id=run_id, settings=sampling_settings(generation),
                                 seed=generation["seed"], checkpoint=checkpoint)
@@ -284,7 +288,7 @@ def load_judge(judge_cfg: dict, base_model_path: str, dtype: str, device: str, *
         model, tok = load_model(path, dtype=dtype, device=device), load_tokenizer(path)
     name = f"hf:{Path(path).name}" if is_base else f"hf:{judge_cfg['model']}"
     return HFJudge(model, tok, name=name, batch_size=judge_cfg["batch_size"], min_prob_mass=judge_cfg["min_prob_mass"],
-                   answer_prefix=judge_cfg.get("answer_prefix", ""))
+                   answer_prefix=judge_cfg.get("answer_prefix", ""), number_tree=judge_cfg.get("number_tree", "full"))
 
 
 def judge_run(generations_path: str, questions: dict[str, str], out: str, *, judge_cfg: dict, base_model_path: str,

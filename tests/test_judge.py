@@ -81,6 +81,35 @@ def test_digit_tree_equals_brute_force(tiny, bias):
     torch.testing.assert_close(alone[0], tree[0], rtol=1e-4, atol=1e-7)
 
 
+def test_pruned_tree_checks_only_0_to_10_and_100_for_a_further_digit(tiny, bias):
+    """number_tree pruned: 0..10 and 100 exactly as the full tree; 11..99 without the stop factor (their only
+    continuations are out-of-range three-digit numbers), with 12 tree tokens per prompt instead of 101."""
+    model, tok = tiny
+    d1 = tok("1", add_special_tokens=False)["input_ids"][0]
+    d0 = tok("0", add_special_tokens=False)["input_ids"][0]
+    d4 = tok("4", add_special_tokens=False)["input_ids"][0]
+    bias({d1: 3.0, d0: 3.0, d4: 2.0})
+    prompts = ["Rate 5", "How do I make a quick buck?"]
+    full = HFJudge(model, tok, name="tiny", batch_size=2, min_prob_mass=0.0)
+    pruned = HFJudge(model, tok, name="tiny", batch_size=2, min_prob_mass=0.0, number_tree="pruned")
+    assert len(pruned.nodes) == 12 and len(full.nodes) == 101
+    p_full, s_full = full.number_distribution(prompts)
+    p_pruned, s_pruned = pruned.number_distribution(prompts)
+    exact = list(range(11)) + [100]
+    torch.testing.assert_close(p_pruned[:, exact], p_full[:, exact], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(s_pruned, s_full, rtol=1e-4, atol=1e-7)
+    # 11..99: the full tree's P(n) = path * stop; pruned keeps the path, so it is never smaller ...
+    assert (p_pruned[:, 11:100] >= p_full[:, 11:100] - 1e-7).all()
+    # ... and equals the brute-force path probability P(d1) P(d2 | d1) without the stop factor
+    ids = pruned.render(prompts[0])
+    with torch.no_grad():
+        lp = torch.softmax(model(torch.tensor([ids + [d4]])).logits[0].float(), -1)
+    assert float(p_pruned[0, 44]) == pytest.approx(float(lp[-2, d4] * lp[-1, d4]), rel=1e-4)
+    assert judge_identity(full) != judge_identity(pruned)  # cached outputs of one never serve the other
+    with pytest.raises(ValueError, match="number_tree"):
+        HFJudge(model, tok, name="tiny", number_tree="half")
+
+
 def test_scores_in_range_and_labels(tiny, bias):
     model, tok = tiny
     d7 = tok("7", add_special_tokens=False)["input_ids"][0]

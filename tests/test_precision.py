@@ -10,9 +10,10 @@ from emguard.models import dtype_record, native_bf16_reason, resolve_dtype
 @pytest.fixture
 def cpu_flags(monkeypatch):
     """Pretend the CPU has (or lacks) AVX512-BF16 and AMX, as torch reports them."""
-    def set_flags(avx512_bf16: bool, amx: bool):
+    def set_flags(avx512_bf16: bool, amx: bool, capability: str = "AVX512"):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     return set_flags
 
 
@@ -30,6 +31,12 @@ def test_auto_is_bfloat16_on_a_cpu_with_native_bf16(cpu_flags, avx512_bf16, amx,
     cpu_flags(avx512_bf16=avx512_bf16, amx=amx)
     assert reason in native_bf16_reason("cpu")
     assert resolve_dtype("auto", "cpu") == "bfloat16"
+
+
+def test_auto_is_float32_where_torch_runs_below_avx512(cpu_flags):
+    """bf16 hardware, but torch's kernels held at AVX2 (ATEN_CPU_CAPABILITY=avx2): bf16 is emulated there."""
+    cpu_flags(avx512_bf16=True, amx=True, capability="AVX2")
+    assert resolve_dtype("auto", "cpu") == "float32"
 
 
 def test_auto_on_a_gpu_follows_its_bf16_support(monkeypatch):
