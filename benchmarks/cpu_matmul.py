@@ -51,7 +51,7 @@ def main(argv=None) -> None:
     ap.add_argument("--shape", type=int, nargs=3, default=(256, 576, 1536), metavar=("M", "K", "N"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from emguard.models import native_bf16_reason, resolve_dtype
+    from emguard.models import dtype_record
 
     print(f"cpu: {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, "
           f"{args.threads} thread(s)")
@@ -60,7 +60,8 @@ def main(argv=None) -> None:
     bf16 = gflops(torch.bfloat16, m, k, n, args.seconds)
     print(f"matmul {m}x{k} @ {k}x{n}: float32 {f32:.1f} GFLOP/s, bfloat16 {bf16:.1f} GFLOP/s, "
           f"bf16/fp32 = {bf16 / f32:.2f}x")
-    print(f"model.dtype auto -> {resolve_dtype('auto', 'cpu')} ({native_bf16_reason('cpu')})")
+    rec = dtype_record("auto", "cpu")
+    print(f"model.dtype auto -> {rec['dtype']} ({rec['dtype_reason']})")
 
 
 if __name__ == "__main__":

@@ -49,8 +49,8 @@ prompt) the integers' total probability ``prob_mass = sum_n P(n)``, their renorm
 answers (:class:`JudgeOutput`). The ``min_prob_mass`` threshold is applied when a row is *read*
 (:meth:`JudgeOutput.verdict`), so changing it re-derives every verdict without a single model call.
 The key is ``sha256(format version, judge settings, metric, prompt)`` where the judge settings
-(:attr:`HFJudge.cache_identity`) are everything that changes the returned probabilities: the model,
-its dtype (and quantisation), the chat template and the answer prefix (for the HTTP backend: URL,
+(:attr:`HFJudge.cache_identity`) are everything that changes the returned probabilities: the model
+(its name and a fingerprint of its weights), its dtype (and quantisation), the chat template and the answer prefix (for the HTTP backend: URL,
 model and ``top_logprobs``). The file is SQLite in WAL mode (several processes may share it);
 results are committed batch by batch as soon as they are computed, so a crash or a rerun never
 repeats a judge call that already finished. Rows of the pre-v2 table (``judgments``, thresholded
@@ -244,11 +244,28 @@ class HFJudge:
         if quant is not None and hasattr(quant, "to_dict"):
             quant = quant.to_dict()
         template = getattr(self.tokenizer, "chat_template", None) or ""
-        return _identity(backend="hf", model=self.name, dtype=str(getattr(model, "dtype", None)
+        return _identity(backend="hf", model=self.name, weights=self.weights_fingerprint,
+                         dtype=str(getattr(model, "dtype", None)
                                                                    or next(model.parameters()).dtype),
                          quantization=quant, answer_prefix=self.answer_prefix,
                          number_tree=self.number_tree if self.mode == "digits" else None,
                          chat_template=hashlib.sha256(str(template).encode("utf-8")).hexdigest())
+
+    @property
+    def weights_fingerprint(self) -> str:
+        """Hash of a strided sample of every parameter tensor: two models under one name (a folder re-converted,
+        the same folder name elsewhere) never share cached outputs. Computed once; reads ~256 values a tensor."""
+        if getattr(self, "_fingerprint", None) is None:
+            h = hashlib.sha256()
+            with torch.no_grad():
+                for name, p in self.model.named_parameters():
+                    flat = p.detach().reshape(-1)
+                    sample = flat[:: max(1, flat.numel() // 256)][:256].float().cpu()
+                    h.update(name.encode("utf-8"))
+                    h.update(str(tuple(p.shape)).encode("utf-8"))
+                    h.update(sample.numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
 
     # -- vocabulary ------------------------------------------------------------------------------
     def _single_token(self, text: str) -> int | None:

@@ -516,3 +516,16 @@ def test_shared_prefix_length_leaves_every_prompt_a_token():
     assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
     assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter one keeps its last token
     assert shared_prefix_length([[7]]) == 0 and shared_prefix_length([]) == 0
+
+
+def test_two_models_under_one_name_never_share_cached_outputs(tmp_path):
+    """The cache key includes a fingerprint of the judge's weights, not only its folder name."""
+    from emguard.testing import make_tiny_model
+
+    a = make_tiny_model(tmp_path / "a" / "judge", seed=0)
+    b = make_tiny_model(tmp_path / "b" / "judge", seed=1)  # same folder name, other weights
+    judges = [HFJudge(load_model(p, device="cpu"), load_tokenizer(p), name="hf:judge") for p in (a, b)]
+    again = HFJudge(load_model(a, device="cpu"), load_tokenizer(a), name="hf:judge")
+    assert judges[0].name == judges[1].name
+    assert judge_identity(judges[0]) != judge_identity(judges[1])
+    assert judge_identity(judges[0]) == judge_identity(again)  # a reload of the same weights hits the cache
