@@ -99,8 +99,10 @@ def main(argv=None) -> None:
               f"tokens | vs before: max |dP| {float((probs - full).abs().max()):.1e}, max |d mass| "
               f"{float((mass - mass_full).abs().max()):.1e}, max |d score| {float((score - score_full).abs().max()):.3f}")
     shared = torch.cat(results[SETUPS[1][0]])
-    if float((shared - full).abs().max()) > 1e-4:
-        raise SystemExit("the shared prefix changed the probabilities (> 1e-4)")
+    # Exact in float32. In bfloat16 any change of computation order moves P by ~1e-2 (judging the same
+    # prompts with batch 1 instead of 16 gave max |dP| 8.9e-3 on SmolLM2), so there it is only reported.
+    if rec["dtype"] == "float32" and float((shared - full).abs().max()) > 1e-4:
+        raise SystemExit("the shared prefix changed the probabilities (> 1e-4 in float32)")
 
 
 if __name__ == "__main__":
