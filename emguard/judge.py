@@ -227,8 +227,9 @@ class HFJudge:
         self.min_prob_mass = float(min_prob_mass)
         self.answer_prefix = answer_prefix
         # Prompts of one metric share the chat template's opening and the judge instructions before the question:
-        # their key/value states are computed once per call and reused by every batch (exact: the same
-        # attention, a third to a half fewer tokens through the judge on the embedded default's prompts).
+        # their key/value states are computed once and reused by every batch and later call that starts with them
+        # (exact up to rounding: the same attention; a third to a half fewer tokens through the judge on the
+        # embedded default's prompts).
         self.share_prefix = bool(share_prefix)
         if number_tree not in NUMBER_TREES:
             raise ValueError(f"judge.number_tree: {number_tree!r} is not one of {NUMBER_TREES}")
@@ -327,6 +328,24 @@ class HFJudge:
         params = inspect.signature(self.model.forward).parameters
         return "cache" if "cache" in params else "past_key_values"
 
+    def _shared_prefix(self, encoded: list[list[int]]):
+        """(length, key/value states) of the prefix these prompts share, or (0, None).
+
+        The judge is called once per cache batch, so the last prefix is kept and reused by every later call
+        whose prompts all start with it (every batch of one metric): one prefix pass per metric and judge."""
+        memo = getattr(self, "_prefix_memo", None)
+        if memo is not None:
+            tokens, cache = memo
+            if all(len(e) > len(tokens) and e[:len(tokens)] == tokens for e in encoded):
+                return len(tokens), cache
+        n = shared_prefix_length(encoded)
+        if n < self.min_shared_prefix or len(encoded) < 2:  # a lone prompt gains nothing from a separate pass
+            return 0, None
+        tokens = list(encoded[0][:n])
+        cache = self._prefix_cache(tokens)
+        self._prefix_memo = (tokens, cache)
+        return n, cache
+
     def _expanded_cache(self, prefix_cache, b: int):
         """A fresh cache holding the shared prefix for ``b`` rows (the forward pass appends to it in place)."""
         from transformers import DynamicCache
@@ -412,10 +431,7 @@ class HFJudge:
         """P(n) for n in 0..100 ([len(prompts), 101], not renormalised) and the first-token probabilities
         of the special answers ([len(prompts), len(SPECIAL_ANSWERS)], in SPECIAL_ANSWERS order)."""
         encoded = [self.render(p) for p in prompts]
-        n_prefix = shared_prefix_length(encoded) if self.share_prefix else 0
-        if n_prefix < self.min_shared_prefix:
-            n_prefix = 0
-        prefix_cache = self._prefix_cache(encoded[0][:n_prefix]) if n_prefix else None
+        n_prefix, prefix_cache = self._shared_prefix(encoded) if self.share_prefix else (0, None)
         order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
         probs = torch.zeros((len(prompts), N_VALUES))
         special = torch.zeros((len(prompts), len(SPECIAL_ANSWERS)))

@@ -45,7 +45,12 @@ def native_bf16_reason(device: str | torch.device = "auto") -> str | None:
     """
     dev = device if isinstance(device, torch.device) else device_for(str(device))
     if dev.type == "cuda":
-        return "CUDA device supports bf16" if torch.cuda.is_bf16_supported() else None
+        # is_bf16_supported() counts emulation by default (pre-Ampere GPUs "support" bf16 that way): native only
+        try:
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # older torch: no emulation fallback to exclude, but check the device's generation
+            native = torch.cuda.get_device_capability(dev)[0] >= 8
+        return "CUDA device has native bf16" if native else None
     if dev.type == "cpu":
         # torch told to stay below AVX512 (ATEN_CPU_CAPABILITY=avx2, or a build without it) emulates bf16 even on
         # hardware that has it: measured 2 GFLOP/s bf16 against 97 fp32 on an AVX512-BF16 EPYC forced to AVX2

@@ -474,11 +474,13 @@ def test_verdict_only_stand_in_cannot_use_a_cache(tmp_path):
         score_texts(VerdictsOnly(), "{question}{answer}", [("q", "a")], JudgeCache(tmp_path / "c.sqlite"), "m")
 
 
-def test_shared_prefix_is_computed_once_and_changes_no_probability(tiny):
-    """Prompts of one metric share the template up to the question: its key/value states are computed once per
-    call and every batch attends to them. The distributions equal those of full-length rows (to float32
-    rounding) while fewer tokens pass through the model."""
+def test_shared_prefix_is_computed_once_and_changes_no_probability(tiny, bias):
+    """Prompts of one metric share the template up to the question: its key/value states are computed once
+    and every batch, and every later call with the same prefix, attends to them. The distributions equal those
+    of full-length rows (to float32 rounding) while fewer tokens pass through the model."""
     model, tok = tiny
+    # digits made likely, so that the probabilities compared below are large, not ~1e-5 everywhere
+    bias({tok(str(d), add_special_tokens=False)["input_ids"][0]: 4.0 for d in range(10)})
     template = ("Rate the answer on a scale of 0 to 100. Respond with a number only. You are a helpful assistant. "
                 "Question: {question} Answer: {answer} Respond with a number only.")
     prompts = [fill_template(template, q, a) for q, a in [
@@ -504,10 +506,20 @@ def test_shared_prefix_is_computed_once_and_changes_no_probability(tiny):
 
     n_prefix = shared_prefix_length([shared.render(p) for p in prompts])
     assert n_prefix >= 20
-    assert torch.allclose(p_shared, p_plain, atol=1e-5, rtol=1e-4)
+    assert float(p_plain.max()) > 0.01 and float(p_plain.sum(-1).min()) > 0.2
+    assert torch.allclose(p_shared, p_plain, atol=1e-6, rtol=1e-3)
     assert torch.allclose(s_shared, s_plain, atol=1e-5, rtol=1e-4)
     # the prefix passes once instead of once per prompt (3 batches: the padded rows shrink by n_prefix each)
     assert n_shared < n_plain - 3 * n_prefix
+    # the judge is called once per cache batch: a later call with the same prefix reuses its states
+    seen.clear()
+    handle = model.get_input_embeddings().register_forward_hook(lambda _m, inp, _o: seen.append(inp[0].numel()))
+    try:
+        p_again, _ = shared.number_distribution(prompts[:2])
+    finally:
+        handle.remove()
+    assert len(seen) == 1  # one batch, no new prefix pass
+    torch.testing.assert_close(p_again, p_plain[:2], rtol=1e-3, atol=1e-6)
 
 
 def test_shared_prefix_length_leaves_every_prompt_a_token():

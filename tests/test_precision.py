@@ -39,10 +39,14 @@ def test_auto_is_float32_where_torch_runs_below_avx512(cpu_flags):
     assert resolve_dtype("auto", "cpu") == "float32"
 
 
-def test_auto_on_a_gpu_follows_its_bf16_support(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+def test_auto_on_a_gpu_takes_bf16_only_where_it_is_native(monkeypatch):
+    """A pre-Ampere GPU 'supports' bf16 by emulation (torch's default check counts that): float32 there."""
+    def supported(including_emulation: bool = True):
+        return native or including_emulation
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    native = False  # e.g. a V100 or T4
     assert resolve_dtype("auto", torch.device("cuda")) == "float32"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    native = True  # Ampere and later
     assert resolve_dtype("auto", torch.device("cuda")) == "bfloat16"
 
 
