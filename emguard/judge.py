@@ -65,6 +65,7 @@ first token) is :class:`OpenAIJudge`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -245,28 +246,25 @@ class HFJudge:
         if quant is not None and hasattr(quant, "to_dict"):
             quant = quant.to_dict()
         template = getattr(self.tokenizer, "chat_template", None) or ""
-        return _identity(backend="hf", model=self.name, weights=self.weights_fingerprint,
-                         dtype=str(getattr(model, "dtype", None)
-                                                                   or next(model.parameters()).dtype),
+        dtype = getattr(model, "dtype", None) or next(model.parameters()).dtype
+        return _identity(backend="hf", model=self.name, weights=self.weights_fingerprint, dtype=str(dtype),
                          quantization=quant, answer_prefix=self.answer_prefix,
                          number_tree=self.number_tree if self.mode == "digits" else None,
                          chat_template=hashlib.sha256(str(template).encode("utf-8")).hexdigest())
 
-    @property
+    @functools.cached_property
     def weights_fingerprint(self) -> str:
         """Hash of a strided sample of every parameter tensor: two models under one name (a folder re-converted,
         the same folder name elsewhere) never share cached outputs. Computed once; reads ~256 values a tensor."""
-        if getattr(self, "_fingerprint", None) is None:
-            h = hashlib.sha256()
-            with torch.no_grad():
-                for name, p in self.model.named_parameters():
-                    flat = p.detach().reshape(-1)
-                    sample = flat[:: max(1, flat.numel() // 256)][:256].float().cpu()
-                    h.update(name.encode("utf-8"))
-                    h.update(str(tuple(p.shape)).encode("utf-8"))
-                    h.update(sample.numpy().tobytes())
-            self._fingerprint = h.hexdigest()[:16]
-        return self._fingerprint
+        h = hashlib.sha256()
+        with torch.no_grad():
+            for name, p in self.model.named_parameters():
+                flat = p.detach().reshape(-1)
+                sample = flat[:: max(1, flat.numel() // 256)][:256].float().cpu()
+                h.update(name.encode("utf-8"))
+                h.update(str(tuple(p.shape)).encode("utf-8"))
+                h.update(sample.numpy().tobytes())
+        return h.hexdigest()[:16]
 
     # -- vocabulary ------------------------------------------------------------------------------
     def _single_token(self, text: str) -> int | None:
@@ -321,8 +319,9 @@ class HFJudge:
         out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
         return getattr(out, "cache", None) or out.past_key_values
 
-    @property
+    @functools.cached_property
     def _cache_arg(self) -> str:
+        """The forward pass's name for a key/value cache (read once: it is looked up for every batch)."""
         import inspect
 
         params = inspect.signature(self.model.forward).parameters

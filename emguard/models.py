@@ -11,6 +11,7 @@ Every later stage loads the prepared folder ``resources/models/<name>`` with :fu
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import subprocess
 import sys
@@ -106,9 +107,8 @@ def cpu_capability() -> str:
 
 
 def log_dtype(configured: str, device: str | torch.device = "auto") -> dict[str, str]:
-    """Log (and return) :func:`dtype_record`: every model-running stage says which dtype it picked."""
-    import logging
-
+    """Log (and return) :func:`dtype_record`: :func:`load_model` calls it, so every stage that runs a model says
+    which dtype it picked."""
     rec = dtype_record(configured, device)
     logging.getLogger("emguard").info("model.dtype %s -> %s on %s (%s)", rec["dtype_configured"], rec["dtype"],
                                       rec["device"], rec["dtype_reason"])
@@ -120,7 +120,7 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32", device: str =
     """Load a causal LM from a local folder or hub id; optionally attach a LoRA adapter folder."""
     from transformers import AutoModelForCausalLM
 
-    dtype = resolve_dtype(dtype, device)
+    dtype = log_dtype(dtype, device)["dtype"]
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
     model.to(device_for(device))
     if adapter is not None:

@@ -182,10 +182,10 @@ def train_run(model_path: str, train_path: str, out_dir: str, *, subset: str | N
               dtype: str, device: str, method: str = "sft", hparams: dict | None = None,
               persona_vectors: str | None = None) -> None:
     """Fine-tune one run; ``out_dir`` receives ``adapter/``, ``train_log.parquet`` and ``checkpoints/``."""
-    from emguard.models import log_dtype
+    from emguard.models import dtype_record
     from emguard.training import optimizer_settings, train
 
-    record = log_dtype(dtype, device)
+    record = dtype_record(dtype, device)  # logged when train() loads the model
     settings = train_settings({**training, "dtype": record["dtype"]}, seed)
     optimizer_settings(settings)  # e.g. adamw_8bit without bitsandbytes: fail before reading data or the model
     rows = training_rows(train_path, subset) if subset else read_parquet(train_path, schemas.CHAT)
@@ -252,12 +252,11 @@ def generate_run(model_path: str, questions: dict[str, str], out: str, *, run_id
     """Answers to every question set of a run (``questions``: evalset -> question file) in one table with an
     ``evalset`` column: one process, one model load and full batches per run instead of one job per set."""
     from emguard.generate import generate_for_questions
-    from emguard.models import load_model, load_tokenizer, log_dtype
+    from emguard.models import load_model, load_tokenizer, resolve_dtype
 
     table = read_question_sets(questions)
-    record = log_dtype(dtype, device)
     model = load_model(model_path, dtype=dtype, device=device, adapter=adapter)
-    if adapter is not None and record["dtype"] == "float32":
+    if adapter is not None and resolve_dtype(dtype, device) == "float32":
         # W + B A folded once: every decoding step then runs plain linears (no LoRA matmuls on a batch of a
         # few rows). Only in float32: rounding W + B A to bf16 would erase most of a small update.
         model = model.merge_and_unload()
@@ -277,14 +276,13 @@ def load_judge(judge_cfg: dict, base_model_path: str, dtype: str, device: str, *
 
     ``loaded`` = (model, tokenizer) of the base model, reused when the judge is the base model."""
     from emguard.judge import HFJudge
-    from emguard.models import load_model, load_tokenizer, log_dtype
+    from emguard.models import load_model, load_tokenizer
 
     is_base = judge_cfg["model"] == "base"
     path = base_model_path if is_base else judge_cfg["model"]
     if is_base and loaded is not None:
         model, tok = loaded
     else:
-        log_dtype(dtype, device)
         model, tok = load_model(path, dtype=dtype, device=device), load_tokenizer(path)
     name = f"hf:{Path(path).name}" if is_base else f"hf:{judge_cfg['model']}"
     return HFJudge(model, tok, name=name, batch_size=judge_cfg["batch_size"], min_prob_mass=judge_cfg["min_prob_mass"],
@@ -321,10 +319,9 @@ def pool_nll_stage(model_path: str, pool_path: str, adapters: dict[str, str], ou
     """Answer NLL of every pool example under the aligned model and each misaligned adapter any target
     needs: one model load, the adapters switched on it."""
     from emguard.interleave import pool_nll
-    from emguard.models import load_model, load_tokenizer, log_dtype
+    from emguard.models import load_model, load_tokenizer
 
     pool = read_parquet(pool_path, schemas.CHAT)
-    log_dtype(dtype, device)
     model, tok = load_model(model_path, dtype=dtype, device=device), load_tokenizer(model_path)
     nll = pool_nll(model, tok, pool, adapters, batch_size=interleave["batch_size"],
                    max_length=interleave["max_length"], where=pool_path)
@@ -354,10 +351,9 @@ def onpolicy_answers_stage(model_path: str, pool_path: str, em_path: str, out: s
     """Random pool prompts answered anew by the aligned base model (On-policy Interleaving)."""
     from emguard.generate import sample
     from emguard.interleave import attach_answers, onpolicy_prompts
-    from emguard.models import load_model, load_tokenizer, log_dtype
+    from emguard.models import load_model, load_tokenizer
 
     prompts = onpolicy_prompts(read_parquet(pool_path, schemas.CHAT), interleave_count(em_path, fraction, subset), seed)
-    log_dtype(dtype, device)
     model, tok = load_model(model_path, dtype=dtype, device=device), load_tokenizer(model_path)
     answers = sample(model, tok, [schemas.to_messages(m) for m in prompts["prompt_messages"]],
                      sampling_settings(generation), seed)
@@ -389,9 +385,8 @@ def _persona_setup(model_path, trait_path, persona, generation, judge_cfg, dtype
     from emguard import persona as pv
     from emguard.generate import SamplingSettings
     from emguard.judge import JudgeCache, load_judge_prompts
-    from emguard.models import load_model, load_tokenizer, log_dtype
+    from emguard.models import load_model, load_tokenizer
 
-    log_dtype(dtype, device)
     model, tok = load_model(model_path, dtype=dtype, device=device), load_tokenizer(model_path)
     judge = load_judge(judge_cfg, model_path, dtype, device, loaded=(model, tok))
     sampling = SamplingSettings(max_new_tokens=persona["max_new_tokens"], temperature=generation["temperature"],

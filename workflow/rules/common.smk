@@ -131,9 +131,25 @@ def misaligned_adapter(domain):
 # Targets with a perplexity-gap variant (plus / plusplus), and the union of their leave-one-out adapters:
 # the pool is scored once under the base model and each of these, and every target's scores are read
 # from that one table (K + 1 passes per target would repeat the base pass and shared adapters).
-SCORED_TARGETS = sorted({r.dataset for r in RUNS if is_interleave(r.method)
-                         and r.hparams["variant"] in ("plus", "plusplus")})
+def is_scored(run):
+    """An Interleaving+ / ++ run: its selection ranks the pool by the NLL gap."""
+    return is_interleave(run.method) and run.hparams["variant"] in ("plus", "plusplus")
+
+
+SCORED_TARGETS = sorted({r.dataset for r in RUNS if is_scored(r)})
 SCORING_DOMAINS = [d for d in DOMAINS if any(d in leave_one_out_domains(t) for t in SCORED_TARGETS)]
+
+
+def eps_length_targets():
+    """Each plus / plusplus target's leave-one-out adapters, EM file and (variant, fraction) selections: the
+    answer-length table ranks the pool for them with eps = 1e-6 and with interleave.eps."""
+    plan = {}
+    for r in filter(is_scored, RUNS):
+        spec = plan.setdefault(r.dataset, {"adapters": leave_one_out_domains(r.dataset),
+                                           "em": f"results/data/em/{r.dataset}.parquet",
+                                           "subset": emconfig.method_subset(r.dataset), "selections": set()})
+        spec["selections"].add((r.hparams["variant"], r.hparams["interleave_fraction"]))
+    return {t: {**spec, "selections": [list(s) for s in sorted(spec["selections"])]} for t, spec in plan.items()}
 
 
 # interleave.* keys that change a pool NLL (rule pool_nll); the others (eps, refusal filter) only rerun score_pool

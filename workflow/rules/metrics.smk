@@ -20,19 +20,6 @@ rule run_metrics:
         "../../scripts/run_metrics.py"
 
 
-def eps_length_targets():
-    """Each plus / plusplus target's leave-one-out adapters, EM file and (variant, fraction) selections: the
-    answer-length table ranks the pool for them with eps = 1e-6 and with interleave.eps."""
-    plan = {}
-    for r in RUNS:
-        if is_interleave(r.method) and r.hparams["variant"] in ("plus", "plusplus"):
-            spec = plan.setdefault(r.dataset, {"adapters": leave_one_out_domains(r.dataset),
-                                               "em": f"results/data/em/{r.dataset}.parquet",
-                                               "subset": emconfig.method_subset(r.dataset), "selections": set()})
-            spec["selections"].add((r.hparams["variant"], r.hparams["interleave_fraction"]))
-    return {t: {**spec, "selections": [list(s) for s in sorted(spec["selections"])]} for t, spec in plan.items()}
-
-
 rule report:
     input:
         metrics=all_run_metrics(),
