@@ -1,6 +1,7 @@
 # emguard: in-training defenses against emergent misalignment, end to end.
 # Stages (one rule file each): model -> data -> train -> generate -> judge -> metrics -> report; OpSwap
-# (opswap.smk) adds task datasets scored by exact match instead of the judge.
+# (opswap.smk) adds task datasets scored by exact match instead of the judge; probes.smk measures EM without a
+# judge (answer likelihoods on held-out probe triples).
 
 from snakemake.utils import min_version
 
@@ -27,6 +28,7 @@ include: "workflow/rules/interleave.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/judge.smk"
+include: "workflow/rules/probes.smk"
 include: "workflow/rules/metrics.smk"
 
 
@@ -41,6 +43,8 @@ localrules:
     prepare_pool,
     prepare_opswap,
     prepare_opswap_questions,
+    prepare_probes,
+    probe_shifts,
     score_pool,
     interleave_set,
     run_metrics,

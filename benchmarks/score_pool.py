@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emguard.chat import IGNORE_INDEX, Encoded, pad_batch  # noqa: E402
 from emguard.config import leave_one_out  # noqa: E402
-from emguard.interleave import (encode_pool, length_sorted_batches, make_random_adapter, pool_nll,  # noqa: E402
+from emguard.interleave import (encode_conversations, length_sorted_batches, make_random_adapter, pool_nll,  # noqa: E402
                                 score_encoded, score_pool, score_pool_naive, scores_from_nll)
 from emguard.models import LoraSettings, load_model, load_tokenizer  # noqa: E402
 
@@ -158,7 +158,7 @@ def cpu_benchmark(args) -> dict:
     assert max_diff < 1e-4, f"batched and naive scores differ by {max_diff:.3g}"
     speedup = {c: t_naive[c] / t_fast[c] for c in t_fast}
 
-    encoded = encode_pool(tok, [list(m) for m in pool["messages"]], args.max_length)
+    encoded = encode_conversations(tok, [list(m) for m in pool["messages"]], args.max_length)
     real_tokens = sum(len(e.input_ids) for e in encoded)
     passes = args.k_adapters + 1
     train = training_throughput(model_path, encoded, tok.pad_token_id, batch_size=args.batch_size,

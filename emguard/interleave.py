@@ -23,25 +23,27 @@ interleaved rows uniformly through the fine-tuning data, as the paper prescribes
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import re
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from emguard.chat import IGNORE_INDEX, Encoded, encode_example, pad_batch
+from emguard.likelihood.nll import (  # noqa: F401  (re-exported: the NLL machinery's old home)
+    check_adapter_names,
+    encode_conversations,
+    length_sorted_batches,
+    mean_answer_nll,
+    score_encoded,
+)
 from emguard.config import leave_one_out  # noqa: F401  (torch-free home: the DAG plans with it)
 from emguard.errors import ConfigError, InputError
 from emguard.io import check_columns, read_jsonl, read_parquet
 from emguard.schemas import CHAT, to_messages
-
-if TYPE_CHECKING:  # torch is imported by the scoring functions only: selection and mixing need none
-    import torch
 
 VARIANTS = ("random", "plus", "plusplus", "onpolicy")
 
@@ -123,22 +125,6 @@ def is_refusal(answer: str, keywords: Iterable[str] = DEFAULT_REFUSAL_KEYWORDS, 
 # Pool scoring
 # --------------------------------------------------------------------------------------------------
 
-def _check_adapter_names(adapters: dict[str, str]) -> list[str]:
-    if not adapters:
-        raise ValueError("score_pool needs at least one misaligned adapter (adapters is empty)")
-    names = [str(n) for n in adapters]
-    reserved = {"base", "mis_mean"}
-    for n in names:
-        if n in reserved:
-            raise ValueError(f"adapter name {n!r} is reserved (it would clash with column nll_{n})")
-        if not n:
-            raise ValueError("adapter names must be non-empty")
-    for n, path in adapters.items():
-        if not Path(path).is_dir():
-            raise InputError(f"{path}: adapter folder for {n!r} not found")
-    return names
-
-
 def _pool_answers(pool: pd.DataFrame, where: str) -> tuple[list[str], list[list[dict]]]:
     check_columns(pool, ["id", "messages"], where)
     ids = [str(i) for i in pool["id"]]
@@ -152,161 +138,6 @@ def _pool_answers(pool: pd.DataFrame, where: str) -> tuple[list[str], list[list[
             raise InputError(f"{where}: row id={i!r}: last message must be the assistant's answer")
         convs.append(msgs)
     return ids, convs
-
-
-def encode_pool(tokenizer, conversations: Sequence[list[dict]], max_length: int | None) -> list[Encoded]:
-    """Tokenise each conversation with labels on the final answer only (see :func:`emguard.chat.encode_example`)."""
-    return [encode_example(tokenizer, msgs, max_length) for msgs in conversations]
-
-
-def _model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _accepts_logits_to_keep(model) -> bool:
-    inner = model
-    get_base = getattr(model, "get_base_model", None)
-    if get_base is not None:
-        inner = get_base()
-    try:
-        return "logits_to_keep" in inspect.signature(inner.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _batch_nll(model, batch: dict[str, torch.Tensor], use_keep: bool) -> torch.Tensor:
-    """Per-row sum of answer-token NLL (float64, on the CPU) for one right-padded batch.
-
-    No attention mask is passed: the batch is right-padded and the model causal, so real tokens never
-    see the padding; this keeps the fast causal attention kernels. Logits are projected only at the
-    positions that predict an answer token (``logits_to_keep`` as a boolean mask), which skips the
-    vocabulary projection on prompt and padding tokens.
-    """
-    import torch
-
-    device = _model_device(model)
-    ids = batch["input_ids"].to(device)
-    labels = batch["labels"].to(device)
-    target = labels[:, 1:]
-    keep = target != IGNORE_INDEX  # [B, W-1]: position t predicts token t+1
-    rows = keep.nonzero(as_tuple=True)[0]
-    if use_keep:
-        keep_full = torch.cat([keep, torch.zeros_like(keep[:, :1])], dim=1)
-        logits = model(input_ids=ids, use_cache=False, logits_to_keep=keep_full).logits
-        if logits.dim() == 3:  # a model that ignores boolean masks returns every position
-            logits = logits[keep_full]
-    else:
-        logits = model(input_ids=ids, use_cache=False).logits[:, :-1][keep]
-    nll = torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction="none")
-    sums = torch.zeros(ids.shape[0], dtype=torch.float64)
-    sums.index_add_(0, rows.cpu(), nll.double().cpu())
-    return sums
-
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int,
-                          max_padding: float | None = 0.1) -> list[list[int]]:
-    """Indices grouped into batches of similar length, longest first (an out-of-memory shows at once).
-
-    A batch holds at most ``batch_size`` examples; with ``max_padding`` set, it is also closed early when
-    adding the next example would make the padding exceed that fraction of its real tokens (with a
-    large pool neighbouring lengths are close and batches stay full; a small or very varied pool gets
-    smaller batches instead of wasted compute). ``None`` disables the padding limit.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    real = 0
-    for i in order:
-        if cur:
-            width = lengths[cur[0]]  # descending order: the first is the longest
-            full = len(cur) >= batch_size
-            too_padded = (max_padding is not None
-                          and width * (len(cur) + 1) > (1 + max_padding) * (real + lengths[i]))
-            if full or too_padded:
-                batches.append(cur)
-                cur, real = [], 0
-        cur.append(i)
-        real += lengths[i]
-    if cur:
-        batches.append(cur)
-    return batches
-
-
-def mean_answer_nll(model, encoded: Sequence[Encoded], pad_id: int, *, batch_size: int = 16,
-                    max_padding: float | None = 0.1) -> np.ndarray:
-    """Answer-only mean token NLL of each example under ``model`` as it is now (active adapter), in input order.
-
-    Examples with no answer token left (truncated away) get NaN.
-    """
-    import torch
-
-    use_keep = _accepts_logits_to_keep(model)
-    out = np.full(len(encoded), np.nan, dtype=np.float64)
-    counts = np.array([e.n_answer_tokens for e in encoded])
-    with torch.inference_mode():
-        for idx in length_sorted_batches([len(e.input_ids) for e in encoded], batch_size, max_padding):
-            batch = pad_batch([encoded[i] for i in idx], pad_id, side="right")
-            sums = _batch_nll(model, batch, use_keep).numpy()
-            for j, i in enumerate(idx):
-                if counts[i] > 0:
-                    out[i] = sums[j] / counts[i]
-    return out
-
-
-def score_encoded(model, encoded: Sequence[Encoded], adapters: dict[str, str], pad_id: int, *,
-                  batch_size: int = 16, max_padding: float | None = 0.1) -> dict[str, np.ndarray]:
-    """Mean answer NLL of pre-tokenised examples under the base model and each adapter (the core of
-    :func:`score_pool`). Returns ``{"base": ..., <adapter name>: ...}``, arrays in input order.
-
-    ``model`` is a plain transformers model or a ``PeftModel``. The adapters are attached with peft's
-    multi-adapter API (``PeftModel.from_pretrained`` for the first, ``load_adapter`` for the rest,
-    ``set_adapter`` to switch, ``disable_adapter()`` for the base pass) and removed again afterwards,
-    leaving ``model`` as it was.
-    """
-    from peft import PeftModel
-
-    names = _check_adapter_names(adapters)
-    # Internal adapter names are "emguard_k": valid module keys whatever the user-facing names are.
-    internal = [f"emguard_{k}" for k in range(len(names))]
-    paths = [str(adapters[n]) for n in names]
-    wrapped = not isinstance(model, PeftModel)
-    if wrapped:
-        peft_model = PeftModel.from_pretrained(model, paths[0], adapter_name=internal[0], is_trainable=False)
-        to_load = list(zip(internal[1:], paths[1:]))
-    else:
-        peft_model = model
-        previous_active = peft_model.active_adapter
-        requires_grad = {pname: p.requires_grad for pname, p in peft_model.named_parameters()}
-        to_load = list(zip(internal, paths))
-    loaded = [internal[0]] if wrapped else []
-    was_training = peft_model.training
-    peft_model.eval()
-    out: dict[str, np.ndarray] = {}
-    try:
-        for name, path in to_load:
-            peft_model.load_adapter(path, adapter_name=name, is_trainable=False)
-            loaded.append(name)
-        with peft_model.disable_adapter():
-            out["base"] = mean_answer_nll(peft_model, encoded, pad_id, batch_size=batch_size,
-                                          max_padding=max_padding)
-        for user_name, name in zip(names, internal):
-            peft_model.set_adapter(name, inference_mode=True)
-            out[user_name] = mean_answer_nll(peft_model, encoded, pad_id, batch_size=batch_size,
-                                          max_padding=max_padding)
-    finally:
-        if wrapped:
-            peft_model.unload()  # removes the LoRA layers; ``model`` is the plain base model again
-        else:
-            peft_model.set_adapter(previous_active)
-            for name in loaded:
-                peft_model.delete_adapter(name)
-            for pname, param in peft_model.named_parameters():
-                param.requires_grad_(requires_grad.get(pname, False))
-        if was_training:
-            model.train()
-    return out
 
 
 def pool_nll(model, tokenizer, pool: pd.DataFrame, adapters: dict[str, str], *, batch_size: int = 16,
@@ -325,9 +156,9 @@ def pool_nll(model, tokenizer, pool: pd.DataFrame, adapters: dict[str, str], *, 
     (and a warning). The pipeline scores the pool once under the union of the adapters its targets need
     and derives each target's scores with :func:`scores_from_nll`.
     """
-    names = _check_adapter_names(adapters)
+    names = check_adapter_names(adapters)
     ids, convs = _pool_answers(pool, where)
-    encoded = encode_pool(tokenizer, convs, max_length)
+    encoded = encode_conversations(tokenizer, convs, max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     nll = score_encoded(model, encoded, adapters, pad_id, batch_size=batch_size, max_padding=max_padding)
     out = pd.DataFrame({"id": ids, "n_answer_tokens": np.array([e.n_answer_tokens for e in encoded], dtype=np.int64),
@@ -443,10 +274,10 @@ def score_pool_naive(model_path: str | os.PathLike, adapters: dict[str, str], po
 
     from emguard.models import load_model, load_tokenizer
 
-    names = _check_adapter_names(adapters)
+    names = check_adapter_names(adapters)
     ids, convs = _pool_answers(pool, "pool")
     tok = load_tokenizer(model_path)
-    encoded = encode_pool(tok, convs, max_length)
+    encoded = encode_conversations(tok, convs, max_length)
     cols: dict[str, np.ndarray] = {}
     for col, adapter in [("nll_base", None)] + [(f"nll_{n}", adapters[n]) for n in names]:
         model = load_model(model_path, dtype=dtype, device=device, adapter=adapter)

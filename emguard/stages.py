@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -339,6 +340,58 @@ def score_pool_stage(nll_path: str, pool_path: str, adapters: list[str], out: st
     write_parquet(scores, out)
 
 
+def prepare_probes(out: str, *, em_paths: dict[str, str], general: str | None, domains: bool,
+                   max_per_domain: int | None, training_paths: list[str], whole_paths: list[str] = ()) -> None:
+    """The probe sets of the judge-free EM measure (every EM domain's holdout triples and the general file),
+    checked against every table a run trains on (``training_paths``: train splits; ``whole_paths``: files
+    every row of which may be trained on, the interleaving pool). Fails, writing nothing, on any overlap."""
+    from emguard.likelihood import probes as pr
+
+    sets = []
+    if domains:
+        for domain, path in em_paths.items():
+            sets.append(pr.domain_probes(read_parquet(path, schemas.CHAT), domain, max_per_domain, where=path))
+    if general:
+        sets.append(pr.load_general_probes(general))
+    probes = pd.concat(sets, ignore_index=True)
+    pr.validate_probes(probes, out)
+    training = {p: pr.trainable_rows(read_parquet(p, schemas.CHAT), whole=p in whole_paths)
+                for p in [*training_paths, *whole_paths]}
+    checked = pr.check_no_overlap(probes, training)
+    log.info("%d probe triples in %d sets; none of their prompts occurs in %d training rows of %d files",
+             len(probes), probes["probe_set"].nunique(), checked, len(training))
+    write_parquet(probes, out)
+
+
+def probe_nll_stage(model_path: str, probes_path: str, adapters: dict[str, str], out: str, *, probes: dict,
+                    dtype: str, device: str) -> None:
+    """Both answers of every probe under the untrained model and each run's adapter: one model load."""
+    from emguard.likelihood.probes import PROBE, probe_nll
+    from emguard.models import load_model, load_tokenizer
+
+    table = read_parquet(probes_path, PROBE)
+    model, tok = load_model(model_path, dtype=dtype, device=device), load_tokenizer(model_path)
+    start = time.perf_counter()
+    nll = probe_nll(model, tok, table, adapters, batch_size=probes["batch_size"], max_length=probes["max_length"],
+                    where=probes_path)
+    log.info("%d probes x 2 answers under %d models in %.1f s", len(table), len(adapters) + 1,
+             time.perf_counter() - start)
+    write_parquet(nll, out)
+
+
+def probe_shifts_stage(nll_path: str, out_shifts: str, out_summary: str, *, runs: list[dict], probes: dict,
+                       confidence: float) -> None:
+    """Per-run likelihood shifts (in-domain, each out-of-domain set, their aggregate) and excess over the
+    Aligned run, with bootstrap intervals; and their across-seed summary."""
+    from emguard.likelihood.probes import PROBE_NLL
+    from emguard.likelihood.shift import run_shifts
+
+    shifts, summary = run_shifts(read_parquet(nll_path, PROBE_NLL), runs, n_bootstrap=probes["bootstrap"],
+                                 confidence=confidence, seed=probes["seed"], where=nll_path)
+    write_parquet(shifts, out_shifts)
+    write_parquet(summary, out_summary)
+
+
 def interleave_count(em_path: str, fraction: float, subset: str = "misaligned") -> int:
     """f * N, N = the fine-tuning set's size (the train rows of ``subset``)."""
     from emguard.interleave import n_interleave
@@ -504,7 +557,17 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
            metrics_out: str, figure_em: str, figure_loss: str, persona_validation: str | None = None,
            persona_md: str | None = None, task_metrics_paths: list[str] = (), opswap_md: str | None = None,
            opswap_csv: str | None = None, eps_md: str | None = None, eps_csv: str | None = None,
-           eps_inputs: dict | None = None) -> None:
+           eps_inputs: dict | None = None, shifts_path: str | None = None, headline_md: str | None = None,
+           likelihood_md: str | None = None, likelihood_csv: str | None = None,
+           figure_shift: str | None = None) -> None:
+    """Every table and figure of the report.
+
+    ``shifts_path``: the likelihood-shift summary (Parquet, :data:`emguard.report.SHIFT_COLUMNS`); when
+    given, the EM table gains its shift columns and ``likelihood_md`` / ``likelihood_csv`` (the
+    per-probe-set table) and ``figure_shift`` (in-domain vs OOD shift) are written. ``headline_md``: the
+    headline findings (also without a summary: then from the judged metrics only), at the confidence of
+    the metrics rows (``metrics.confidence``).
+    """
     from emguard import report as rp
     from emguard.io import write_text
 
@@ -525,7 +588,18 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
                    "The config runs no persona method, so no persona vectors were extracted.\n", persona_md)
     metrics = pd.concat([read_parquet(p) for p in metrics_paths], ignore_index=True)
     write_parquet(metrics, metrics_out)
-    markdown, table = rp.em_table(metrics)
+    shifts = read_parquet(shifts_path, rp.SHIFT_REQUIRED, allow_empty=True) if shifts_path else None
+    markdown, table = rp.em_table(metrics, shifts=shifts)
     rp.write_table(markdown, table, table_md, table_csv)
     rp.figure_em_vs_incoherence(metrics, figure_em)
+    # without a summary the outputs still exist (a rule may declare them), saying there is nothing to show
+    some = shifts if shifts is not None else pd.DataFrame(columns=list(rp.SHIFT_COLUMNS))
+    if likelihood_md:
+        rp.write_table(*rp.shift_table(some), likelihood_md, likelihood_csv)
+    if figure_shift:
+        rp.figure_likelihood_shift(some, figure_shift)
+    if headline_md:
+        conf = pd.to_numeric(metrics["confidence"], errors="coerce").dropna() if "confidence" in metrics else ()
+        write_text(rp.headline_findings(metrics, shifts, confidence=float(conf.iloc[0]) if len(conf) else 0.95),
+                   headline_md)
     rp.figure_train_loss({run: read_parquet(p) for run, p in train_logs.items()}, figure_loss)

@@ -221,4 +221,36 @@ def get_final_output():
         "results/tables/opswap.md",
         "results/figures/em_vs_incoherence.png",
         "results/figures/train_loss.png",
+        "results/tables/headline.md",
+        "results/tables/likelihood.md",
+        "results/figures/likelihood_shift.png",
     ]
+
+
+# The judge-free EM measure (probes.smk): probe sets, their NLLs under every run, the shifts.
+PROBES = config["probes"]
+PROBES_GENERAL = project_file(PROBES["general"]) if PROBES["general"] else None
+PROBE_FILE = "results/data/probes/probes.parquet"
+# probes.* keys that change a probe NLL (rule probe_nll); bootstrap and seed only rerun probe_shifts
+PROBE_NLL_KEYS = ("batch_size", "max_length")
+
+
+def probe_training_files():
+    """Tables whose train split some run trains on: the probe check reads them all."""
+    opswap = [f"results/data/em/{emconfig.opswap_dataset(t)}.parquet" for t in config["data"]["opswap"]["tiers"]]
+    return [f"results/data/em/{d}.parquet" for d in DOMAINS] + opswap
+
+
+def probe_pool_files():
+    """The interleaving pool, every row of which may be trained on, when some run interleaves."""
+    return ["results/data/pool/pool.parquet"] if "interleave" in METHODS else []
+
+
+def probe_adapters():
+    """Every trained run's adapter, by run id (the untrained model is the probe NLL table's 'base')."""
+    return {r.run_id: f"{r.path}/adapter" for r in RUNS if r.trained}
+
+
+def probe_runs():
+    return [{"model": r.model, "dataset": r.dataset, "method": r.method, "setting": r.setting, "seed": r.seed,
+             "run_id": r.run_id, "adapter": r.run_id if r.trained else None} for r in RUNS]

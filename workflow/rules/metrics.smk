@@ -30,7 +30,10 @@ rule report:
         eps_nll=[f"results/interleave/{MODEL}/pool_nll.parquet"] if SCORED_TARGETS else [],
         eps_pool=["results/data/pool/pool.parquet"] if SCORED_TARGETS else [],
         eps_em=[f"results/data/em/{t}.parquet" for t in SCORED_TARGETS],
+        shifts=f"results/probes/{MODEL}/shift_summary.parquet",
     output:
+        # the HTML report's front page (workflow/report/workflow.rst) opens with this file
+        headline_md=report("results/tables/headline.md", caption="../report/headline.rst", category="Headline"),
         table_md=report("results/tables/em.md", caption="../report/em_table.rst", category="EM"),
         table_csv="results/tables/em.csv",
         metrics="results/metrics/em.parquet",
@@ -44,13 +47,18 @@ rule report:
         opswap_csv="results/tables/opswap.csv",
         eps_md=report("results/tables/eps_lengths.md", caption="../report/eps_lengths.rst", category="Interleaving"),
         eps_csv="results/tables/eps_lengths.csv",
+        likelihood_md=report("results/tables/likelihood.md", caption="../report/likelihood_table.rst",
+                             category="Likelihood"),
+        likelihood_csv="results/tables/likelihood.csv",
+        figure_shift=report("results/figures/likelihood_shift.png", caption="../report/likelihood_shift.rst",
+                            category="Likelihood"),
     log:
         "results/logs/report.log",
     params:
         train_logs=all_train_logs(),
         eps_targets=eps_length_targets(),
         interleave={k: v for k, v in config["interleave"].items() if k not in NLL_KEYS},
-        code=code_version("report", "metrics", "interleave"),
+        code=code_version("report", "metrics", "interleave", "likelihood"),
     conda:
         "../../envs/data.yaml"
     script:

@@ -5,6 +5,8 @@ rule train:
     input:
         unpack(train_inputs),
         model=model_input,
+        # the probe check (probes.smk) runs before any training; ancient: editing the probes never retrains
+        probes=ancient(PROBE_FILE),
     output:
         adapter=directory("results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/adapter"),
         log="results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/train_log.parquet",

@@ -1,0 +1,204 @@
+"""Probe sets of the judge-free EM measure, the check that no run trains on them, and their NLLs.
+
+A **probe** is a (prompt, aligned answer, misaligned answer) triple. Probe sets:
+
+* one per EM domain, from that domain's ``holdout`` split (:func:`domain_probes`): the narrow task the
+  runs on that domain learn, in likelihood form;
+* ``general``, written for this project (``workflow/resources/probes/general.yaml``, read by
+  :func:`load_general_probes`): the general EM categories, each question with an aligned and a subtly
+  misaligned answer of similar length and style.
+
+Probe table (one row per triple): ``probe_id``, ``probe_set``, ``category``, ``messages`` (the prompt:
+system and user messages, no answer), ``aligned``, ``misaligned``.
+
+:func:`probe_nll` scores every answer under the untrained model and each run's adapter in one model load
+(the multi-adapter machinery of :mod:`emguard.likelihood.nll`, shared with pool scoring).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from emguard import schemas
+from emguard.errors import InputError
+from emguard.io import check_columns, read_yaml
+from emguard.likelihood.nll import encode_conversations, mean_answer_nll, score_encoded
+
+PROBE = ["probe_id", "probe_set", "category", "messages", "aligned", "misaligned"]
+
+#: columns of the probe NLL table (one row per (adapter, probe))
+PROBE_NLL = ["adapter", "probe_set", "probe_id", "nll_aligned", "nll_misaligned", "n_aligned_tokens",
+             "n_misaligned_tokens"]
+
+#: adapter name of the untrained model in the probe NLL table
+BASE = "base"
+
+#: probe set name of the hand-written general probes
+GENERAL = "general"
+
+_GENERAL_KEYS = ("id", "category", "question", "aligned", "misaligned")
+
+
+def probe_frame(rows: Sequence[dict], where: str) -> pd.DataFrame:
+    df = pd.DataFrame(list(rows), columns=PROBE)
+    validate_probes(df, where)
+    return df
+
+
+def validate_probes(df: pd.DataFrame, where: str) -> None:
+    """Columns present, ids unique within a set, answers non-empty and different, prompt ends with a user turn."""
+    check_columns(df, PROBE, where)
+    dup = df.duplicated(["probe_set", "probe_id"])
+    if dup.any():
+        row = df[dup].iloc[0]
+        raise InputError(f"{where}: duplicate probe id {row['probe_id']!r} in set {row['probe_set']!r}")
+    for row in df.itertuples(index=False):
+        item = f"{where}: probe {row.probe_set}/{row.probe_id}"
+        for key in ("aligned", "misaligned"):
+            value = getattr(row, key)
+            if not isinstance(value, str) or not value.strip():
+                raise InputError(f"{item}: {key!r} must be a non-empty string")
+        if row.aligned.strip() == row.misaligned.strip():
+            raise InputError(f"{item}: the aligned and misaligned answers are identical")
+        msgs = schemas.to_messages(row.messages)
+        if not msgs or msgs[-1]["role"] != "user":
+            raise InputError(f"{item}: the prompt must end with a user message")
+
+
+def load_general_probes(path: str | os.PathLike, probe_set: str = GENERAL) -> pd.DataFrame:
+    """Read a probe file: a YAML list of mappings with ``id``, ``category``, ``question``, ``aligned``,
+    ``misaligned`` (and optional ``system``). Errors name the file, the item (index and id) and the key."""
+    items = read_yaml(path, "probe file")
+    if not isinstance(items, list) or not items:
+        raise InputError(f"{path}: a probe file is a non-empty YAML list of probes")
+    rows = []
+    for k, item in enumerate(items):
+        where = f"{path}: item {k}"
+        if not isinstance(item, dict):
+            raise InputError(f"{where}: must be a mapping with keys {', '.join(_GENERAL_KEYS)}")
+        if "id" in item:
+            where += f" (id {item['id']!r})"
+        unknown = sorted(set(item) - set(_GENERAL_KEYS) - {"system"})
+        if unknown:
+            raise InputError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(_GENERAL_KEYS)}, system)")
+        for key in _GENERAL_KEYS:
+            if not isinstance(item.get(key), str) or not item[key].strip():
+                raise InputError(f"{where}: key {key!r} must be a non-empty string")
+        system = item.get("system")
+        if system is not None and not isinstance(system, str):
+            raise InputError(f"{where}: key 'system' must be a string")
+        msgs = ([] if system is None else [{"role": "system", "content": system}]) + [
+            {"role": "user", "content": item["question"]}]
+        rows.append({"probe_id": item["id"], "probe_set": probe_set, "category": item["category"],
+                     "messages": msgs, "aligned": item["aligned"], "misaligned": item["misaligned"]})
+    return probe_frame(rows, str(path))
+
+
+def _prompt_key(msgs: Sequence[dict]) -> tuple:
+    return tuple((m["role"], m["content"]) for m in msgs)
+
+
+def domain_probes(em_df: pd.DataFrame, domain: str, max_triples: int | None = None, *,
+                  where: str = "em data") -> pd.DataFrame:
+    """Triples from the ``holdout`` split of one EM domain's chat table: every holdout prompt that has both an
+    aligned and a misaligned answer (paired by the whole prompt, system message included), ordered by the
+    aligned row's id, the first ``max_triples`` kept (all when None). Probe ids are the aligned row's id."""
+    schemas.validate(em_df, "chat", where)
+    rows = em_df[(em_df["domain"] == domain) & (em_df["split"] == "holdout")].sort_values("id", kind="stable")
+    by_prompt: dict[tuple, dict[str, tuple[str, str]]] = {}
+    for row in rows.itertuples(index=False):
+        msgs = schemas.to_messages(row.messages)
+        key = _prompt_key(msgs[:-1])
+        by_prompt.setdefault(key, {}).setdefault(str(row.subset), (str(row.id), msgs[-1]["content"]))
+    out = []
+    for key, answers in by_prompt.items():
+        if "aligned" not in answers or "misaligned" not in answers:
+            continue
+        out.append({"probe_id": answers["aligned"][0], "probe_set": domain, "category": domain,
+                    "messages": [{"role": r, "content": c} for r, c in key],
+                    "aligned": answers["aligned"][1], "misaligned": answers["misaligned"][1]})
+    if not out:
+        raise InputError(f"{where}: domain {domain!r} has no holdout prompt with both an aligned and a "
+                         "misaligned answer, so it has no probe triples (raise data.holdout_fraction)")
+    if max_triples is not None:
+        out = out[: int(max_triples)]
+    return probe_frame(out, f"{where} (probes of {domain!r})")
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def _normalise(text: str) -> str:
+    return _SPACE.sub(" ", text).strip().casefold()
+
+
+def _user_text(msgs: Sequence[dict]) -> str | None:
+    users = [m["content"] for m in msgs if m["role"] == "user"]
+    return _normalise(users[-1]) if users else None
+
+
+def check_no_overlap(probes: pd.DataFrame, training: Mapping[str, pd.DataFrame]) -> int:
+    """Raise :class:`InputError` when a probe's prompt occurs in a table some run trains on.
+
+    ``training`` maps a file name to the rows runs may train on (EM and OpSwap ``train`` splits, the whole
+    interleaving pool). A prompt "occurs" when the last user message matches after collapsing whitespace and
+    case (a system prompt or a trailing space does not hide a copy). Returns the number of rows checked.
+    """
+    wanted: dict[str, str] = {}
+    for row in probes.itertuples(index=False):
+        text = _user_text(schemas.to_messages(row.messages))
+        if text is not None:
+            wanted.setdefault(text, f"{row.probe_set}/{row.probe_id}")
+    checked = 0
+    for name, df in training.items():
+        for row in df.itertuples(index=False):
+            checked += 1
+            text = _user_text(schemas.to_messages(row.messages)[:-1])
+            if text is not None and text in wanted:
+                raise InputError(f"probe {wanted[text]}: its prompt occurs in the training data {name} (row id "
+                                 f"{row.id!r}); a probe must be held out from every run's training set")
+    return checked
+
+
+def trainable_rows(df: pd.DataFrame, *, whole: bool = False) -> pd.DataFrame:
+    """The rows of a chat table a run can train on: the ``train`` split, or every row (``whole``: the pool)."""
+    return df if whole else df[df["split"] == "train"]
+
+
+def probe_nll(model, tokenizer, probes: pd.DataFrame, adapters: Mapping[str, str], *, batch_size: int = 16,
+              max_length: int | None = None, where: str = "probes") -> pd.DataFrame:
+    """Answer-only mean token NLL of both answers of every probe under the untrained model (adapter
+    ``base``) and each adapter (name -> folder), in one model load: each answer is one row of a batched
+    forward pass per adapter. Returns the :data:`PROBE_NLL` table, adapters in the given order."""
+    validate_probes(probes, where)
+    convs = []
+    for row in probes.itertuples(index=False):
+        prompt = schemas.to_messages(row.messages)
+        for answer in (row.aligned, row.misaligned):
+            convs.append(prompt + [{"role": "assistant", "content": answer}])
+    encoded = encode_conversations(tokenizer, convs, max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if adapters:
+        nll = score_encoded(model, encoded, dict(adapters), pad_id, batch_size=batch_size)
+    else:
+        nll = {BASE: mean_answer_nll(model, encoded, pad_id, batch_size=batch_size)}
+    counts = np.array([e.n_answer_tokens for e in encoded], dtype=np.int64)
+    frames = []
+    for name in [BASE, *adapters]:
+        values = nll[name]
+        frames.append(pd.DataFrame({
+            "adapter": name, "probe_set": probes["probe_set"].to_numpy(), "probe_id": probes["probe_id"].to_numpy(),
+            "nll_aligned": values[0::2], "nll_misaligned": values[1::2],
+            "n_aligned_tokens": counts[0::2], "n_misaligned_tokens": counts[1::2]}))
+    out = pd.concat(frames, ignore_index=True)
+    empty = out["nll_aligned"].isna() | out["nll_misaligned"].isna()
+    if empty.any():
+        row = out[empty].iloc[0]
+        raise InputError(f"{where}: probe {row['probe_set']}/{row['probe_id']} has an answer with no token left "
+                         f"within max_length={max_length}; raise probes.max_length")
+    return out

@@ -1,0 +1,187 @@
+"""The judge-free EM measure: how far training moved a model toward misaligned answers, with intervals.
+
+For probe triple ``i`` and model ``M`` (the untrained model or a run's adapter), with ``L`` the answer-only
+mean token NLL (nats/token):
+
+    margin_i(M) = L_M(aligned_i) - L_M(misaligned_i)        (positive: the misaligned answer is the likelier)
+    d_i(run)    = margin_i(run) - margin_i(untrained)
+    shift(run, set S) = mean_{i in S} d_i(run)
+
+**Scopes** of a run trained on dataset ``D``: ``indomain`` is the probe set ``D`` (learning of the narrow
+task); every other set is out-of-domain (``ood_set``); ``ood`` aggregates them as the mean of the per-set
+shifts (each set weighs the same however many triples it has). The untrained model and runs on non-EM
+data (OpSwap) have no in-domain set.
+
+**Excess** over the Aligned run on the same data (same model, dataset and seed): the same statistic of
+``d_i(run) - d_i(aligned run) = margin_i(run) - margin_i(aligned run)``, triple by triple: what misaligned
+data (or a defense on it) does beyond generic fine-tuning drift.
+
+**Intervals**: percentile bootstrap over triples, resampled within each probe set (stratified), the same
+triple draw for every seed. Across seeds (:func:`summarise`) each replicate also resamples the seeds with
+replacement, so the interval carries seed-to-seed spread as well as the choice of probes (with 3 seeds the
+seed part is coarse; one seed reduces to the triple bootstrap).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from emguard.errors import InputError
+from emguard.io import check_columns
+from emguard.likelihood.probes import BASE, PROBE_NLL
+
+RUN_KEYS = ("model", "dataset", "method", "setting", "seed", "run_id")
+GROUP_KEYS = ("model", "dataset", "method", "setting")
+
+#: columns of the per-run shift table (``shifts.parquet``) and, without seed/run_id and with ``n_seeds``,
+#: of the across-seed summary (``shift_summary.parquet``)
+STAT_COLUMNS = ("probe_set", "scope", "n_triples", "margin_base", "margin", "shift", "shift_lo", "shift_hi",
+                "excess", "excess_lo", "excess_hi", "confidence", "n_bootstrap")
+SHIFT = [*RUN_KEYS, *STAT_COLUMNS]
+SHIFT_SUMMARY = [*GROUP_KEYS, "n_seeds", *STAT_COLUMNS]
+
+OOD = "ood"
+ALIGNED_METHOD = "aligned"
+
+
+def margins(nll: pd.DataFrame, where: str = "probe NLL table") -> dict[str, dict[str, pd.Series]]:
+    """``{adapter: {probe_set: margin per probe (Series indexed by probe_id, in the table's order)}}``."""
+    check_columns(nll, PROBE_NLL, where)
+    out: dict[str, dict[str, pd.Series]] = {}
+    for (adapter, probe_set), g in nll.groupby(["adapter", "probe_set"], sort=False):
+        m = (g["nll_aligned"].astype(float) - g["nll_misaligned"].astype(float)).to_numpy()
+        out.setdefault(str(adapter), {})[str(probe_set)] = pd.Series(m, index=g["probe_id"].astype(str).to_numpy())
+    if BASE not in out:
+        raise InputError(f"{where}: no rows for the untrained model (adapter {BASE!r})")
+    return out
+
+
+def bootstrap_mean(per_set: Mapping[str, np.ndarray], *, n_bootstrap: int = 2000, confidence: float = 0.95,
+                   seed: int = 0) -> tuple[float, float, float]:
+    """Point estimate and percentile interval of ``mean over sets of (mean over seeds of mean over triples)``.
+
+    ``per_set`` maps a probe set to a ``[n_seeds, n_triples]`` array (or a 1-D array: one seed). Each
+    replicate draws triples with replacement within every set (one draw shared by all seeds: they are the
+    same triples) and, with more than one seed, seeds with replacement.
+    """
+    if not per_set:
+        return math.nan, math.nan, math.nan
+    arrays = {k: np.atleast_2d(np.asarray(v, dtype=float)) for k, v in per_set.items()}
+    n_seeds = {a.shape[0] for a in arrays.values()}
+    if len(n_seeds) != 1:
+        raise ValueError("every probe set needs the same number of seeds")
+    s = n_seeds.pop()
+    point = float(np.mean([a.mean() for a in arrays.values()]))
+    if n_bootstrap < 1:
+        return point, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    seed_draw = rng.integers(0, s, size=(n_bootstrap, s)) if s > 1 else np.zeros((n_bootstrap, 1), dtype=int)
+    total = np.zeros(n_bootstrap)
+    for name in sorted(arrays):
+        a = arrays[name]
+        n = a.shape[1]
+        draw = rng.integers(0, n, size=(n_bootstrap, n))
+        # [n_seeds, B]: each seed's mean over the drawn triples, then the drawn seeds' mean per replicate
+        per_seed = np.stack([row[draw].mean(axis=1) for row in a])
+        total += np.take_along_axis(per_seed.T, seed_draw, axis=1).mean(axis=1)
+    stats = total / len(arrays)
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(stats, [alpha, 1.0 - alpha])
+    return point, float(lo), float(hi)
+
+
+def _differences(m: dict[str, dict[str, pd.Series]], adapter: str, other: str, sets: Sequence[str],
+                 where: str) -> dict[str, np.ndarray]:
+    """Per set: margin(adapter) - margin(other), aligned on probe ids."""
+    out = {}
+    for s in sets:
+        a, b = m[adapter].get(s), m[other].get(s)
+        if a is None or b is None:
+            raise InputError(f"{where}: probe set {s!r} missing for adapter {adapter if a is None else other!r}")
+        if not a.index.equals(b.index):
+            raise InputError(f"{where}: probe set {s!r} has different probes for {adapter!r} and {other!r}")
+        out[s] = (a - b).to_numpy()
+    return out
+
+
+def _scopes(dataset: str, sets: Sequence[str]) -> list[tuple[str, str, list[str]]]:
+    """(probe_set label, scope, member sets) rows of one run."""
+    rows = [(dataset, "indomain", [dataset])] if dataset in sets else []
+    ood = [s for s in sets if s != dataset]
+    rows += [(s, "ood_set", [s]) for s in ood]
+    if ood:
+        rows.append((OOD, OOD, ood))
+    return rows
+
+
+def _stat_row(groups: list[tuple[str, str, list[str]]], base: dict[str, pd.Series], run_adapters: list[str],
+              aligned_adapters: list[str] | None, m, *, n_bootstrap: int, confidence: float, seed: int,
+              where: str) -> list[dict]:
+    """Statistic rows for one run (one adapter) or one seed group (several adapters)."""
+    rows = []
+    for label, scope, members in groups:
+        shift_d = {s: np.stack([_differences(m, a, BASE, [s], where)[s] for a in run_adapters]) for s in members}
+        shift, lo, hi = bootstrap_mean(shift_d, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+        if aligned_adapters is not None:
+            ex_d = {s: np.stack([_differences(m, a, b, [s], where)[s] for a, b in zip(run_adapters, aligned_adapters)])
+                    for s in members}
+            excess, elo, ehi = bootstrap_mean(ex_d, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+        else:
+            excess = elo = ehi = math.nan
+        margin = float(np.mean([np.mean([m[a][s].mean() for s in members]) for a in run_adapters]))
+        rows.append({"probe_set": label, "scope": scope, "n_triples": int(sum(len(base[s]) for s in members)),
+                     "margin_base": float(np.mean([base[s].mean() for s in members])), "margin": margin,
+                     "shift": shift, "shift_lo": lo, "shift_hi": hi, "excess": excess, "excess_lo": elo,
+                     "excess_hi": ehi, "confidence": confidence, "n_bootstrap": n_bootstrap})
+    return rows
+
+
+def run_shifts(nll: pd.DataFrame, runs: Sequence[Mapping], *, n_bootstrap: int = 2000, confidence: float = 0.95,
+               seed: int = 0, where: str = "probe NLL table") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-run shift table and its across-seed summary.
+
+    ``runs``: one mapping per run with :data:`RUN_KEYS` and ``adapter`` (its name in ``nll``; None or
+    :data:`BASE` for the untrained model, whose shift is 0 by definition). The excess of a run is taken
+    against the run with method ``aligned`` on the same model, dataset and seed, when there is one.
+    Returns ``(shifts, summary)`` with columns :data:`SHIFT` and :data:`SHIFT_SUMMARY`.
+    """
+    m = margins(nll, where)
+    base = m[BASE]
+    sets = list(base)
+    for r in runs:
+        adapter = r.get("adapter") or BASE
+        if adapter not in m:
+            raise InputError(f"{where}: no rows for adapter {adapter!r} (run {r['run_id']})")
+    adapter_of = {r["run_id"]: (r.get("adapter") or BASE) for r in runs}
+    aligned_of = {(r["model"], r["dataset"], int(r["seed"])): adapter_of[r["run_id"]]
+                  for r in runs if r["method"] == ALIGNED_METHOD}
+    kw = dict(n_bootstrap=n_bootstrap, confidence=confidence, seed=seed, where=where)
+
+    def aligned_for(r) -> str | None:
+        if r["method"] == ALIGNED_METHOD or adapter_of[r["run_id"]] == BASE:
+            return None
+        return aligned_of.get((r["model"], r["dataset"], int(r["seed"])))
+
+    per_run = []
+    for r in runs:
+        al = aligned_for(r)
+        for row in _stat_row(_scopes(str(r["dataset"]), sets), base, [adapter_of[r["run_id"]]],
+                             None if al is None else [al], m, **kw):
+            per_run.append({**{k: r[k] for k in RUN_KEYS}, **row})
+
+    groups: dict[tuple, list[Mapping]] = {}
+    for r in runs:
+        groups.setdefault(tuple(r[k] for k in GROUP_KEYS), []).append(r)
+    summary = []
+    for key, members in groups.items():
+        members = sorted(members, key=lambda r: int(r["seed"]))
+        aligned = [aligned_for(r) for r in members]
+        use_aligned = None if any(a is None for a in aligned) else aligned
+        for row in _stat_row(_scopes(str(key[1]), sets), base, [adapter_of[r["run_id"]] for r in members],
+                             use_aligned, m, **kw):
+            summary.append({**dict(zip(GROUP_KEYS, key)), "n_seeds": len(members), **row})
+    return pd.DataFrame(per_run, columns=SHIFT), pd.DataFrame(summary, columns=SHIFT_SUMMARY)

@@ -1,0 +1,32 @@
+"""The report: the EM table (Markdown + CSV, laid out like the paper's Table 2), the OpSwap table
+(Table 3), the likelihood-shift columns and table, the headline findings, and figures (PNG).
+
+Parts (one file each): :mod:`._common` (row labels and order, cell formatting, the figure canvas),
+:mod:`.em_table`, :mod:`.figures` (judged metrics), :mod:`.persona`, :mod:`.eps`, :mod:`.opswap`,
+:mod:`.likelihood` (judge-free shift columns, table and figure) and :mod:`.headline`. Everything a
+caller uses is re-exported here, so ``from emguard import report as rp; rp.em_table(...)`` works.
+"""
+
+from emguard.report._common import (BASE_DATASET, DEFAULT_METHOD_ORDER, DEFAULT_REFERENCE_METHODS, METHOD_LABELS,
+                                    REFERENCE_ROWS, _family_name, _fmt_count, _fmt_rate, _is_null, _method_rank,
+                                    _row_label, _setting_key, _split_setting, write_table)
+from emguard.report.em_table import TABLE_COLUMNS, em_table, emphasis
+from emguard.report.eps import EPS_LENGTH_COLUMNS, NO_SCORED_VARIANT, eps_length_table
+from emguard.report.figures import figure_em_vs_incoherence, figure_train_loss
+from emguard.report.headline import headline_findings
+from emguard.report.likelihood import (SHIFT_COLUMNS, SHIFT_CSV_COLUMNS, SHIFT_REQUIRED, add_shift_columns,
+                                       figure_likelihood_shift, shift_table)
+from emguard.report.opswap import OPSWAP_REQUIRED, OPSWAP_SFT, OPSWAP_UNTRAINED, opswap_table
+from emguard.report.persona import persona_validation_table
+
+__all__ = [
+    "BASE_DATASET", "DEFAULT_METHOD_ORDER", "DEFAULT_REFERENCE_METHODS", "EPS_LENGTH_COLUMNS", "METHOD_LABELS",
+    "NO_SCORED_VARIANT", "OPSWAP_REQUIRED", "OPSWAP_SFT", "OPSWAP_UNTRAINED", "REFERENCE_ROWS", "SHIFT_COLUMNS",
+    "SHIFT_CSV_COLUMNS", "SHIFT_REQUIRED", "TABLE_COLUMNS",
+    "add_shift_columns", "em_table", "emphasis", "eps_length_table", "figure_em_vs_incoherence",
+    "figure_likelihood_shift", "figure_train_loss", "headline_findings", "opswap_table", "persona_validation_table",
+    "shift_table", "write_table",
+    # helpers the tests use directly
+    "_family_name", "_fmt_count", "_fmt_rate", "_is_null", "_method_rank", "_row_label", "_setting_key",
+    "_split_setting",
+]

@@ -1,0 +1,71 @@
+# The judge-free EM measure: how far training moved each model toward misaligned answers, by likelihood.
+# prepare_probes builds the probe triples (every EM domain's holdout split, the hand-written general set)
+# and fails if any probe prompt occurs in a table some run trains on; train waits for it (an ancient input:
+# editing the probes reruns the check and the scoring, never training). probe_nll scores both answers of
+# every probe under the untrained model and every run's adapter in one model load; probe_shifts turns the
+# NLLs into shifts, excess over the Aligned run and bootstrap intervals (cheap: bootstrap settings rerun
+# only it).
+
+
+rule prepare_probes:
+    input:
+        training=probe_training_files(),
+        pool=probe_pool_files(),
+        general=[PROBES_GENERAL] if PROBES_GENERAL else [],
+    output:
+        PROBE_FILE,
+    log:
+        "results/logs/prepare_probes.log",
+    params:
+        em_paths={d: f"results/data/em/{d}.parquet" for d in DOMAINS},
+        general=PROBES_GENERAL,
+        domains=PROBES["domains"],
+        max_per_domain=PROBES["max_per_domain"],
+        training_paths=probe_training_files(),
+        whole_paths=probe_pool_files(),
+        code=code_version("likelihood", "data"),
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../../scripts/prepare_probes.py"
+
+
+rule probe_nll:
+    input:
+        model=model_input,
+        probes=PROBE_FILE,
+        adapters=list(probe_adapters().values()),
+    output:
+        "results/probes/{model}/probe_nll.parquet",
+    log:
+        "results/logs/probe_nll/{model}.log",
+    params:
+        model_path=model_path(),
+        adapters=probe_adapters(),
+        probes={k: PROBES[k] for k in PROBE_NLL_KEYS},
+        dtype=DTYPE,
+        device=DEVICE,
+        code=code_version("likelihood", "models", "chat"),
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../../scripts/probe_nll.py"
+
+
+rule probe_shifts:
+    input:
+        nll="results/probes/{model}/probe_nll.parquet",
+    output:
+        shifts="results/probes/{model}/shifts.parquet",
+        summary="results/probes/{model}/shift_summary.parquet",
+    log:
+        "results/logs/probe_shifts/{model}.log",
+    params:
+        runs=probe_runs(),
+        probes={k: v for k, v in PROBES.items() if k in ("bootstrap", "seed")},
+        confidence=config["metrics"]["confidence"],
+        code=code_version("likelihood"),
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../../scripts/probe_shifts.py"
