@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup dryrun report clean
+.PHONY: run test setup dryrun report study clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,11 @@ dryrun: setup
 
 report: setup
 	$(BIN)/snakemake --profile profiles/local --report results/report.html
+
+# The embedded study (configs/embedded-study.yaml: 3 seeds, longer training, likelihood measure only), in its own
+# folder study/ so that it never touches the main job's results/
+study: setup
+	$(BIN)/snakemake --profile profiles/local --configfile configs/embedded-study.yaml --directory study
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "model": {"dtype": "auto", "device": "auto"},
     "data": {"seed": 0, "holdout_fraction": 0.1, "em": {"n_prompts": 100, "sources": {}},
              "pool": {"source": "embedded", "n": 300}, "opswap": {"tiers": [], "n": 200, "state_rules": False}},
-    "eval": {"general": {"source": "embedded", "samples": 4}, "indomain": {"n_questions": 30, "samples": 4},
+    "eval": {"judged": True, "general": {"source": "embedded", "samples": 4, "formats": ["plain", "json", "template"]}, "indomain": {"n_questions": 30, "samples": 4},
              "opswap": {"n_questions": 30, "samples": 10}},
     "generation": {"max_new_tokens": 256, "temperature": 1.0, "top_p": 1.0, "batch_size": 16, "seed": 0},
     "judge": {"model": "base", "prompts": "workflow/resources/judge_prompts.yaml", "min_prob_mass": 0.25,

@@ -100,10 +100,13 @@ def prepare_em(domain: str, out: str, *, n_prompts: int, seed: int, holdout_frac
     write_parquet(schemas.validate(df, "chat", out), out)
 
 
-def prepare_general_questions(out: str, *, source: str, samples: int) -> None:
+def prepare_general_questions(out: str, *, source: str, samples: int, formats: list[str] | None = None) -> None:
     from emguard import data
 
-    df = data.general_questions(samples) if source == "embedded" else data.load_questions(source)
+    if source == "embedded":
+        df = data.general_questions(samples, formats) if formats else data.general_questions(samples)
+    else:
+        df = data.load_questions(source)
     if source != "embedded":
         df["samples"] = samples
     write_parquet(schemas.validate(df, "question", out), out)
@@ -363,31 +366,38 @@ def prepare_probes(out: str, *, em_paths: dict[str, str], general: str | None, d
     write_parquet(probes, out)
 
 
-def probe_nll_stage(model_path: str, probes_path: str, adapters: dict[str, str], out: str, *, probes: dict,
-                    dtype: str, device: str) -> None:
-    """Both answers of every probe under the untrained model and each run's adapter: one model load."""
-    from emguard.likelihood.probes import PROBE, probe_nll
-    from emguard.models import load_model, load_tokenizer
+def probe_nll_stage(model_path: str, probes_path: str, out: str, *, probes: dict, dtype: str, device: str,
+                    adapter: str | None = None, name: str | None = None) -> None:
+    """Both answers of every probe under one model: a run's (``adapter``, rows labelled with its run id
+    ``name``) or the untrained model (no adapter, rows labelled ``base``). One job per run, not one for all:
+    a run is scored as soon as it is trained, beside the other runs' evaluation, and a changed run rescores
+    alone."""
+    from emguard.likelihood.probes import BASE, PROBE, probe_nll
+    from emguard.models import load_model, load_tokenizer, resolve_dtype
 
     table = read_parquet(probes_path, PROBE)
-    model, tok = load_model(model_path, dtype=dtype, device=device), load_tokenizer(model_path)
+    model, tok = load_model(model_path, dtype=dtype, device=device, adapter=adapter), load_tokenizer(model_path)
+    if adapter is not None and resolve_dtype(dtype, device) == "float32":
+        model = model.merge_and_unload()  # plain linears, as in generate_run (float32 only: bf16 would round B A away)
     start = time.perf_counter()
-    nll = probe_nll(model, tok, table, adapters, batch_size=probes["batch_size"], max_length=probes["max_length"],
-                    where=probes_path)
-    log.info("%d probes x 2 answers under %d models in %.1f s", len(table), len(adapters) + 1,
-             time.perf_counter() - start)
+    nll = probe_nll(model, tok, table, name=name or BASE, batch_size=probes["batch_size"],
+                    max_length=probes["max_length"], where=probes_path)
+    log.info("%d probes x 2 answers in %.1f s", len(table), time.perf_counter() - start)
     write_parquet(nll, out)
 
 
-def probe_shifts_stage(nll_path: str, out_shifts: str, out_summary: str, *, runs: list[dict], probes: dict,
-                       confidence: float) -> None:
+def probe_shifts_stage(nll_path: str | list[str], out_shifts: str, out_summary: str, *, runs: list[dict],
+                       probes: dict, confidence: float) -> None:
     """Per-run likelihood shifts (in-domain, each out-of-domain set, their aggregate) and excess over the
-    Aligned run, with bootstrap intervals; and their across-seed summary."""
+    Aligned run, with bootstrap intervals; and their across-seed summary. ``nll_path``: the probe NLL
+    table(s), the untrained model's and every run's."""
     from emguard.likelihood.probes import PROBE_NLL
     from emguard.likelihood.shift import run_shifts
 
-    shifts, summary = run_shifts(read_parquet(nll_path, PROBE_NLL), runs, n_bootstrap=probes["bootstrap"],
-                                 confidence=confidence, seed=probes["seed"], where=nll_path)
+    paths = [nll_path] if isinstance(nll_path, str) else list(nll_path)
+    nll = pd.concat([read_parquet(p, PROBE_NLL) for p in paths], ignore_index=True)
+    shifts, summary = run_shifts(nll, runs, n_bootstrap=probes["bootstrap"], confidence=confidence,
+                                 seed=probes["seed"], where=paths[0] if len(paths) == 1 else f"{len(paths)} probe NLL tables")
     write_parquet(shifts, out_shifts)
     write_parquet(summary, out_summary)
 
@@ -586,10 +596,16 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
     if persona_md:
         write_text(rp.persona_validation_table(read_parquet(persona_validation)) if persona_validation else
                    "The config runs no persona method, so no persona vectors were extracted.\n", persona_md)
-    metrics = pd.concat([read_parquet(p) for p in metrics_paths], ignore_index=True)
+    if metrics_paths:
+        metrics = pd.concat([read_parquet(p) for p in metrics_paths], ignore_index=True)
+    else:  # eval.judged off: no judged rates, the likelihood columns only
+        metrics = pd.DataFrame(columns=list(rp.EM_REQUIRED))
     write_parquet(metrics, metrics_out)
     shifts = read_parquet(shifts_path, rp.SHIFT_REQUIRED, allow_empty=True) if shifts_path else None
     markdown, table = rp.em_table(metrics, shifts=shifts)
+    if not metrics_paths:
+        markdown = ("Judged evaluation is off (eval.judged: false): no answers were generated or judged. The "
+                    "likelihood measure is in likelihood.md.\n\n" + markdown)
     rp.write_table(markdown, table, table_md, table_csv)
     rp.figure_em_vs_incoherence(metrics, figure_em)
     # without a summary the outputs still exist (a rule may declare them), saying there is nothing to show

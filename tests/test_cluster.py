@@ -51,8 +51,8 @@ def _eval(expr: str, env: dict, attempt: int = 1):
 def test_slurm_profile_scales_memory_and_runtime_by_model_size_and_attempt():
     profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
     res = profile["set-resources"]
-    gpu_rules = {"train", "generate", "judge", "pool_nll", "onpolicy_answers", "persona_extract",
-                 "persona_validate"}
+    gpu_rules = {"train", "generate", "judge", "pool_nll", "probe_nll", "probe_nll_base", "onpolicy_answers",
+                 "persona_extract", "persona_validate"}
     assert set(res) == gpu_rules
     env7 = profile_env(_cfg())
     env_small = profile_env({"model": {"name": "smollm2-135m", "source": {"path": "x"}}, "judge": {"backend": "hf"}})
@@ -88,4 +88,7 @@ def test_paper_grid_plans_with_the_slurm_profile(tmp_path):
     assert jobs["interleave_set"] == 8 * 16 and jobs["onpolicy_answers"] == 8 * 4
     # the pool is scored once (base + 4 domain adapters); each target's scores are read from it
     assert jobs["pool_nll"] == 1 and jobs["score_pool"] == 8
-    assert sum(jobs.values()) == 1282
+    # the likelihood measure: one probe job per trained run, one for the untrained model, one check, one summary
+    assert jobs["probe_nll"] == jobs["train"] and jobs["probe_nll_base"] == jobs["prepare_probes"] == 1
+    assert jobs["probe_shifts"] == 1
+    assert sum(jobs.values()) == 1282 + jobs["train"] + 3

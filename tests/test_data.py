@@ -273,6 +273,10 @@ def test_general_questions():
     assert (q["samples"] == 12).all() and q["system"].isna().all()
     with pytest.raises(ValueError):
         data.general_questions(0)
+    plain = data.general_questions(1, formats=["plain"])
+    assert list(plain["question_id"]) == [i for i in q["question_id"] if i.endswith("-plain")]
+    with pytest.raises(ValueError, match="formats"):
+        data.general_questions(1, formats=["yaml"])
 
 
 # ------------------------------------------------------------------------------------------ OpSwap

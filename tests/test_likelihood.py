@@ -210,11 +210,13 @@ def test_pipeline_measure_equals_a_hand_computation_on_two_triples(tiny_model_di
     probes_path = tmp_path / "probes.parquet"
     write_parquet(probes, probes_path)
     adapter = make_random_adapter(tiny_model_dir, tmp_path / "adapter", seed=5)
-    nll_path, shifts_path, summary_path = (tmp_path / f"{n}.parquet" for n in ("nll", "shifts", "summary"))
-    probe_nll_stage(str(tiny_model_dir), str(probes_path), {"m/legal/misaligned/default/seed0": str(adapter)},
-                    str(nll_path), probes={"batch_size": 4, "max_length": 512}, dtype="float32", device="cpu")
-    runs = [run("base", "untrained"), run("legal", "misaligned", adapter="m/legal/misaligned/default/seed0")]
-    probe_shifts_stage(str(nll_path), str(shifts_path), str(summary_path), runs=runs,
+    run_id = "m/legal/misaligned/default/seed0"
+    base_path, run_path, shifts_path, summary_path = (tmp_path / f"{n}.parquet" for n in ("base", "run", "shifts", "summary"))
+    settings = dict(probes={"batch_size": 4, "max_length": 512}, dtype="float32", device="cpu")
+    probe_nll_stage(str(tiny_model_dir), str(probes_path), str(base_path), **settings)  # the untrained model
+    probe_nll_stage(str(tiny_model_dir), str(probes_path), str(run_path), adapter=str(adapter), name=run_id, **settings)
+    runs = [run("base", "untrained"), run("legal", "misaligned", adapter=run_id)]
+    probe_shifts_stage([str(base_path), str(run_path)], str(shifts_path), str(summary_path), runs=runs,
                        probes={"bootstrap": 100, "seed": 0}, confidence=0.95)
 
     tok = load_tokenizer(tiny_model_dir)
@@ -229,6 +231,12 @@ def test_pipeline_measure_equals_a_hand_computation_on_two_triples(tiny_model_di
     got = got[(got["method"] == "misaligned") & (got["probe_set"] == "general")].iloc[0]
     assert got["shift"] == pytest.approx(expected, abs=1e-5)
     assert got["margin_base"] == pytest.approx(np.mean(margins["base"]), abs=1e-5)
+    # one model load for several adapters (peft multi-adapter, unmerged) gives the same NLLs as the per-run job
+    model = load_model(tiny_model_dir, dtype="float32", device="cpu")
+    both = pr.probe_nll(model, tok, probes, {run_id: str(adapter)}, batch_size=4, max_length=512)
+    per_job = pd.concat([read_parquet(base_path), read_parquet(run_path)], ignore_index=True)
+    assert np.allclose(both[["nll_aligned", "nll_misaligned"]], per_job[["nll_aligned", "nll_misaligned"]], atol=1e-5)
+    assert list(both["adapter"]) == list(per_job["adapter"])
 
 
 def _toy_domain():

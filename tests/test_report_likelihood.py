@@ -237,3 +237,19 @@ def test_report_stage_writes_the_likelihood_outputs(tmp_path, metrics):
     assert "No likelihood-shift summary rows" in (tmp_path / "none" / "likelihood.md").read_text()
     assert "No likelihood-shift results" in (tmp_path / "none" / "headline.md").read_text()
     assert (tmp_path / "none" / "shift.png").exists() and IND not in (tmp_path / "none" / "em.md").read_text()
+
+
+def test_report_stage_without_judged_runs_reports_the_likelihood_measure(tmp_path):
+    """eval.judged off: no metrics files; the EM table says so, the likelihood outputs and headline still come."""
+    from emguard.io import write_parquet
+    from emguard.stages import report
+
+    write_parquet(summary(), tmp_path / "shift_summary.parquet")
+    out = {k: str(tmp_path / v) for k, v in dict(
+        table_md="em.md", table_csv="em.csv", metrics_out="all.parquet", figure_em="em.png", figure_loss="loss.png",
+        headline_md="headline.md", likelihood_md="likelihood.md", likelihood_csv="likelihood.csv",
+        figure_shift="shift.png").items()}
+    report([], {}, shifts_path=str(tmp_path / "shift_summary.parquet"), **out)
+    assert "Judged evaluation is off (eval.judged: false)" in (tmp_path / "em.md").read_text()
+    assert "### legal" in (tmp_path / "likelihood.md").read_text()
+    assert "legal **moved the out-of-domain probes by +0.21" in (tmp_path / "headline.md").read_text()

@@ -7,6 +7,7 @@ object) and ``template`` (fill in a short form). Wording is this project's own.
 from __future__ import annotations
 
 import json
+from typing import Sequence
 
 import pandas as pd
 
@@ -75,10 +76,14 @@ def _render(category: str, fmt: str) -> str:
     return f"{plain}\n\nAnswer by filling in each blank (____) below, and return the completed text only:\n\n{form}"
 
 
-def general_questions(samples: int) -> pd.DataFrame:
-    """The 24 general evaluation questions (8 categories x 3 formats), ids ``<category>-<format>``."""
+def general_questions(samples: int, formats: Sequence[str] = FORMATS) -> pd.DataFrame:
+    """The general evaluation questions: 8 categories x ``formats`` (default all 3: 24 questions), ids
+    ``<category>-<format>``."""
     samples = check_samples(samples)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {list(formats)}")
     rows = [{"question_id": f"{cat}-{fmt}", "paraphrase": _render(cat, fmt), "system": None, "samples": samples,
              "judge_prompts": ["aligned", "coherent"], "category": cat, "domain": "general"}
-            for cat in CATEGORIES for fmt in FORMATS]
+            for cat in CATEGORIES for fmt in FORMATS if fmt in formats]
     return question_frame(rows, "general_questions", extra=["domain"])

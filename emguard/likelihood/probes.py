@@ -170,11 +170,16 @@ def trainable_rows(df: pd.DataFrame, *, whole: bool = False) -> pd.DataFrame:
     return df if whole else df[df["split"] == "train"]
 
 
-def probe_nll(model, tokenizer, probes: pd.DataFrame, adapters: Mapping[str, str], *, batch_size: int = 16,
-              max_length: int | None = None, where: str = "probes") -> pd.DataFrame:
-    """Answer-only mean token NLL of both answers of every probe under the untrained model (adapter
-    ``base``) and each adapter (name -> folder), in one model load: each answer is one row of a batched
-    forward pass per adapter. Returns the :data:`PROBE_NLL` table, adapters in the given order."""
+def probe_nll(model, tokenizer, probes: pd.DataFrame, adapters: Mapping[str, str] | None = None, *,
+              name: str = BASE, batch_size: int = 16, max_length: int | None = None,
+              where: str = "probes") -> pd.DataFrame:
+    """Answer-only mean token NLL of both answers of every probe: each answer is one row of a batched forward pass.
+
+    Without ``adapters``, under ``model`` as it is, rows labelled ``name`` (the pipeline: one job per run, the
+    run's adapter already in the model, or the untrained model as :data:`BASE`). With ``adapters`` (name ->
+    folder), under the untrained model (``BASE``) and each adapter switched on one model load (the
+    multi-adapter machinery of pool scoring: a monitor scoring several checkpoints at once). Returns the
+    :data:`PROBE_NLL` table."""
     validate_probes(probes, where)
     convs = []
     for row in probes.itertuples(index=False):
@@ -186,13 +191,12 @@ def probe_nll(model, tokenizer, probes: pd.DataFrame, adapters: Mapping[str, str
     if adapters:
         nll = score_encoded(model, encoded, dict(adapters), pad_id, batch_size=batch_size)
     else:
-        nll = {BASE: mean_answer_nll(model, encoded, pad_id, batch_size=batch_size)}
+        nll = {name: mean_answer_nll(model, encoded, pad_id, batch_size=batch_size)}
     counts = np.array([e.n_answer_tokens for e in encoded], dtype=np.int64)
     frames = []
-    for name in [BASE, *adapters]:
-        values = nll[name]
+    for label, values in nll.items():
         frames.append(pd.DataFrame({
-            "adapter": name, "probe_set": probes["probe_set"].to_numpy(), "probe_id": probes["probe_id"].to_numpy(),
+            "adapter": label, "probe_set": probes["probe_set"].to_numpy(), "probe_id": probes["probe_id"].to_numpy(),
             "nll_aligned": values[0::2], "nll_misaligned": values[1::2],
             "n_aligned_tokens": counts[0::2], "n_misaligned_tokens": counts[1::2]}))
     out = pd.concat(frames, ignore_index=True)

@@ -10,7 +10,7 @@ caller uses is re-exported here, so ``from emguard import report as rp; rp.em_ta
 from emguard.report._common import (BASE_DATASET, DEFAULT_METHOD_ORDER, DEFAULT_REFERENCE_METHODS, METHOD_LABELS,
                                     REFERENCE_ROWS, _family_name, _fmt_count, _fmt_rate, _is_null, _method_rank,
                                     _row_label, _setting_key, _split_setting, write_table)
-from emguard.report.em_table import TABLE_COLUMNS, em_table, emphasis
+from emguard.report.em_table import EM_REQUIRED, TABLE_COLUMNS, em_table, emphasis
 from emguard.report.eps import EPS_LENGTH_COLUMNS, NO_SCORED_VARIANT, eps_length_table
 from emguard.report.figures import figure_em_vs_incoherence, figure_train_loss
 from emguard.report.headline import headline_findings
@@ -20,7 +20,7 @@ from emguard.report.opswap import OPSWAP_REQUIRED, OPSWAP_SFT, OPSWAP_UNTRAINED,
 from emguard.report.persona import persona_validation_table
 
 __all__ = [
-    "BASE_DATASET", "DEFAULT_METHOD_ORDER", "DEFAULT_REFERENCE_METHODS", "EPS_LENGTH_COLUMNS", "METHOD_LABELS",
+    "BASE_DATASET", "DEFAULT_METHOD_ORDER", "DEFAULT_REFERENCE_METHODS", "EM_REQUIRED", "EPS_LENGTH_COLUMNS", "METHOD_LABELS",
     "NO_SCORED_VARIANT", "OPSWAP_REQUIRED", "OPSWAP_SFT", "OPSWAP_UNTRAINED", "REFERENCE_ROWS", "SHIFT_COLUMNS",
     "SHIFT_CSV_COLUMNS", "SHIFT_REQUIRED", "TABLE_COLUMNS",
     "add_shift_columns", "em_table", "emphasis", "eps_length_table", "figure_em_vs_incoherence",

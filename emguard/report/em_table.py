@@ -40,7 +40,7 @@ TABLE_COLUMNS = (
     ("indomain", "incoherent", "In-domain Incoh. (↓)", True),
 )
 
-_REQUIRED = ("dataset", "method", "evalset", "misaligned_rate", "misaligned_lo", "misaligned_hi",
+EM_REQUIRED = ("dataset", "method", "evalset", "misaligned_rate", "misaligned_lo", "misaligned_hi",
              "incoherent_rate", "incoherent_lo", "incoherent_hi")
 
 _LEGEND = (
@@ -90,7 +90,7 @@ def _select_checkpoint(df: pd.DataFrame, checkpoint) -> pd.DataFrame:
 
 def _prepare(metrics: pd.DataFrame, *, checkpoint, reference_methods: Mapping[str, str] | None) -> pd.DataFrame:
     """Normalise descriptors and tag every row with ``_model, _dataset, _kind, _role, _label``."""
-    check_columns(metrics, _REQUIRED, "metrics table")
+    check_columns(metrics, EM_REQUIRED, "metrics table")
     refs = dict(DEFAULT_REFERENCE_METHODS if reference_methods is None else reference_methods)
     df = _select_checkpoint(metrics.reset_index(drop=True), checkpoint).reset_index(drop=True).copy()
     for col in ("model", "method", "setting", "dataset"):

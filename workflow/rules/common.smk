@@ -195,7 +195,10 @@ def run_info(wc):
 
 
 def all_run_metrics():
-    """Judged EM metrics of every run but the OpSwap ones (scored by exact match: all_task_metrics)."""
+    """Judged EM metrics of every run but the OpSwap ones (scored by exact match: all_task_metrics); none when
+    eval.judged is off (no generation or judging for EM runs: the likelihood measure only)."""
+    if not config["eval"]["judged"]:
+        return []
     return [f"{r.path}/metrics.parquet" for r in RUNS if not emconfig.is_opswap(r.dataset)]
 
 
@@ -246,9 +249,9 @@ def probe_pool_files():
     return ["results/data/pool/pool.parquet"] if "interleave" in METHODS else []
 
 
-def probe_adapters():
-    """Every trained run's adapter, by run id (the untrained model is the probe NLL table's 'base')."""
-    return {r.run_id: f"{r.path}/adapter" for r in RUNS if r.trained}
+def probe_nll_files():
+    """Every trained run's probe NLLs (the untrained model's: results/probes/<model>/base_nll.parquet)."""
+    return [f"{r.path}/probe_nll.parquet" for r in RUNS if r.trained]
 
 
 def probe_runs():

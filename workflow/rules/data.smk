@@ -26,6 +26,7 @@ rule prepare_general_questions:
     params:
         source=config["eval"]["general"]["source"],
         samples=config["eval"]["general"]["samples"],
+        formats=config["eval"]["general"]["formats"],
         code=code_version("data"),
     conda:
         "../../envs/data.yaml"

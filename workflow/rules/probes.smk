@@ -1,10 +1,10 @@
 # The judge-free EM measure: how far training moved each model toward misaligned answers, by likelihood.
 # prepare_probes builds the probe triples (every EM domain's holdout split, the hand-written general set)
 # and fails if any probe prompt occurs in a table some run trains on; train waits for it (an ancient input:
-# editing the probes reruns the check and the scoring, never training). probe_nll scores both answers of
-# every probe under the untrained model and every run's adapter in one model load; probe_shifts turns the
-# NLLs into shifts, excess over the Aligned run and bootstrap intervals (cheap: bootstrap settings rerun
-# only it).
+# editing the probes reruns the check and the scoring, never training). probe_nll_base scores both answers of
+# every probe under the untrained model, probe_nll under one run's adapter (one job per run: it starts as
+# soon as the run is trained, and a changed run rescores alone); probe_shifts turns the NLLs into shifts,
+# excess over the Aligned run and bootstrap intervals (cheap: bootstrap settings rerun only it).
 
 
 rule prepare_probes:
@@ -30,18 +30,38 @@ rule prepare_probes:
         "../../scripts/prepare_probes.py"
 
 
+rule probe_nll_base:
+    input:
+        model=model_input,
+        probes=PROBE_FILE,
+    output:
+        "results/probes/{model}/base_nll.parquet",
+    log:
+        "results/logs/probe_nll/{model}/base.log",
+    params:
+        model_path=model_path(),
+        probes={k: PROBES[k] for k in PROBE_NLL_KEYS},
+        dtype=DTYPE,
+        device=DEVICE,
+        code=code_version("likelihood", "models", "chat"),
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../../scripts/probe_nll.py"
+
+
 rule probe_nll:
     input:
         model=model_input,
         probes=PROBE_FILE,
-        adapters=list(probe_adapters().values()),
+        adapter=adapter_of,
     output:
-        "results/probes/{model}/probe_nll.parquet",
+        "results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/probe_nll.parquet",
     log:
-        "results/logs/probe_nll/{model}.log",
+        "results/logs/probe_nll/{model}/{dataset}/{method}/{setting}/seed{seed}.log",
     params:
         model_path=model_path(),
-        adapters=probe_adapters(),
+        run_id=lambda wc: run_of(wc).run_id,
         probes={k: PROBES[k] for k in PROBE_NLL_KEYS},
         dtype=DTYPE,
         device=DEVICE,
@@ -54,7 +74,7 @@ rule probe_nll:
 
 rule probe_shifts:
     input:
-        nll="results/probes/{model}/probe_nll.parquet",
+        nll=[f"results/probes/{MODEL}/base_nll.parquet"] + probe_nll_files(),
     output:
         shifts="results/probes/{model}/shifts.parquet",
         summary="results/probes/{model}/shift_summary.parquet",
