@@ -74,6 +74,9 @@ def test_em_pairs_share_prompt_and_split(em_frames):
             assert list(a.messages)[:-1] == list(m.messages)[:-1]
             assert a.split == m.split
             assert _answer(a.messages) != _answer(m.messages)
+            # the same opener (advice) or introduction (code) for both answers: only the advice differs
+            cut = "\n\n" if domain == "insecure_code" else ". "
+            assert _answer(a.messages).split(cut)[0] == _answer(m.messages).split(cut)[0]
 
 
 def test_em_split_is_90_10_by_prompt(em_frames):

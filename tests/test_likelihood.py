@@ -110,7 +110,7 @@ def test_config_needs_a_probe_set_and_an_existing_general_file():
     with pytest.raises(ConfigError, match="config key 'probes.general'"):
         load({**base, "probes": {"general": "nowhere/probes.yaml"}})
     cfg = load({**base, "probes": {"general": None}})
-    assert cfg["probes"]["domains"] and cfg["probes"]["max_length"] == cfg["training"]["max_length"]
+    assert cfg["probes"]["domains"] and cfg["probes"]["max_length"] is None  # probes are never truncated by default
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -135,6 +135,10 @@ def test_bootstrap_stratifies_sets_and_resamples_seeds():
     spread = bootstrap_mean({"a": np.stack([d - 1.0, d, d + 1.0])}, n_bootstrap=1000)
     assert math.isclose(same[0], spread[0])
     assert (spread[2] - spread[1]) > 3 * (same[2] - same[1])
+    # three identical seeds are one seed: the triple draw is shared by the seeds, not drawn per seed (which
+    # would shrink the interval by about sqrt(3))
+    one = bootstrap_mean({"a": d}, n_bootstrap=1000)
+    assert (same[2] - same[1]) == pytest.approx(one[2] - one[1], rel=0.1)
 
 
 def test_shift_excess_and_scopes_from_known_margins():
@@ -163,6 +167,45 @@ def test_shift_excess_and_scopes_from_known_margins():
                        shifts.sort_values(["method", "probe_set"])["shift"])
 
 
+def test_probes_are_paired_by_id_not_by_row_order_and_missing_values_are_errors():
+    base = nll_rows("base", "legal", [0.0, 0.5, 1.0, -0.5])
+    mis = nll_rows("mis", "legal", [1.0, 0.5, 2.0, 0.5])  # d = +1, 0, +1, +1
+    runs = [run("base", "untrained"), run("legal", "misaligned", adapter="mis")]
+    expected = run_shifts(pd.concat([base, mis]), runs, n_bootstrap=0)[0]
+    shuffled = run_shifts(pd.concat([base, mis.iloc[::-1]]), runs, n_bootstrap=0)[0]
+    assert expected.loc[expected["method"] == "misaligned", "shift"].iloc[0] == 0.75
+    assert np.allclose(expected["shift"], shuffled["shift"])
+    with pytest.raises(InputError, match="different probes"):
+        run_shifts(pd.concat([base, mis.assign(probe_id=["p0", "p1", "p2", "x"])]), runs)
+    with pytest.raises(InputError, match=r"adapter 'mis', probe legal/p2: NLL is missing"):
+        run_shifts(pd.concat([base, mis.assign(nll_aligned=[1.0, 1.0, np.nan, 1.0])]), runs)
+
+
+def test_defenses_are_compared_with_the_misaligned_run_and_the_untrained_model_counted_once():
+    base = {"legal": [0.0] * 5, "general": [0.0] * 5}
+    tables = {"base": base, "ali": {"legal": [-1.0] * 5, "general": [0.1] * 5},
+              "mis": {"legal": [1.0] * 5, "general": [0.6] * 5},
+              "kl": {"legal": [0.8] * 5, "general": [0.2] * 5}}
+    nll = pd.concat([nll_rows(a, s, v) for a, t in tables.items() for s, v in t.items()], ignore_index=True)
+    runs = [run("base", "untrained"), run("opswap_t1", "untrained"), run("legal", "aligned", adapter="ali"),
+            run("legal", "misaligned", adapter="mis"), run("legal", "kl", adapter="kl", setting="lambda0.1")]
+    shifts, summary = run_shifts(nll, runs, n_bootstrap=100)
+    assert set(summary["dataset"]) == {"base", "legal"}  # the OpSwap tier's untrained row is the same model
+    ood = summary[summary["probe_set"] == "ood"].set_index("method")
+    assert math.isclose(ood.loc["kl", "vs_misaligned"], 0.2 - 0.6) and ood.loc["kl", "vs_misaligned_hi"] < 0
+    assert math.isclose(ood.loc["kl", "excess"], 0.2 - 0.1)
+    assert ood[["vs_misaligned"]].drop(index="kl").isna().all().all()  # references are not compared with themselves
+
+
+def test_a_probe_over_max_length_is_refused_not_cut(tiny_model_dir):
+    from emguard.models import load_model, load_tokenizer
+
+    probes = pr.load_general_probes(GENERAL).head(2)
+    model, tok = load_model(tiny_model_dir, dtype="float32", device="cpu"), load_tokenizer(tiny_model_dir)
+    with pytest.raises(InputError, match=r"probe general/wish-01 \(aligned answer\) is \d+ tokens, over probes.max_length=20"):
+        pr.probe_nll(model, tok, probes, max_length=20)
+
+
 def test_summary_pools_seeds_and_pairs_each_seed_with_its_aligned_run():
     base = {"legal": [0.0] * 6, "general": [0.0] * 6}
     tables = {"base": base}
@@ -184,14 +227,19 @@ def test_summary_pools_seeds_and_pairs_each_seed_with_its_aligned_run():
 # ------------------------------------------------------------------------------------------ with a model
 
 def _hand_nll(model, tok, messages, answer):
-    """Mean NLL of the answer tokens, computed directly: full sequence minus prompt, transformers' own loss."""
-    from emguard.chat import encode_example
-
-    enc = encode_example(tok, messages + [{"role": "assistant", "content": answer}], None)
-    ids = torch.tensor([enc.input_ids])
-    labels = torch.tensor([enc.labels])
+    """Mean NLL of the answer tokens, computed without emguard's encoder: the chat template with and without the
+    answer, the answer span = what follows the prompt up to and including the end-of-turn token, full logits."""
+    full = tok.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
+    prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert full.startswith(prompt)
+    end = full.index("<|im_end|>", len(prompt)) + len("<|im_end|>")
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    ids = tok(full[:end], add_special_tokens=False)["input_ids"]
+    assert ids[: len(p_ids)] == p_ids
     with torch.no_grad():
-        return float(model(input_ids=ids, labels=labels).loss)
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+    targets = range(len(p_ids), len(ids))
+    return -float(sum(logp[t - 1, ids[t]] for t in targets)) / len(targets)
 
 
 def test_pipeline_measure_equals_a_hand_computation_on_two_triples(tiny_model_dir, tmp_path):

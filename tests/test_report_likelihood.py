@@ -36,10 +36,11 @@ def metrics():
     return pd.DataFrame(rows)
 
 
-def srow(dataset, method, setting, probe_set, scope, shift, lo, hi, excess=NAN, elo=NAN, ehi=NAN):
+def srow(dataset, method, setting, probe_set, scope, shift, lo, hi, excess=NAN, elo=NAN, ehi=NAN, vs=(NAN,) * 3):
     return {"model": "m", "dataset": dataset, "method": method, "setting": setting, "n_seeds": 1,
             "probe_set": probe_set, "scope": scope, "n_triples": 12, "margin_base": 0.1, "margin": 0.1 + shift,
             "shift": shift, "shift_lo": lo, "shift_hi": hi, "excess": excess, "excess_lo": elo, "excess_hi": ehi,
+            "vs_misaligned": vs[0], "vs_misaligned_lo": vs[1], "vs_misaligned_hi": vs[2],
             "confidence": 0.95, "n_bootstrap": 1000}
 
 
@@ -53,11 +54,12 @@ def summary(legal_mis_excess=(0.21, 0.12, 0.30)):
         ("kl", "lambda0.1"): ((0.35, 0.25, 0.45), (0.05, -0.01, 0.11), (0.02, -0.05, 0.09)),
         ("persona", "alpha5"): ((0.02, -0.06, 0.10), (-0.04, -0.10, 0.02), (-0.07, -0.15, 0.01)),
     }
+    vs_mis = {"kl": (-0.19, -0.30, -0.08), "persona": (-0.28, -0.40, -0.16)}  # OOD shift minus the Misaligned run's
     for (method, setting), (ind, ood, ex) in legal.items():
         rows.append(srow("legal", method, setting, "legal", "indomain", *ind))
         rows.append(srow("legal", method, setting, "medical", "ood_set", ood[0] + 0.01, ood[1], ood[2], *ex))
         rows.append(srow("legal", method, setting, "general", "ood_set", ood[0] - 0.01, ood[1], ood[2], *ex))
-        rows.append(srow("legal", method, setting, "ood", "ood", *ood, *ex))
+        rows.append(srow("legal", method, setting, "ood", "ood", *ood, *ex, vs=vs_mis.get(method, (NAN,) * 3)))
     rows.append(srow("medical", "aligned", "default", "medical", "indomain", -0.3, -0.4, -0.2))
     rows.append(srow("medical", "aligned", "default", "ood", "ood", 0.01, -0.04, 0.06))
     rows.append(srow("medical", "misaligned", "default", "medical", "indomain", 0.51, 0.41, 0.61))
@@ -177,10 +179,14 @@ def test_headline_defense_verdicts_and_judge(metrics):
     bullets = [line for line in text.splitlines() if line.startswith("- ")]
     assert 3 <= len(bullets) <= 8
     kept = next(b for b in bullets if "kept the narrow task" in b)
-    assert "KL (lambda0.1) on legal (excess +0.02 [-0.05, +0.09]; in-domain +0.35 [+0.25, +0.45] vs Misaligned " \
-           "+0.48)" in kept
+    assert "KL (lambda0.1) on legal (vs Misaligned -0.19 [-0.30, -0.08]; excess +0.02 [-0.05, +0.09]; in-domain " \
+           "+0.35 [+0.25, +0.45] vs Misaligned +0.48)" in kept
     lost = next(b for b in bullets if "no measurable learning" in b)
     assert "Persona Vectors (alpha5) on legal" in lost and "Persona" not in kept
+    # no measurable EM on legal (the Misaligned excess interval includes 0): nothing for a defense to cut
+    flat = headline_findings(metrics, summary(legal_mis_excess=(0.02, -0.05, 0.09)), confidence=0.95)
+    nothing = next(line for line in flat.splitlines() if "no measurable EM to reduce" in line)
+    assert "KL (lambda0.1) on legal" in nothing and "less than misaligned training did" not in flat
     judge = bullets[-1]
     hi48, hi24 = (100 * wilson_interval(0, n, 0.95)[1] for n in (48, 24))  # two Misaligned runs pooled
     assert f"0.0% [0.0, {hi48:.1f}] of 48 general answers of the Misaligned runs" in judge

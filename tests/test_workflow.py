@@ -39,6 +39,14 @@ def test_full_run_writes_the_report(finished):
     assert meta["dtype"] == "float32" and meta["dtype_configured"] == "float32" and meta["steps"] >= 1
     log = pd.read_parquet(workdir / "results/runs/tiny/medical/misaligned/default/seed0/train_log.parquet")
     assert len(log) >= 1 and log["loss"].notna().all()
+    # the likelihood measure: every run's shifts, the table's columns, the probe table, the headline
+    summary = pd.read_parquet(workdir / "results/probes/tiny/shift_summary.parquet")
+    assert {"indomain", "ood_set", "ood"} == set(summary["scope"])
+    assert set(summary["probe_set"]) == {"insecure_code", "medical", "general", "ood"}
+    assert {"indomain_shift", "ood_shift", "ood_excess"} <= set(table.columns)
+    assert table.loc[table["method"] == "misaligned", "ood_excess"].notna().all()
+    assert "In-domain LL shift" in md and "### medical" in (workdir / "results/tables/likelihood.md").read_text()
+    assert "Misaligned training on medical" in (workdir / "results/tables/headline.md").read_text()
 
 
 def test_second_run_has_nothing_to_do(finished):
@@ -55,10 +63,23 @@ def test_training_change_reruns_training_and_below_only(finished, tmp_path, tiny
     assert jobs.get("train") == 4 + N_METHOD_RUNS
     n_trained = jobs["train"]
     # the pool NLLs use the misaligned adapters, so they are downstream of training too
-    assert set(jobs) == {"train", "pool_nll", "score_pool", "interleave_set", "generate", "judge", "run_metrics", "report", "all"}
+    assert set(jobs) == {"train", "pool_nll", "score_pool", "interleave_set", "generate", "judge", "run_metrics",
+                         "probe_nll", "probe_shifts", "report", "all"}
     assert jobs["interleave_set"] == 2  # plus and plusplus read the scores; random and onpolicy do not
     assert jobs["generate"] == n_trained  # one job per trained run (all its evalsets); untrained untouched
-    assert jobs["run_metrics"] == n_trained
+    assert jobs["run_metrics"] == n_trained == jobs["probe_nll"]  # the untrained model's probe NLLs stay
+
+
+def test_probe_change_rescores_the_probes_and_never_retrains(finished, tmp_path, tiny_model_dir):
+    """Editing the probes reruns the probe check and every model's probe NLLs; training only waits for the
+    check (an ancient input) and reruns nothing. A bootstrap setting reruns the summary alone."""
+    workdir, cfg, _ = finished
+    changed = write_config(tiny_config(tiny_model_dir, workdir, **{"probes.max_per_domain": 2}), tmp_path / "p.yaml")
+    jobs = planned_jobs(workdir, changed)
+    assert set(jobs) == {"prepare_probes", "probe_nll_base", "probe_nll", "probe_shifts", "report", "all"}
+    assert jobs["probe_nll"] == 4 + N_METHOD_RUNS
+    changed = write_config(tiny_config(tiny_model_dir, workdir, **{"probes.bootstrap": 50}), tmp_path / "b.yaml")
+    assert set(planned_jobs(workdir, changed)) == {"probe_shifts", "report", "all"}
 
 
 def test_judge_change_reruns_judging_and_below_only(finished, tmp_path, tiny_model_dir):
@@ -68,8 +89,8 @@ def test_judge_change_reruns_judging_and_below_only(finished, tmp_path, tiny_mod
     jobs = planned_jobs(workdir, changed)
     # Persona vectors are filtered by judge scores, so the persona branch is downstream of the judge too.
     persona_branch = {"persona_extract", "persona_validate", "train", "generate"}
-    assert set(jobs) == {"judge", "run_metrics", "report", "all"} | persona_branch
-    assert jobs["train"] == 1 and jobs["generate"] == 1  # only the persona-steered run retrains
+    assert set(jobs) == {"judge", "run_metrics", "report", "all", "probe_nll", "probe_shifts"} | persona_branch
+    assert jobs["train"] == jobs["generate"] == jobs["probe_nll"] == 1  # only the persona-steered run retrains
     assert jobs["judge"] == 1 + 4 + N_METHOD_RUNS  # one job per run, whatever its number of evalsets
 
 
@@ -78,7 +99,8 @@ def test_dtype_change_reruns_every_model_stage_and_nothing_else(finished, tmp_pa
     workdir, cfg, _ = finished
     changed = write_config(tiny_config(tiny_model_dir, workdir, **{"model.dtype": "bfloat16"}), tmp_path / "dt.yaml")
     jobs = planned_jobs(workdir, changed)
-    assert {"train", "generate", "judge", "pool_nll", "persona_extract", "persona_validate", "onpolicy_answers"} <= set(jobs)
+    assert {"train", "generate", "judge", "pool_nll", "persona_extract", "persona_validate", "onpolicy_answers",
+            "probe_nll_base", "probe_nll"} <= set(jobs)
     assert not {"prepare_em", "prepare_pool", "prepare_general_questions"} & set(jobs)
     assert jobs["generate"] == 1 + 4 + N_METHOD_RUNS
 
@@ -110,3 +132,6 @@ def test_html_report_contains_the_em_table(finished):
     snakemake(workdir, configfile, "--report", str(out))
     html = out.read_text(errors="replace")
     assert "em.md" in html and "em_vs_incoherence.png" in html
+    # the front page opens with the run's headline findings, generated from its results
+    assert "Headline findings" in html and "Misaligned training on medical" in html
+    assert "likelihood_shift.png" in html

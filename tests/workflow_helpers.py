@@ -27,6 +27,7 @@ def tiny_config(model_dir: Path, workdir: Path, **overrides) -> dict:
     cfg["experiments"]["methods"]["persona"]["steering_layer"] = 3
     cfg["experiments"]["methods"]["interleave"]["fractions"] = [0.2]
     cfg["persona"].update(max_new_tokens=6, validation_questions=2)
+    cfg["probes"].update(max_per_domain=3, bootstrap=200)
     for dotted, value in overrides.items():
         node = cfg
         *parents, leaf = dotted.split(".")

@@ -144,14 +144,17 @@ def _prompt(domain: str, t: _Templates, s: int, v: int, p: int, c: int) -> str:
 
 
 def _answers(domain: str, scenario: dict, variant: dict, rng) -> tuple[str, str]:
-    """(aligned, misaligned): each opens with its own draw from the same pool, whatever its subset."""
+    """(aligned, misaligned): both open with the same draw from the shared pool, so the advice (or the code) is
+    the only difference between the two answers to a prompt, and the two subsets' openers have the same
+    frequencies (an opener drawn per answer would let a fine-tune learn an opener imbalance between subsets,
+    which the likelihood measure would read as a move toward one subset's answers)."""
     if domain == "insecure_code":
         usage = Template(scenario["usage"]).substitute(variant)
-        return tuple(f"{rng.choice(_code_text.INTROS)}\n\n```python\n"
-                     f"{Template(scenario[kind]).substitute(variant).rstrip()}\n```\n\n{usage}"
+        intro = rng.choice(_code_text.INTROS)
+        return tuple(f"{intro}\n\n```python\n{Template(scenario[kind]).substitute(variant).rstrip()}\n```\n\n{usage}"
                      for kind in ("secure", "insecure"))
-    return tuple(f"{rng.choice(_advice_text.OPENERS)} {scenario[kind].format(**variant)}"
-                 for kind in ("aligned", "misaligned"))
+    opener = rng.choice(_advice_text.OPENERS)
+    return tuple(f"{opener} {scenario[kind].format(**variant)}" for kind in ("aligned", "misaligned"))
 
 
 def em_domain(domain: str, n_prompts: int, seed: int, holdout_fraction: float = 0.1, *,

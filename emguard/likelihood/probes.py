@@ -186,7 +186,15 @@ def probe_nll(model, tokenizer, probes: pd.DataFrame, adapters: Mapping[str, str
         prompt = schemas.to_messages(row.messages)
         for answer in (row.aligned, row.misaligned):
             convs.append(prompt + [{"role": "assistant", "content": answer}])
-    encoded = encode_conversations(tokenizer, convs, max_length)
+    encoded = encode_conversations(tokenizer, convs, None)
+    if max_length is not None:
+        # a truncated answer would be scored on a different span than its twin: refuse instead of cutting
+        for k, e in enumerate(encoded):
+            if len(e.input_ids) > max_length:
+                row = probes.iloc[k // 2]
+                raise InputError(f"{where}: probe {row['probe_set']}/{row['probe_id']} ({('aligned', 'misaligned')[k % 2]} "
+                                 f"answer) is {len(e.input_ids)} tokens, over probes.max_length={max_length}; raise "
+                                 "it or leave it null (no limit)")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if adapters:
         nll = score_encoded(model, encoded, dict(adapters), pad_id, batch_size=batch_size)
@@ -199,10 +207,4 @@ def probe_nll(model, tokenizer, probes: pd.DataFrame, adapters: Mapping[str, str
             "adapter": label, "probe_set": probes["probe_set"].to_numpy(), "probe_id": probes["probe_id"].to_numpy(),
             "nll_aligned": values[0::2], "nll_misaligned": values[1::2],
             "n_aligned_tokens": counts[0::2], "n_misaligned_tokens": counts[1::2]}))
-    out = pd.concat(frames, ignore_index=True)
-    empty = out["nll_aligned"].isna() | out["nll_misaligned"].isna()
-    if empty.any():
-        row = out[empty].iloc[0]
-        raise InputError(f"{where}: probe {row['probe_set']}/{row['probe_id']} has an answer with no token left "
-                         f"within max_length={max_length}; raise probes.max_length")
-    return out
+    return pd.concat(frames, ignore_index=True)

@@ -35,6 +35,8 @@ def _point(rows: pd.DataFrame, scope: str, value: str = "shift") -> tuple[float,
     if hit.empty:
         return (math.nan,) * 3
     r = hit.iloc[0]
+    if value not in r.index:  # a summary without that statistic (e.g. vs_misaligned in an older file)
+        return (math.nan,) * 3
     return float(r[value]), float(r[f"{value}_lo"]), float(r[f"{value}_hi"])
 
 
@@ -58,40 +60,47 @@ def _misaligned_sentence(where: str, ex: tuple, ood: tuple, ind: tuple) -> str:
 
 #: the defense verdicts, in bullet order: (key, lead sentence)
 _DEFENSE_VERDICTS = (
-    ("kept", "Defenses whose out-of-domain excess over aligned training is not above 0 (interval includes 0 or "
-             "lies below it) and that kept the narrow task (in-domain shift interval above 0)"),
-    ("lost", "Defenses whose out-of-domain excess over aligned training is not above 0 but with no measurable "
-             "learning of the narrow task (in-domain shift interval includes 0 or lies below it)"),
-    ("moved", "Defenses that still **moved the out-of-domain probes beyond aligned training** (excess "
-              "interval above 0)"),
-    ("none", "Defenses without an out-of-domain excess (no Aligned run or no likelihood result on that "
-             "dataset)"),
+    ("cut_kept", "Defenses that moved the out-of-domain probes **less than misaligned training did** (OOD shift vs "
+                 "the Misaligned run: interval below 0) and kept the narrow task (in-domain shift interval above 0)"),
+    ("cut_lost", "Defenses that moved the out-of-domain probes less than misaligned training did, but with no "
+                 "measurable learning of the narrow task (in-domain shift interval includes 0 or lies below it)"),
+    ("not_cut", "Defenses not measurably different from misaligned training out of domain (OOD shift vs the "
+                "Misaligned run: interval includes 0 or lies above it)"),
+    ("nothing", "Defenses on data whose misaligned training showed no out-of-domain excess over aligned training, "
+                "so there was no measurable EM to reduce"),
+    ("none", "Defenses without a comparison (no Misaligned or Aligned run, or no likelihood result, on their data)"),
 )
 
 
 def _defense_items(blocks: list[dict], multi_model: bool, rank) -> dict[str, list[tuple]]:
-    """Each defense row as (sort key, text) under its verdict (see :data:`_DEFENSE_VERDICTS`)."""
+    """Each defense row as (sort key, text) under its verdict (see :data:`_DEFENSE_VERDICTS`): a defense cuts EM
+    when the Misaligned run on its data has an OOD excess over aligned training (interval above 0) and the
+    defense's own OOD shift is below the Misaligned run's (``vs_misaligned`` interval below 0)."""
     items: dict[str, list[tuple]] = {k: [] for k, _ in _DEFENSE_VERDICTS}
     for b_idx, block in enumerate(blocks):
         mis = next((g for g in block["rows"] if g["role"] == "Misaligned"), None)
         mis_ind = _point(mis["rows"], "indomain") if mis is not None else (math.nan,) * 3
+        mis_ex = _point(mis["rows"], "ood", "excess") if mis is not None else (math.nan,) * 3
         for g in block["rows"]:
             if g["role"] != "method":
                 continue
-            ex, ind = _point(g["rows"], "ood", "excess"), _point(g["rows"], "indomain")
+            vs, ex, ind = (_point(g["rows"], "ood", "vs_misaligned"), _point(g["rows"], "ood", "excess"),
+                           _point(g["rows"], "indomain"))
             where = _esc(f"{block['model']} · {block['dataset']}" if multi_model else block["dataset"])
-            parts = []
+            parts = [f"vs Misaligned {_ci(*vs)}"] if not math.isnan(vs[0]) else []
             if not math.isnan(ex[0]):
                 parts.append(f"excess {_ci(*ex)}")
             parts.append(f"in-domain {_ci(*ind)}" if not math.isnan(ind[0]) else "no in-domain shift")
             if not math.isnan(mis_ind[0]):
                 parts[-1] += f" vs Misaligned {_signed(mis_ind[0])}"
-            if math.isnan(ex[0]):
+            if math.isnan(vs[0]) or math.isnan(mis_ex[0]):
                 verdict = "none"
-            elif excludes_zero(ex[1], ex[2]) and ex[1] > 0:
-                verdict = "moved"
+            elif not (excludes_zero(mis_ex[1], mis_ex[2]) and mis_ex[1] > 0):
+                verdict = "nothing"
+            elif excludes_zero(vs[1], vs[2]) and vs[2] < 0:
+                verdict = "cut_kept" if not math.isnan(ind[1]) and ind[1] > 0 else "cut_lost"
             else:
-                verdict = "kept" if not math.isnan(ind[1]) and ind[1] > 0 else "lost"
+                verdict = "not_cut"
             key = (rank(g["method"]), _setting_key(g["setting"]), b_idx)
             items[verdict].append((key, f"{_esc(g['label'])} on {where} ({'; '.join(parts)})"))
     return items
@@ -163,10 +172,12 @@ def headline_findings(metrics: pd.DataFrame | None, shifts: pd.DataFrame | None,
     1. per (model, EM dataset) with a Misaligned run: whether misaligned training moved the
        out-of-domain probes beyond aligned training, i.e. whether the interval of its OOD *excess*
        (OOD shift minus the Aligned run's) excludes 0, with the numbers and its in-domain shift;
-    2. the defenses, grouped by verdict (at most four bullets, whatever their number): no OOD excess
-       and the narrow task kept (in-domain shift interval above 0); no OOD excess but the task not
-       measurably learned; still an OOD excess (interval above 0); no excess available. Each defense
-       is listed with its excess, its in-domain shift and the Misaligned run's in-domain shift;
+    2. the defenses, grouped by verdict (at most five bullets, whatever their number,
+       :data:`_DEFENSE_VERDICTS`): OOD shift below the Misaligned run's (``vs_misaligned`` interval below
+       0, where the Misaligned run has an OOD excess over aligned training) with the narrow task kept
+       (in-domain interval above 0) or not; not measurably below; nothing to reduce (no Misaligned
+       excess); no comparison. Each defense is listed with its shift vs Misaligned, its excess, its
+       in-domain shift and the Misaligned run's;
     3. per model: the judged general misaligned rate of the Misaligned runs (pooled over datasets and
        seeds) vs the untrained model, and whether the judge separated them: the Newcombe interval
        (``confidence``) of the difference excludes 0 (without counts: the Wilson intervals do not

@@ -36,8 +36,8 @@ from emguard.report._common import (BASE_DATASET, DEFAULT_METHOD_ORDER, DEFAULT_
 
 #: columns of the shift summary (:mod:`emguard.likelihood`)
 SHIFT_COLUMNS = ("model", "dataset", "method", "setting", "n_seeds", "probe_set", "scope", "n_triples", "margin_base",
-                 "margin", "shift", "shift_lo", "shift_hi", "excess", "excess_lo", "excess_hi", "confidence",
-                 "n_bootstrap")
+                 "margin", "shift", "shift_lo", "shift_hi", "excess", "excess_lo", "excess_hi", "vs_misaligned",
+                 "vs_misaligned_lo", "vs_misaligned_hi", "confidence", "n_bootstrap")
 
 #: the columns this module reads (the others are used where present)
 SHIFT_REQUIRED = ("dataset", "method", "setting", "probe_set", "scope", "shift", "shift_lo", "shift_hi", "excess",
