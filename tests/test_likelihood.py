@@ -81,6 +81,8 @@ def test_a_probe_prompt_in_a_training_set_stops_the_run(tmp_path):
     pool = pd.DataFrame([{"id": "pool-7", "domain": "pool", "subset": "benign", "split": "holdout",
                           "messages": [{"role": "system", "content": "Be nice."},
                                        {"role": "user", "content": "  " + leaked["messages"][-1]["content"].upper()},
+                                       {"role": "assistant", "content": "ok"},
+                                       {"role": "user", "content": "And then?"},  # an earlier turn is checked too
                                        {"role": "assistant", "content": "ok"}]}])
     pool_path = tmp_path / "pool.parquet"
     write_parquet(pool, pool_path)

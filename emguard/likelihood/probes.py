@@ -146,8 +146,9 @@ def check_no_overlap(probes: pd.DataFrame, training: Mapping[str, pd.DataFrame])
     """Raise :class:`InputError` when a probe's prompt occurs in a table some run trains on.
 
     ``training`` maps a file name to the rows runs may train on (EM and OpSwap ``train`` splits, the whole
-    interleaving pool). A prompt "occurs" when the last user message matches after collapsing whitespace and
-    case (a system prompt or a trailing space does not hide a copy). Returns the number of rows checked.
+    interleaving pool). A prompt "occurs" when a probe's (last) user message equals any user turn of a training
+    row after collapsing whitespace and case (a system prompt, an earlier turn or a trailing space does not
+    hide a copy). Near-duplicates are not detected. Returns the number of rows checked.
     """
     wanted: dict[str, str] = {}
     for row in probes.itertuples(index=False):
@@ -158,10 +159,11 @@ def check_no_overlap(probes: pd.DataFrame, training: Mapping[str, pd.DataFrame])
     for name, df in training.items():
         for row in df.itertuples(index=False):
             checked += 1
-            text = _user_text(schemas.to_messages(row.messages)[:-1])
-            if text is not None and text in wanted:
-                raise InputError(f"probe {wanted[text]}: its prompt occurs in the training data {name} (row id "
-                                 f"{row.id!r}); a probe must be held out from every run's training set")
+            for m in schemas.to_messages(row.messages)[:-1]:
+                text = _normalise(m["content"]) if m["role"] == "user" else None
+                if text in wanted:
+                    raise InputError(f"probe {wanted[text]}: its prompt occurs in the training data {name} (row id "
+                                     f"{row.id!r}); a probe must be held out from every run's training set")
     return checked
 
 
