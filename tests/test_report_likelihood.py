@@ -178,15 +178,22 @@ def test_headline_defense_verdicts_and_judge(metrics):
     text = headline_findings(metrics, summary(), confidence=0.95)
     bullets = [line for line in text.splitlines() if line.startswith("- ")]
     assert 3 <= len(bullets) <= 8
-    kept = next(b for b in bullets if "kept the narrow task" in b)
+    kept = next(b for b in bullets if "kept the narrow task" in b and "at least half" in b)
     assert "KL (lambda0.1) on legal (vs Misaligned -0.19 [-0.30, -0.08]; excess +0.02 [-0.05, +0.09]; in-domain " \
            "+0.35 [+0.25, +0.45] vs Misaligned +0.48)" in kept
     lost = next(b for b in bullets if "no measurable learning" in b)
     assert "Persona Vectors (alpha5) on legal" in lost and "Persona" not in kept
+    # a precise but negligible difference from the Misaligned run is not a cut (less than half its excess)
+    small = summary()
+    kl_ood = (small["method"] == "kl") & (small["probe_set"] == "ood")
+    small.loc[kl_ood, ["vs_misaligned", "vs_misaligned_lo", "vs_misaligned_hi"]] = [-0.01, -0.012, -0.008]
+    text_small = headline_findings(metrics, small, confidence=0.95)
+    not_cut = next(line for line in text_small.splitlines() if "did not remove half" in line)
+    assert "KL (lambda0.1) on legal" in not_cut
     # no measurable EM on legal (the Misaligned excess interval includes 0): nothing for a defense to cut
     flat = headline_findings(metrics, summary(legal_mis_excess=(0.02, -0.05, 0.09)), confidence=0.95)
     nothing = next(line for line in flat.splitlines() if "no measurable EM to reduce" in line)
-    assert "KL (lambda0.1) on legal" in nothing and "less than misaligned training did" not in flat
+    assert "KL (lambda0.1) on legal" in nothing and "removed at least half" not in flat
     judge = bullets[-1]
     hi48, hi24 = (100 * wilson_interval(0, n, 0.95)[1] for n in (48, 24))  # two Misaligned runs pooled
     assert f"0.0% [0.0, {hi48:.1f}] of 48 general answers of the Misaligned runs" in judge
