@@ -124,8 +124,11 @@ def test_after_the_resume_nothing_is_left_to_do(killed_and_resumed):
 
 
 def planned_after_edit(repo: Path, workdir: Path, configfile: Path, module: str) -> dict[str, int]:
-    """The dry-run plan with ``emguard/<module>.py`` edited; the file is restored afterwards."""
+    """The dry-run plan with ``emguard/<module>.py`` (or a subpackage's ``__init__.py``) edited; the file is
+    restored afterwards."""
     path = repo / "emguard" / f"{module}.py"
+    if not path.exists():
+        path = repo / "emguard" / module / "__init__.py"
     before = path.read_text()
     path.write_text(before + "\n# an edit: this module's code changed\n")
     try:
@@ -146,8 +149,9 @@ def test_judge_module_edit_reruns_judging_and_below_only(killed_and_resumed):
 def test_training_module_edit_reruns_training_and_below_only(killed_and_resumed):
     repo, workdir, configfile, _, _ = killed_and_resumed
     jobs = planned_after_edit(repo, workdir, configfile, "training")
-    assert set(jobs) == {"train", "generate", "judge", "run_metrics", "report", "all"}
-    assert jobs["train"] == 2 and jobs["generate"] == 2  # one job per trained run; the untrained run's answers stay
+    assert set(jobs) == {"train", "generate", "judge", "run_metrics", "probe_nll", "probe_shifts", "report", "all"}
+    # one job per trained run; the untrained run's answers and probe NLLs stay
+    assert jobs["train"] == jobs["generate"] == jobs["probe_nll"] == 2
 
 
 def test_report_module_edit_reruns_only_the_report(killed_and_resumed):
