@@ -104,7 +104,7 @@ def prepare_general_questions(out: str, *, source: str, samples: int, formats: l
     from emguard import data
 
     if source == "embedded":
-        df = data.general_questions(samples, formats) if formats else data.general_questions(samples)
+        df = data.general_questions(samples, formats or data.general.FORMATS)
     else:
         df = data.load_questions(source)
     if source != "embedded":
@@ -251,19 +251,27 @@ def read_question_sets(questions: dict[str, str]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def _inference_model(model_path: str, dtype: str, device: str, adapter: str | None):
+    """The base model, with a run's adapter when given, for forward passes only. In float32 the adapter is folded
+    into the weights (W + B A once: every forward then runs plain linears, no LoRA matmuls); not in bf16, where
+    rounding W + B A would erase most of a small update."""
+    from emguard.models import load_model, resolve_dtype
+
+    model = load_model(model_path, dtype=dtype, device=device, adapter=adapter)
+    if adapter is not None and resolve_dtype(dtype, device) == "float32":
+        model = model.merge_and_unload()
+    return model
+
+
 def generate_run(model_path: str, questions: dict[str, str], out: str, *, run_id: str, generation: dict, dtype: str,
                  device: str, adapter: str | None = None, checkpoint: str = "final") -> None:
     """Answers to every question set of a run (``questions``: evalset -> question file) in one table with an
     ``evalset`` column: one process, one model load and full batches per run instead of one job per set."""
     from emguard.generate import generate_for_questions
-    from emguard.models import load_model, load_tokenizer, resolve_dtype
+    from emguard.models import load_tokenizer
 
     table = read_question_sets(questions)
-    model = load_model(model_path, dtype=dtype, device=device, adapter=adapter)
-    if adapter is not None and resolve_dtype(dtype, device) == "float32":
-        # W + B A folded once: every decoding step then runs plain linears (no LoRA matmuls on a batch of a
-        # few rows). Only in float32: rounding W + B A to bf16 would erase most of a small update.
-        model = model.merge_and_unload()
+    model = _inference_model(model_path, dtype, device, adapter)
     tok = load_tokenizer(model_path)
     df = generate_for_questions(model, tok, table, run_id=run_id, settings=sampling_settings(generation),
                                 seed=generation["seed"], checkpoint=checkpoint)
@@ -373,12 +381,10 @@ def probe_nll_stage(model_path: str, probes_path: str, out: str, *, probes: dict
     a run is scored as soon as it is trained, beside the other runs' evaluation, and a changed run rescores
     alone."""
     from emguard.likelihood.probes import BASE, PROBE, probe_nll
-    from emguard.models import load_model, load_tokenizer, resolve_dtype
+    from emguard.models import load_tokenizer
 
     table = read_parquet(probes_path, PROBE)
-    model, tok = load_model(model_path, dtype=dtype, device=device, adapter=adapter), load_tokenizer(model_path)
-    if adapter is not None and resolve_dtype(dtype, device) == "float32":
-        model = model.merge_and_unload()  # plain linears, as in generate_run (float32 only: bf16 would round B A away)
+    model, tok = _inference_model(model_path, dtype, device, adapter), load_tokenizer(model_path)
     start = time.perf_counter()
     nll = probe_nll(model, tok, table, name=name or BASE, batch_size=probes["batch_size"],
                     max_length=probes["max_length"], where=probes_path)
@@ -386,15 +392,15 @@ def probe_nll_stage(model_path: str, probes_path: str, out: str, *, probes: dict
     write_parquet(nll, out)
 
 
-def probe_shifts_stage(nll_path: str | list[str], out_shifts: str, out_summary: str, *, runs: list[dict],
+def probe_shifts_stage(nll_paths: list[str], out_shifts: str, out_summary: str, *, runs: list[dict],
                        probes: dict, confidence: float) -> None:
     """Per-run likelihood shifts (in-domain, each out-of-domain set, their aggregate) and excess over the
-    Aligned run, with bootstrap intervals; and their across-seed summary. ``nll_path``: the probe NLL
-    table(s), the untrained model's and every run's."""
+    Aligned run, with bootstrap intervals; and their across-seed summary. ``nll_paths``: the probe NLL
+    tables, the untrained model's and every run's."""
     from emguard.likelihood.probes import PROBE_NLL
     from emguard.likelihood.shift import run_shifts
 
-    paths = [nll_path] if isinstance(nll_path, str) else list(nll_path)
+    paths = list(nll_paths)
     nll = pd.concat([read_parquet(p, PROBE_NLL) for p in paths], ignore_index=True)
     shifts, summary = run_shifts(nll, runs, n_bootstrap=probes["bootstrap"], confidence=confidence,
                                  seed=probes["seed"], where=paths[0] if len(paths) == 1 else f"{len(paths)} probe NLL tables")

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from emguard import schemas
+from emguard.data._util import prompt_key
 from emguard.errors import InputError
 from emguard.io import check_columns, read_yaml
 from emguard.likelihood.nll import encode_conversations, mean_answer_nll, score_encoded
@@ -99,10 +100,6 @@ def load_general_probes(path: str | os.PathLike, probe_set: str = GENERAL) -> pd
     return probe_frame(rows, str(path))
 
 
-def _prompt_key(msgs: Sequence[dict]) -> tuple:
-    return tuple((m["role"], m["content"]) for m in msgs)
-
-
 def domain_probes(em_df: pd.DataFrame, domain: str, max_triples: int | None = None, *,
                   where: str = "em data") -> pd.DataFrame:
     """Triples from the ``holdout`` split of one EM domain's chat table: every holdout prompt that has both an
@@ -110,18 +107,19 @@ def domain_probes(em_df: pd.DataFrame, domain: str, max_triples: int | None = No
     aligned row's id, the first ``max_triples`` kept (all when None). Probe ids are the aligned row's id."""
     schemas.validate(em_df, "chat", where)
     rows = em_df[(em_df["domain"] == domain) & (em_df["split"] == "holdout")].sort_values("id", kind="stable")
-    by_prompt: dict[tuple, dict[str, tuple[str, str]]] = {}
+    prompts: dict[str, list[dict]] = {}
+    by_prompt: dict[str, dict[str, tuple[str, str]]] = {}
     for row in rows.itertuples(index=False):
         msgs = schemas.to_messages(row.messages)
-        key = _prompt_key(msgs[:-1])
+        key = prompt_key(msgs)
+        prompts.setdefault(key, msgs[:-1])
         by_prompt.setdefault(key, {}).setdefault(str(row.subset), (str(row.id), msgs[-1]["content"]))
     out = []
     for key, answers in by_prompt.items():
         if "aligned" not in answers or "misaligned" not in answers:
             continue
         out.append({"probe_id": answers["aligned"][0], "probe_set": domain, "category": domain,
-                    "messages": [{"role": r, "content": c} for r, c in key],
-                    "aligned": answers["aligned"][1], "misaligned": answers["misaligned"][1]})
+                    "messages": prompts[key], "aligned": answers["aligned"][1], "misaligned": answers["misaligned"][1]})
     if not out:
         raise InputError(f"{where}: domain {domain!r} has no holdout prompt with both an aligned and a "
                          "misaligned answer, so it has no probe triples (raise data.holdout_fraction)")

@@ -110,18 +110,15 @@ def bootstrap_mean(per_set: Mapping[str, np.ndarray], *, n_bootstrap: int = 2000
     return point, float(lo), float(hi)
 
 
-def _differences(m: dict[str, dict[str, pd.Series]], adapter: str, other: str, sets: Sequence[str],
-                 where: str) -> dict[str, np.ndarray]:
-    """Per set: margin(adapter) - margin(other), aligned on probe ids."""
-    out = {}
-    for s in sets:
-        a, b = m[adapter].get(s), m[other].get(s)
-        if a is None or b is None:
-            raise InputError(f"{where}: probe set {s!r} missing for adapter {adapter if a is None else other!r}")
-        if a.index.duplicated().any() or set(a.index) != set(b.index) or len(a) != len(b):
-            raise InputError(f"{where}: probe set {s!r} has different probes for {adapter!r} and {other!r}")
-        out[s] = (a - b.reindex(a.index)).to_numpy()  # paired by probe id, whatever each table's row order
-    return out
+def _difference(m: dict[str, dict[str, pd.Series]], adapter: str, other: str, probe_set: str,
+                where: str) -> np.ndarray:
+    """margin(adapter) - margin(other) on one probe set, paired by probe id."""
+    a, b = m[adapter].get(probe_set), m[other].get(probe_set)
+    if a is None or b is None:
+        raise InputError(f"{where}: probe set {probe_set!r} missing for adapter {adapter if a is None else other!r}")
+    if a.index.duplicated().any() or set(a.index) != set(b.index) or len(a) != len(b):
+        raise InputError(f"{where}: probe set {probe_set!r} has different probes for {adapter!r} and {other!r}")
+    return (a - b.reindex(a.index)).to_numpy()  # paired by probe id, whatever each table's row order
 
 
 def _scopes(dataset: str, sets: Sequence[str]) -> list[tuple[str, str, list[str]]]:
@@ -139,7 +136,7 @@ def _paired(m, members: list[str], run_adapters: list[str], others: list[str] | 
     """The statistic of margin(run) - margin(other), seed by seed; NaN without a reference run."""
     if others is None:
         return math.nan, math.nan, math.nan
-    d = {s: np.stack([_differences(m, a, b, [s], where)[s] for a, b in zip(run_adapters, others)]) for s in members}
+    d = {s: np.stack([_difference(m, a, b, s, where) for a, b in zip(run_adapters, others)]) for s in members}
     return bootstrap_mean(d, **kw)
 
 
