@@ -29,6 +29,7 @@ from emguard.data._util import prompt_key
 from emguard.errors import InputError
 from emguard.io import check_columns, read_yaml
 from emguard.likelihood.nll import encode_conversations, mean_answer_nll, score_encoded
+from emguard.likelihood.packed import group_encoded, packed_answer_nll, supports_packing
 
 PROBE = ["probe_id", "probe_set", "category", "messages", "aligned", "misaligned"]
 
@@ -198,6 +199,10 @@ def probe_nll(model, tokenizer, probes: pd.DataFrame, adapters: Mapping[str, str
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if adapters:
         nll = score_encoded(model, encoded, dict(adapters), pad_id, batch_size=batch_size)
+    elif supports_packing(model):
+        # one packed row per probe: its prompt once, both answers after it (emguard.likelihood.packed)
+        values = packed_answer_nll(model, group_encoded(encoded, 2), pad_id, batch_size=batch_size)
+        nll = {name: values.reshape(-1)}
     else:
         nll = {name: mean_answer_nll(model, encoded, pad_id, batch_size=batch_size)}
     counts = np.array([e.n_answer_tokens for e in encoded], dtype=np.int64)

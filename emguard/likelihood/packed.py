@@ -1,0 +1,200 @@
+"""Answer NLLs of several answers to one prompt in one row: the prompt is computed once.
+
+A probe is one prompt with two answers (aligned, misaligned). Scored as two separate rows, the prompt runs twice;
+and every probe's prompt begins with the same chat-template header (the system prompt a template inserts, the user
+turn's opening tokens). Here each prompt *group* is one packed row ``prompt | answer_1 | answer_2 | ...``:
+
+* position ids restart after the prompt for every answer (answer ``k``'s first token has position ``len(prompt)``);
+* a 4D attention mask lets each answer see the prompt and its own earlier tokens, never another answer's;
+* the prefix every row of a call shares is computed once (one batch-1 forward pass with the key/value cache) and
+  expanded to each batch, which then starts after it.
+
+The logits at the prompt's last token predict every answer's first token; answer ``k``'s token ``j`` predicts its
+token ``j + 1``. Only those positions go through the vocabulary projection (``logits_to_keep``). The result equals
+scoring each (prompt, answer) as its own row up to floating-point rounding (tests compare both paths).
+
+Hand-written because transformers scores one continuation per row; the mask-and-positions packing is the technique
+the HF judge uses for its number tree (:mod:`emguard.judge`). It needs an attention implementation that takes a 4D
+additive mask (``eager``, ``sdpa``): with any other (flash attention) :func:`supports_packing` is false and callers
+score the rows one by one.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from emguard.chat import IGNORE_INDEX, Encoded
+
+if TYPE_CHECKING:
+    import torch
+
+#: a shared prefix shorter than this is not worth a separate forward pass
+MIN_SHARED_PREFIX = 8
+
+
+@dataclass
+class PromptGroup:
+    """One prompt's token ids and its answers' token ids (each answer ends with its end-of-turn token)."""
+    prompt: list[int]
+    answers: list[list[int]]
+
+    @property
+    def width(self) -> int:
+        return len(self.prompt) + sum(len(a) for a in self.answers)
+
+
+def group_encoded(encoded: Sequence[Encoded], group_size: int) -> list[PromptGroup]:
+    """Consecutive runs of ``group_size`` encoded examples that share their prompt, as :class:`PromptGroup`.
+
+    The prompt of an example is its tokens before the first labelled one; a run whose prompts differ, or an
+    example with no answer token or a label on a prompt position, is a :class:`ValueError`."""
+    if group_size < 1 or len(encoded) % group_size:
+        raise ValueError(f"{len(encoded)} examples do not split into groups of {group_size}")
+    groups = []
+    for start in range(0, len(encoded), group_size):
+        prompt, answers = None, []
+        for k, e in enumerate(encoded[start:start + group_size]):
+            first = next((i for i, t in enumerate(e.labels) if t != IGNORE_INDEX), None)
+            if first is None or first == 0:
+                raise ValueError(f"example {start + k} has no answer token after a prompt")
+            if any(t == IGNORE_INDEX for t in e.labels[first:]) or e.labels[first:] != e.input_ids[first:]:
+                raise ValueError(f"example {start + k}: the labels are not one answer span at the end")
+            if prompt is None:
+                prompt = list(e.input_ids[:first])
+            elif list(e.input_ids[:first]) != prompt:
+                raise ValueError(f"examples {start}..{start + group_size - 1} do not share their prompt")
+            answers.append(list(e.input_ids[first:]))
+        groups.append(PromptGroup(prompt, answers))
+    return groups
+
+
+def shared_prefix_length(groups: Sequence[PromptGroup]) -> int:
+    """Tokens every group's prompt starts with, leaving each prompt at least one token of its own (its last
+    token's logits predict the answers, so it must be in the row)."""
+    if not groups:
+        return 0
+    first = groups[0].prompt
+    limit = min(len(g.prompt) for g in groups) - 1
+    n = 0
+    while n < limit and all(g.prompt[n] == first[n] for g in groups):
+        n += 1
+    return n
+
+
+def supports_packing(model) -> bool:
+    """Whether the model's attention takes the 4D additive mask packing relies on (not flash attention)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    impl = str(getattr(getattr(inner, "config", None), "_attn_implementation", None) or "sdpa")
+    return "flash" not in impl
+
+
+def _cache_arg(model) -> str:
+    """The forward pass's name for a key/value cache (transformers >= 5.2x: ``cache``; before: past_key_values)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+
+
+def _prefix_states(model, prefix: list[int]):
+    import torch
+
+    device = next(model.parameters()).device
+    out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
+    return getattr(out, "cache", None) or out.past_key_values
+
+
+def _expanded(model, states, b: int):
+    """A fresh cache holding the shared prefix for ``b`` rows (the forward pass appends to it in place)."""
+    from transformers import DynamicCache
+
+    data = [(layer.keys.expand(b, -1, -1, -1), layer.values.expand(b, -1, -1, -1)) for layer in states.layers]
+    return DynamicCache(ddp_cache_data=data, config=model.config)
+
+
+def _batch(model, groups: Sequence[PromptGroup], pad_id: int, n_prefix: int, states) -> list[np.ndarray]:
+    """Summed answer NLL (float64) of each answer of each group in one packed, right-padded forward pass."""
+    import torch
+
+    b = len(groups)
+    width = max(g.width for g in groups) - n_prefix
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    pos = torch.zeros((b, width), dtype=torch.long)
+    allowed = torch.zeros((b, width, width), dtype=torch.bool)
+    keep = torch.zeros((b, width), dtype=torch.bool)
+    targets: list[tuple[int, int, list[int]]] = []  # per answer: its row, its first column, its tokens
+    for r, g in enumerate(groups):
+        n_prompt = len(g.prompt) - n_prefix
+        ids[r, :n_prompt] = torch.tensor(g.prompt[n_prefix:])
+        pos[r, :n_prompt] = torch.arange(n_prefix, len(g.prompt))
+        allowed[r, :n_prompt, :n_prompt] = torch.tril(torch.ones(n_prompt, n_prompt, dtype=torch.bool))
+        keep[r, n_prompt - 1] = True
+        start = n_prompt
+        for ans in g.answers:
+            end = start + len(ans)
+            ids[r, start:end] = torch.tensor(ans)
+            pos[r, start:end] = torch.arange(len(g.prompt), len(g.prompt) + len(ans))
+            allowed[r, start:end, :n_prompt] = True
+            allowed[r, start:end, start:end] = torch.tril(torch.ones(len(ans), len(ans), dtype=torch.bool))
+            keep[r, start:end - 1] = True  # token j predicts token j + 1; the last predicts nothing scored
+            targets.append((r, start, ans))
+            start = end
+    idx = torch.arange(width)
+    allowed[:, idx, idx] = True  # padding queries see themselves (no all-masked row)
+    if n_prefix:
+        allowed = torch.cat([torch.ones((b, width, n_prefix), dtype=torch.bool), allowed], dim=2)
+    dtype = next(model.parameters()).dtype
+    mask = torch.zeros((b, 1, width, n_prefix + width), dtype=dtype)
+    mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(dtype).min)
+
+    device = next(model.parameters()).device
+    extra = {_cache_arg(model): _expanded(model, states, b)} if n_prefix else {}
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                   use_cache=bool(n_prefix), logits_to_keep=keep.to(device), **extra).logits
+    if logits.dim() == 3:  # a model that ignores boolean logits_to_keep returns every position
+        logits = logits[keep.to(logits.device)]
+    # flat[r, c]: the row of ``logits`` holding position (r, c) (a boolean mask keeps row-major order)
+    flat = torch.cumsum(keep.flatten().long(), 0).view(b, width) - 1
+    rows, tokens, owner = [], [], []
+    for k, (r, start, ans) in enumerate(targets):
+        last_prompt = len(groups[r].prompt) - n_prefix - 1
+        rows += [int(flat[r, last_prompt])] + flat[r, start:start + len(ans) - 1].tolist()
+        tokens += ans
+        owner += [k] * len(ans)
+    rows_t = torch.tensor(rows, device=logits.device)
+    nll = torch.nn.functional.cross_entropy(logits[rows_t].float(), torch.tensor(tokens, device=logits.device),
+                                            reduction="none")
+    sums = torch.zeros(len(targets), dtype=torch.float64)
+    sums.index_add_(0, torch.tensor(owner), nll.double().cpu())
+    out, k = [], 0
+    for g in groups:
+        out.append(sums[k:k + len(g.answers)].numpy())
+        k += len(g.answers)
+    return out
+
+
+def packed_answer_nll(model, groups: Sequence[PromptGroup], pad_id: int, *, batch_size: int = 16,
+                      max_padding: float | None = 0.1, share_prefix: bool = True) -> np.ndarray:
+    """Mean token NLL of every answer of every group under ``model`` as it is (``[len(groups), group size]``,
+    groups in input order; every group must have the same number of answers)."""
+    import torch
+
+    from emguard.likelihood.nll import length_sorted_batches
+
+    if not groups:
+        return np.zeros((0, 0))
+    size = len(groups[0].answers)
+    if any(len(g.answers) != size for g in groups):
+        raise ValueError("every prompt group must have the same number of answers")
+    n_prefix = shared_prefix_length(groups) if share_prefix else 0
+    if n_prefix < MIN_SHARED_PREFIX or len(groups) < 2:
+        n_prefix = 0
+    out = np.full((len(groups), size), np.nan)
+    with torch.inference_mode():
+        states = _prefix_states(model, groups[0].prompt[:n_prefix]) if n_prefix else None
+        for idx in length_sorted_batches([g.width for g in groups], batch_size, max_padding):
+            for i, sums in zip(idx, _batch(model, [groups[i] for i in idx], pad_id, n_prefix, states)):
+                out[i] = sums / np.array([len(a) for a in groups[i].answers])
+    return out
