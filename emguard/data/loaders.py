@@ -1,7 +1,7 @@
 """Loaders for real datasets: chat examples and evaluation questions from files or the HF Hub.
 
 Every error is an :class:`emguard.errors.InputError` naming the file and the line (JSON lines), the
-entry (JSON/YAML lists) or the column / row (Parquet, HF datasets).
+entry (JSON/YAML lists) or the column / row (Parquet, CSV, HF datasets; rows counted from 0).
 """
 
 from __future__ import annotations
@@ -265,6 +265,7 @@ def load_em_columns(source: str | os.PathLike, *, domain: str, split_seed: int =
 
     Every other column is kept on both rows (a name that clashes with a contract column gets the prefix
     ``source_``); ``numeric_columns`` (``sneakiness``) must hold numbers and are stored as float, empty = NaN.
+    A CSV file has no types, so its other columns stay text.
     Errors name the file, the line (JSON lines) or entry / row, and the column.
     """
     fraction = check_fraction(holdout_fraction)
