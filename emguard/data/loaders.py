@@ -56,7 +56,7 @@ def _records_from_source(source: str | os.PathLike, required: str | Sequence[str
     if path.is_file():
         raise InputError(f"{path}: unsupported file type {suffix or '(none)'!r}; expected .jsonl, .json, .parquet "
                          f"or .csv")
-    if path.suffix.lower() in (".jsonl", ".json", ".parquet", ".csv", ".yaml", ".yml") or str(source).startswith((".", "/")):
+    if suffix in (".jsonl", ".json", ".parquet", ".csv", ".yaml", ".yml") or str(source).startswith((".", "/")):
         raise InputError(f"{path}: file not found")
     return _hf_records(str(source), required, hf_split, hf_config)
 
