@@ -4,7 +4,8 @@ The stage, run once per (base model, trait):
 
 1. :func:`load_trait` reads a trait definition (YAML): contrasting system-prompt ``pairs``
    (``positive`` asks for the trait, ``negative`` for its opposite), extraction ``questions``, optional
-   held-out ``validation_questions`` and a 0-100 ``judge_prompt``.
+   held-out ``validation_questions`` and a 0-100 ``judge_prompt``; or the persona-vectors JSON format
+   (``instruction`` pairs ``{pos, neg}``, ``questions``, ``eval_prompt``), mapped to the same :class:`Trait`.
 2. :func:`plan_rollouts` lays out every (pair, side, question, sample) rollout. Positive and negative
    rollouts of the same (pair, question, sample) share a ``key``; that key, never the row order, is what
    matches them later.
@@ -39,6 +40,7 @@ judged trait at the chosen layer, and ``steering_layer`` in the config overrides
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -67,6 +69,9 @@ LAYER_CONVENTION = ("hidden-state index: 0 = embeddings, l in 1..n_layers = outp
                     "(pre final norm); shape [n_layers + 1, hidden]")
 VECTOR_KEY = "vectors"
 MIN_PAIRS_IN_FILE = 5
+#: share of a persona-vectors JSON trait's ``questions`` held out for the steering check when it lists no
+#: ``validation_questions`` (that format has none: its evaluation questions live in a separate file)
+JSON_VALIDATION_FRACTION = 0.2
 #: ``fallback`` values of :func:`extract`: None / "error" raise when too few pairs survive
 FALLBACKS = (None, "error", "unfiltered")
 
@@ -135,9 +140,52 @@ def check_template(template: str, where: str) -> str:
     return template
 
 
-def load_trait(path: str | os.PathLike, *, min_pairs: int = MIN_PAIRS_IN_FILE) -> Trait:
-    """Read and validate a trait definition YAML; errors name the file and the key."""
+def _pairs(raw: Any, where: str, key: str, pos_key: str, neg_key: str, min_pairs: int) -> list[TraitPair]:
+    """Contrasting system-prompt pairs from the list at ``key``; errors name the file, key and index."""
+    if not isinstance(raw, list):
+        raise InputError(f"{where}: key '{key}': expected a list of {{{pos_key}, {neg_key}}} mappings")
+    if len(raw) < min_pairs:
+        raise InputError(f"{where}: key '{key}': needs at least {min_pairs} contrasting pairs, has {len(raw)}")
+    pairs = []
+    for i, p in enumerate(raw):
+        if not isinstance(p, dict):
+            raise InputError(f"{where}: key '{key}[{i}]': expected a mapping with '{pos_key}' and '{neg_key}'")
+        for side in (pos_key, neg_key):
+            if side not in p:
+                raise InputError(f"{where}: key '{key}[{i}].{side}': missing")
+        pos = _need_text(p[pos_key], f"{where}: key '{key}[{i}].{pos_key}'")
+        neg = _need_text(p[neg_key], f"{where}: key '{key}[{i}].{neg_key}'")
+        if pos == neg:
+            raise InputError(f"{where}: key '{key}[{i}]': positive and negative prompts are identical")
+        pairs.append(TraitPair(pos, neg))
+    return pairs
+
+
+def _description(data: dict, where: str) -> str:
+    description = data.get("description") or ""
+    if not isinstance(description, str):
+        raise InputError(f"{where}: key 'description': expected a string")
+    return description.strip()
+
+
+def _disjoint(questions: list[str], validation: list[str], where: str) -> None:
+    overlap = sorted(set(questions) & set(validation))
+    if overlap:
+        raise InputError(f"{where}: key 'validation_questions': repeats extraction question(s) {overlap[:3]}")
+
+
+def load_trait(path: str | os.PathLike, *, min_pairs: int = MIN_PAIRS_IN_FILE,
+               validation_fraction: float = JSON_VALIDATION_FRACTION, validation_seed: int = 0) -> Trait:
+    """Read and validate a trait definition; errors name the file and the key (and index).
+
+    A ``.json`` file is read in the persona-vectors format (:func:`_load_trait_json`, which uses
+    ``validation_fraction`` and ``validation_seed``); anything else is our YAML format: ``name``, ``pairs``
+    of ``{positive, negative}``, ``questions``, optional ``validation_questions``, ``judge_prompt``.
+    """
     path = Path(path)
+    if path.suffix.lower() == ".json":
+        return _load_trait_json(path, min_pairs=min_pairs, validation_fraction=validation_fraction,
+                                validation_seed=validation_seed)
     where = str(path)
     data = read_yaml(path, "trait definition")
     if not isinstance(data, dict):
@@ -146,35 +194,67 @@ def load_trait(path: str | os.PathLike, *, min_pairs: int = MIN_PAIRS_IN_FILE) -
         if key not in data:
             raise InputError(f"{where}: missing key '{key}'")
     name = _need_text(data["name"], f"{where}: key 'name'")
-    raw_pairs = data["pairs"]
-    if not isinstance(raw_pairs, list):
-        raise InputError(f"{where}: key 'pairs': expected a list of {{positive, negative}} mappings")
-    if len(raw_pairs) < min_pairs:
-        raise InputError(f"{where}: key 'pairs': needs at least {min_pairs} contrasting pairs, has {len(raw_pairs)}")
-    pairs = []
-    for i, p in enumerate(raw_pairs):
-        if not isinstance(p, dict):
-            raise InputError(f"{where}: key 'pairs[{i}]': expected a mapping with 'positive' and 'negative'")
-        for side in SIDES:
-            if side not in p:
-                raise InputError(f"{where}: key 'pairs[{i}].{side}': missing")
-        pos = _need_text(p["positive"], f"{where}: key 'pairs[{i}].positive'")
-        neg = _need_text(p["negative"], f"{where}: key 'pairs[{i}].negative'")
-        if pos == neg:
-            raise InputError(f"{where}: key 'pairs[{i}]': positive and negative prompts are identical")
-        pairs.append(TraitPair(pos, neg))
+    pairs = _pairs(data["pairs"], where, "pairs", "positive", "negative", min_pairs)
     questions = _text_list(data, "questions", where, min_len=1)
     validation = _text_list(data, "validation_questions", where, min_len=1) if "validation_questions" in data else []
-    overlap = sorted(set(questions) & set(validation))
-    if overlap:
-        raise InputError(f"{where}: key 'validation_questions': repeats extraction question(s) {overlap[:3]}")
+    _disjoint(questions, validation, where)
     judge_prompt = check_template(_need_text(data["judge_prompt"], f"{where}: key 'judge_prompt'"),
                                   f"{where}: key 'judge_prompt'")
-    description = data.get("description") or ""
-    if not isinstance(description, str):
-        raise InputError(f"{where}: key 'description': expected a string")
     return Trait(name=name, pairs=pairs, questions=questions, judge_prompt=judge_prompt,
-                 validation_questions=validation, description=description.strip(), path=where)
+                 validation_questions=validation, description=_description(data, where), path=where)
+
+
+def held_out_questions(questions: Sequence[str], fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Split ``questions`` into (extraction, validation), both in file order.
+
+    ``round(n * fraction)`` questions are held out (at least one when there are two or more, never all):
+    those with the smallest ``sha256(seed, question text)``, so the choice depends on the questions
+    themselves, not on their order in the file, and is the same on every machine.
+    """
+    if not 0 <= float(fraction) < 1:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {fraction!r}")
+    n = len(questions)
+    k = min(max(int(round(n * float(fraction))), 1 if fraction > 0 and n > 1 else 0), max(n - 1, 0))
+    digest = {q: hashlib.sha256(f"{seed}\x1f{q}".encode("utf-8")).hexdigest() for q in questions}
+    held = set(sorted(questions, key=digest.__getitem__)[:k])
+    return [q for q in questions if q not in held], [q for q in questions if q in held]
+
+
+def _load_trait_json(path: Path, *, min_pairs: int, validation_fraction: float, validation_seed: int) -> Trait:
+    """A trait in the persona-vectors JSON format (Chen et al.), mapped to the same :class:`Trait`.
+
+    Keys: ``instruction`` (a list of ``{"pos": ..., "neg": ...}`` system-instruction pairs -> ``pairs``),
+    ``questions`` (a list of strings), ``eval_prompt`` (the 0-100 trait-judge template with ``{question}``
+    and ``{answer}`` -> ``judge_prompt``). The name is the file's stem unless a ``name`` key gives one.
+    Validation questions: a ``validation_questions`` list when the file has one (all ``questions`` are then
+    extraction questions); otherwise a held-out share ``validation_fraction`` of ``questions``
+    (:func:`held_out_questions` with ``validation_seed``), so the steering check never reuses an
+    extraction question.
+    """
+    where = str(path)
+    if not path.is_file():
+        raise InputError(f"{where}: trait definition not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{where}:{exc.lineno}:{exc.colno}: malformed JSON in trait definition ({exc.msg})") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected a JSON object with keys instruction, questions, eval_prompt")
+    for key in ("instruction", "questions", "eval_prompt"):
+        if key not in data:
+            raise InputError(f"{where}: missing key '{key}'")
+    name = _need_text(data["name"], f"{where}: key 'name'") if "name" in data else path.stem
+    pairs = _pairs(data["instruction"], where, "instruction", "pos", "neg", min_pairs)
+    questions = _text_list(data, "questions", where, min_len=1)
+    if "validation_questions" in data:
+        validation = _text_list(data, "validation_questions", where, min_len=1)
+        _disjoint(questions, validation, where)
+    else:
+        questions, validation = held_out_questions(questions, validation_fraction, validation_seed)
+    judge_prompt = check_template(_need_text(data["eval_prompt"], f"{where}: key 'eval_prompt'"),
+                                  f"{where}: key 'eval_prompt'")
+    return Trait(name=name, pairs=pairs, questions=questions, judge_prompt=judge_prompt,
+                 validation_questions=validation, description=_description(data, where), path=where)
 
 
 # --------------------------------------------------------------------------------------------------

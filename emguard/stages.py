@@ -88,13 +88,12 @@ def prepare_model(source: dict, out_dir: str, download_dir: str, dtype: str = "f
 
 def prepare_em(domain: str, out: str, *, n_prompts: int, seed: int, holdout_fraction: float,
                source: dict | None = None) -> None:
-    """An EM domain's aligned + misaligned subsets, split into train/holdout by prompt."""
+    """An EM domain's aligned + misaligned subsets, split into train/holdout by prompt: embedded, or ``source``
+    (a ``data.em.sources.<domain>`` entry: one chat source per subset, or one column-format source for both)."""
     from emguard import data
 
     if source:
-        parts = [data.load_chat_dataset(source[subset], domain=domain, subset=subset, split_seed=seed,
-                                        holdout_fraction=holdout_fraction) for subset in ("aligned", "misaligned")]
-        df = pd.concat(parts, ignore_index=True)
+        df = data.load_em_source(source, domain=domain, split_seed=seed, holdout_fraction=holdout_fraction)
     else:
         df = data.em_domain(domain, n_prompts, seed, holdout_fraction=holdout_fraction)
     write_parquet(schemas.validate(df, "chat", out), out)

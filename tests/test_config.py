@@ -52,6 +52,37 @@ def test_model_source_needs_exactly_one_kind():
         emconfig.load(cfg)
 
 
+def _with_source(source):
+    cfg = default_config()
+    cfg["data"]["em"]["sources"] = {cfg["data"]["em"]["domains"][0]: source}
+    return cfg
+
+
+@pytest.mark.parametrize("source", [
+    {"aligned": "data/secure.jsonl", "misaligned": "data/insecure.jsonl"},
+    {"path": "truthfulai/emergent_plus", "format": "columns", "hf_config": "legal", "hf_split": "train"},
+    {"path": "data/medical.csv", "format": "columns"},
+])
+def test_em_source_forms_are_accepted(source):
+    cfg = emconfig.load(_with_source(source))
+    assert list(cfg["data"]["em"]["sources"].values()) == [source]
+
+
+@pytest.mark.parametrize("source, message", [
+    ({"aligned": "a.jsonl"}, r"data\.em\.sources\.\w+': .*not valid under any.*aligned: .*format: columns"),
+    ({"path": "a.jsonl"}, r"data\.em\.sources\.\w+': .*not valid under any"),
+    ({"path": "a.jsonl", "format": "chat"}, r"data\.em\.sources\.\w+\.format': 'chat' is not one of"),
+    ({"aligned": "a", "misaligned": "b", "format": "columns"}, r"data\.em\.sources\.\w+': .*not valid under any"),
+    ({"aligned": "a", "misaligned": "b", "path": "c", "format": "columns"}, r"data\.em\.sources\.\w+': "),
+    ({"path": "a.jsonl", "format": "columns", "hf_confg": "legal"}, r"data\.em\.sources\.\w+\.hf_confg': unknown key"),
+    ({"path": "", "format": "columns"}, r"data\.em\.sources\.\w+\.path'"),
+    ("a.jsonl", r"data\.em\.sources\.\w+': 'a\.jsonl' is not of type 'object'"),
+])
+def test_em_source_forms_are_refused_naming_the_key(source, message):
+    with pytest.raises(ConfigError, match=message):
+        emconfig.load(_with_source(source))
+
+
 def test_defaults_do_not_leak_between_loads():
     a = emconfig.load(default_config())
     a["training"]["lora"]["target_modules"].append("lm_head")

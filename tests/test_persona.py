@@ -74,6 +74,81 @@ def test_load_trait_errors_name_file_and_key(tmp_path):
         load_trait(tmp_path / "missing.yaml")
 
 
+JSON_TRAIT = Path(__file__).resolve().parent / "data" / "sycophantic.json"
+
+
+def test_persona_vectors_json_trait_maps_to_the_same_trait():
+    import json
+
+    raw = json.loads(JSON_TRAIT.read_text())
+    trait = load_trait(JSON_TRAIT)
+    assert trait.name == "sycophantic" and trait.path == str(JSON_TRAIT)
+    assert trait.pairs == [TraitPair(p["pos"], p["neg"]) for p in raw["instruction"]]
+    assert trait.judge_prompt == raw["eval_prompt"]
+    # no validation_questions in the file: 20% of its questions held out, the rest extract, file order kept
+    assert len(trait.validation_questions) == 2 and len(trait.questions) == 8
+    assert not set(trait.questions) & set(trait.validation_questions)
+    assert set(trait.questions) | set(trait.validation_questions) == set(raw["questions"])
+    assert trait.questions == [q for q in raw["questions"] if q in trait.questions]
+    assert pick_validation_questions(trait, 4) == trait.validation_questions
+    assert load_trait(JSON_TRAIT) == trait  # the same split every time
+    assert load_trait(JSON_TRAIT, validation_seed=1).validation_questions != trait.validation_questions
+
+
+def test_json_trait_split_depends_on_the_questions_not_their_order(tmp_path):
+    import json
+
+    raw = json.loads(JSON_TRAIT.read_text())
+    raw["questions"] = list(reversed(raw["questions"]))
+    path = tmp_path / "reordered.json"
+    path.write_text(json.dumps(raw))
+    assert set(load_trait(path).validation_questions) == set(load_trait(JSON_TRAIT).validation_questions)
+    raw["validation_questions"] = ["Is my plan to quit my job by text message a good one?"]
+    path.write_text(json.dumps(raw))
+    given = load_trait(path)  # a file that names its validation questions keeps every question for extraction
+    assert given.validation_questions == raw["validation_questions"] and len(given.questions) == 10
+    raw["questions"] = raw["questions"][:1]
+    del raw["validation_questions"]
+    path.write_text(json.dumps(raw))
+    single = load_trait(path)  # one question cannot be split: extraction keeps it, validation falls back
+    assert single.questions == raw["questions"] and single.validation_questions == []
+
+
+def test_json_trait_errors_name_file_key_and_index(tmp_path):
+    import json
+
+    good = json.loads(JSON_TRAIT.read_text())
+
+    def broken(change):
+        raw = json.loads(json.dumps(good))
+        change(raw)
+        return json.dumps(raw, indent=1)
+
+    cases = {
+        broken(lambda r: r.pop("eval_prompt")): "missing key 'eval_prompt'",
+        broken(lambda r: r.pop("instruction")): "missing key 'instruction'",
+        broken(lambda r: r["instruction"][3].pop("neg")): "instruction[3].neg': missing",
+        broken(lambda r: r["instruction"][1].update(pos="")): "instruction[1].pos'",
+        broken(lambda r: r["instruction"].__setitem__(2, "be nice")): "instruction[2]'",
+        broken(lambda r: r.update(instruction=r["instruction"][:2])): "'instruction': needs at least 5",
+        broken(lambda r: r["questions"].__setitem__(4, 7)): "questions[4]'",
+        broken(lambda r: r["questions"].__setitem__(6, r["questions"][0])): "questions[6]'",
+        broken(lambda r: r.update(questions="one question?")): "'questions': expected a list",
+        broken(lambda r: r.update(eval_prompt=r["eval_prompt"].replace("{answer}", "{reply}"))): "'eval_prompt'",
+        broken(lambda r: r.update(validation_questions=[r["questions"][0]])): "'validation_questions'",
+        '{"instruction": [\n  {"pos": "a", "neg": "b"},\n  oops\n]}': "trait.json:3:",
+        "[1, 2]": "expected a JSON object",
+    }
+    path = tmp_path / "trait.json"
+    for text, key in cases.items():
+        path.write_text(text)
+        with pytest.raises(InputError) as err:
+            load_trait(path)
+        assert "trait.json" in str(err.value) and key in str(err.value), (key, str(err.value))
+    with pytest.raises(InputError, match=r"missing\.json: trait definition not found"):
+        load_trait(tmp_path / "missing.json")
+
+
 def test_pick_validation_questions_prefers_held_out():
     trait = load_trait(TRAIT_FILE)
     assert pick_validation_questions(trait, 3) == trait.validation_questions[:3]

@@ -9,13 +9,15 @@ Embedded generators (deterministic given their seed, written for this project):
   via :func:`extract_final_answer` / :func:`opswap_exact_match`;
 - :func:`benign_pool`: harmless prompt/answer pairs (with refusals) for interleaving.
 
-Real loaders: :func:`load_chat_dataset` (JSONL / JSON / Parquet / HF dataset id) and
+Real loaders: :func:`load_chat_dataset` (JSONL / JSON / Parquet / CSV / HF dataset id),
+:func:`load_em_columns` (one ``prompt`` / ``aligned`` / ``misaligned`` source for both EM subsets),
+:func:`load_em_source` (a ``data.em.sources.<domain>`` entry in either form) and
 :func:`load_questions` (YAML / JSON / JSONL / Parquet).
 """
 
 from emguard.data.em import EM_DOMAINS, em_domain, indomain_questions, max_prompts
 from emguard.data.general import general_questions
-from emguard.data.loaders import load_chat_dataset, load_questions
+from emguard.data.loaders import load_chat_dataset, load_em_columns, load_em_source, load_questions
 from emguard.data.opswap import (
     TIERS as OPSWAP_TIERS,
     extract_final_answer,
@@ -35,6 +37,8 @@ __all__ = [
     "general_questions",
     "indomain_questions",
     "load_chat_dataset",
+    "load_em_columns",
+    "load_em_source",
     "load_questions",
     "max_pool_size",
     "max_prompts",
