@@ -10,12 +10,13 @@ Embedded generators (deterministic given their seed, written for this project):
 - :func:`benign_pool`: harmless prompt/answer pairs (with refusals) for interleaving.
 
 Real loaders: :func:`load_chat_dataset` (JSONL / JSON / Parquet / HF dataset id) and
-:func:`load_questions` (YAML / JSON / JSONL / Parquet).
+:func:`load_questions` (the EM literature's question YAML, also JSON / JSONL / Parquet; checked with
+:func:`check_questions` against the judge prompts of :func:`load_template_file`).
 """
 
 from emguard.data.em import EM_DOMAINS, em_domain, indomain_questions, max_prompts
 from emguard.data.general import general_questions
-from emguard.data.loaders import load_chat_dataset, load_questions
+from emguard.data.loaders import load_chat_dataset
 from emguard.data.opswap import (
     TIERS as OPSWAP_TIERS,
     extract_final_answer,
@@ -25,21 +26,25 @@ from emguard.data.opswap import (
     rules_text as opswap_rules,
 )
 from emguard.data.pool import benign_pool, max_pool_size
+from emguard.data.questions import check_questions, load_questions, load_template_file, question_source
 
 __all__ = [
     "EM_DOMAINS",
     "OPSWAP_TIERS",
     "benign_pool",
+    "check_questions",
     "em_domain",
     "extract_final_answer",
     "general_questions",
     "indomain_questions",
     "load_chat_dataset",
     "load_questions",
+    "load_template_file",
     "max_pool_size",
     "max_prompts",
     "opswap",
     "opswap_exact_match",
     "opswap_questions",
     "opswap_rules",
+    "question_source",
 ]
