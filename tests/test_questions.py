@@ -221,7 +221,8 @@ def test_prepare_embedded_uses_its_default_count_and_checks_templates(tmp_path):
     assert len(q) == 8 and set(q["samples"]) == {data.general.DEFAULT_SAMPLES}
     only_aligned = write(tmp_path, "aligned: '{question} {answer}'\n", "aligned.yaml")
     with pytest.raises(InputError, match=r"question_id='wish-plain': field judge_prompts: metric 'coherent'"):
-        stages.prepare_general_questions(str(tmp_path / "x.parquet"), source="embedded", judge_prompts=str(only_aligned))
+        stages.prepare_general_questions(str(tmp_path / "x.parquet"), source="embedded",
+                                         judge_prompts=str(only_aligned))
 
 
 def test_prepare_fails_before_generation_when_a_metric_has_no_template(tmp_path):
