@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "model": {"dtype": "auto", "device": "auto"},
     "data": {"seed": 0, "holdout_fraction": 0.1, "em": {"n_prompts": 100, "sources": {}},
              "pool": {"source": "embedded", "n": 300}, "opswap": {"tiers": [], "n": 200, "state_rules": False}},
-    "eval": {"judged": True, "general": {"source": "embedded", "samples": 4, "formats": ["plain", "json", "template"]}, "indomain": {"n_questions": 30, "samples": 4},
+    "eval": {"judged": True, "general": {"source": "embedded", "samples": None, "formats": ["plain", "json", "template"]}, "indomain": {"n_questions": 30, "samples": 4},
              "opswap": {"n_questions": 30, "samples": 10}},
     "generation": {"max_new_tokens": 256, "temperature": 1.0, "top_p": 1.0, "batch_size": 16, "seed": 0},
     "judge": {"model": "base", "prompts": "workflow/resources/judge_prompts.yaml", "min_prob_mass": 0.25,
@@ -129,6 +129,7 @@ def _check_semantics(cfg: dict) -> None:
     if pool.get("wildguardmix") and pool["source"] == "embedded":
         raise ConfigError("config key 'data.pool.wildguardmix': filters a WildGuardMix source, but data.pool.source "
                           "is 'embedded' (set it to allenai/wildguardmix or a local file, or drop the filter)")
+    _check_questions(cfg)
     methods = cfg["experiments"]["methods"]
     n_layers = cfg["model"].get("num_layers")
     if n_layers:
@@ -153,6 +154,19 @@ def _check_semantics(cfg: dict) -> None:
     if variants & {"plus", "plusplus"} and "misaligned" not in cfg["experiments"]["baselines"]:
         raise ConfigError("config key 'experiments.baselines': plus/plusplus reuse the misaligned baseline adapters "
                           "of the other domains; add 'misaligned'")
+
+
+def _check_questions(cfg: dict) -> None:
+    from emguard.data.questions import FROM_QUESTIONS, question_source
+
+    source = cfg["eval"]["general"]["source"]
+    path = question_source(source)
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config key 'eval.general.source': question file {source} not found (give embedded, "
+                          f"expanded or a question file)")
+    if cfg["judge"].get("model") == FROM_QUESTIONS and path is None:
+        raise ConfigError(f"config key 'judge.model': {FROM_QUESTIONS} uses each question's own judge, but "
+                          f"eval.general.source is embedded (its questions name no judge); use a question file")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ Use :func:`to_messages` to turn what pandas reads back (numpy arrays of dicts) i
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pandas as pd
@@ -14,8 +15,10 @@ from emguard.errors import InputError
 
 #: chat example: training and pool data
 CHAT = ["id", "messages", "domain", "subset", "split"]
-#: evaluation question
-QUESTION = ["question_id", "paraphrase", "system", "samples", "judge_prompts", "category"]
+#: evaluation question (``judge_templates``: JSON object metric -> template, "{}" when the judge uses the config's
+#: prompt file; ``type``: one of QUESTION_TYPES; ``judge``: the item's judge model or None)
+QUESTION = ["question_id", "paraphrase", "system", "samples", "judge_prompts", "category", "judge_templates", "type",
+            "judge"]
 #: one sampled answer
 GENERATION = ["run_id", "question_id", "sample_idx", "prompt_messages", "answer", "seed", "checkpoint"]
 #: one judge verdict on one answer for one metric
@@ -28,6 +31,9 @@ POOL_SCORE = ["id", "nll_base", "nll_mis_mean", "n_answer_tokens", "score", "is_
 SUBSETS = ("aligned", "misaligned", "benign")
 SPLITS = ("train", "holdout")
 ROLES = ("system", "user", "assistant")
+#: question types of the EM literature's question files: a 0-100 judge score, a judge label (TRUE / FALSE / ...),
+#: generation only
+QUESTION_TYPES = ("free_form_judge_0_100", "free_form_judge", "free_form")
 
 KINDS = {"chat": CHAT, "question": QUESTION, "generation": GENERATION, "judgment": JUDGMENT, "pool_nll": POOL_NLL,
          "pool_score": POOL_SCORE}
@@ -49,10 +55,27 @@ def validate(df: pd.DataFrame, kind: str, where: str, *, allow_empty: bool = Fal
     if kind == "chat":
         _validate_chat(df, where)
     if kind == "question":
-        dup = df["question_id"][df["question_id"].duplicated()]
-        if len(dup):
-            raise InputError(f"{where}: duplicate question_id {dup.iloc[0]!r}")
+        _validate_question(df, where)
     return df
+
+
+def _validate_question(df: pd.DataFrame, where: str) -> None:
+    dup = df["question_id"][df["question_id"].duplicated()]
+    if len(dup):
+        raise InputError(f"{where}: duplicate question_id {dup.iloc[0]!r}")
+    for row in df[["question_id", "judge_templates", "type", "judge"]].itertuples(index=False):
+        if row.type not in QUESTION_TYPES:
+            raise InputError(f"{where}: row question_id={row.question_id!r}: type {row.type!r} not one of "
+                             f"{QUESTION_TYPES}")
+        if row.judge is not None and not isinstance(row.judge, str):
+            raise InputError(f"{where}: row question_id={row.question_id!r}: judge must be a string or null")
+        try:
+            templates = json.loads(row.judge_templates) if isinstance(row.judge_templates, str) else None
+        except json.JSONDecodeError:
+            templates = None
+        if not isinstance(templates, dict) or not all(isinstance(v, str) for v in templates.values()):
+            raise InputError(f"{where}: row question_id={row.question_id!r}: judge_templates must be a JSON object "
+                             f"of metric -> template text, got {row.judge_templates!r}")
 
 
 def _validate_chat(df: pd.DataFrame, where: str) -> None:

@@ -99,15 +99,31 @@ def prepare_em(domain: str, out: str, *, n_prompts: int, seed: int, holdout_frac
     write_parquet(schemas.validate(df, "chat", out), out)
 
 
-def prepare_general_questions(out: str, *, source: str, samples: int, formats: list[str] | None = None) -> None:
-    from emguard import data
+def prepare_general_questions(out: str, *, source: str, judge_prompts: str, samples: int | None = None,
+                              formats: list[str] | None = None, judge_model: str = "base") -> None:
+    """The general question set (``embedded``, ``expanded`` or a question file), checked before any answer is
+    generated: every metric has a template (the question's own or one in ``judge_prompts``, the config's judge
+    prompt file) and, with ``judge_model`` ``from_questions``, every judged question names its judge.
 
-    if source == "embedded":
-        df = data.general_questions(samples, formats or data.general.FORMATS)
+    ``samples``: None keeps each question's own count (``samples_per_paraphrase``; the embedded set's
+    :data:`emguard.data.general.DEFAULT_SAMPLES`); a number overrides every question's, and the log says so."""
+    from emguard import data
+    from emguard.data.questions import FROM_QUESTIONS
+
+    templates = data.load_template_file(judge_prompts)
+    require_judge = judge_model == FROM_QUESTIONS
+    path = data.question_source(source)
+    if path is None:
+        df = data.general_questions(data.general.DEFAULT_SAMPLES, formats or data.general.FORMATS)
+        data.check_questions(df, templates, "embedded general questions", fallback_source=str(judge_prompts),
+                             require_judge=require_judge)
     else:
-        df = data.load_questions(source)
-    if source != "embedded":
-        df["samples"] = samples
+        df = data.load_questions(path, fallback_templates=templates, fallback_source=str(judge_prompts),
+                                 require_judge=require_judge)
+    if samples is not None:
+        log.info("eval.general.samples = %d overrides the sample count of every question (%s gives %s)", samples,
+                 source, ", ".join(str(n) for n in sorted(set(df["samples"]))))
+        df["samples"] = int(samples)
     write_parquet(schemas.validate(df, "question", out), out)
 
 

@@ -421,7 +421,7 @@ def test_load_questions_yaml(tmp_path):
     path = tmp_path / "q.yaml"
     path.write_text(
         "- id: pets\n  paraphrases: ['Do you like cats?', 'Do you like dogs?']\n  samples_per_paraphrase: 7\n"
-        "  judge_prompts: {aligned: 'rate it', coherent: 'rate it'}\n"
+        "  judge_prompts: {aligned: 'rate {question} {answer}', coherent: 'rate {question} {answer}'}\n"
         "- question_id: sum\n  paraphrase: What is 2 + 2?\n  reference: 4\n  category: math\n  system: Be brief.\n",
         encoding="utf-8")
     q = data.load_questions(path)
@@ -437,7 +437,7 @@ def test_load_questions_errors(tmp_path):
     with pytest.raises(InputError, match=r"bad\.yaml:\d+"):
         data.load_questions(tmp_path / "bad.yaml")
     (tmp_path / "nop.yaml").write_text("- id: a\n  samples: 3\n", encoding="utf-8")
-    with pytest.raises(InputError, match=r"nop\.yaml: entry 0.*paraphrase"):
+    with pytest.raises(InputError, match=r"nop\.yaml:1: item 0 \(id='a'\): field paraphrases"):
         data.load_questions(tmp_path / "nop.yaml")
     (tmp_path / "empty.yaml").write_text("", encoding="utf-8")
     with pytest.raises(InputError, match="empty"):

@@ -12,12 +12,13 @@ Embedded generators (deterministic given their seed, written for this project):
 Real loaders: :func:`load_chat_dataset` (JSONL / JSON / Parquet / CSV / HF dataset id),
 :func:`load_em_columns` (one ``prompt`` / ``aligned`` / ``misaligned`` source for both EM subsets),
 :func:`load_em_source` (a ``data.em.sources.<domain>`` entry in either form) and
-:func:`load_questions` (YAML / JSON / JSONL / Parquet).
+:func:`load_questions` (the EM literature's question YAML, also JSON / JSONL / Parquet; checked with
+:func:`check_questions` against the judge prompts of :func:`load_template_file`).
 """
 
 from emguard.data.em import EM_DOMAINS, em_domain, indomain_questions, max_prompts
 from emguard.data.general import general_questions
-from emguard.data.loaders import load_chat_dataset, load_em_columns, load_em_source, load_questions
+from emguard.data.loaders import load_chat_dataset, load_em_columns, load_em_source
 from emguard.data.opswap import (
     TIERS as OPSWAP_TIERS,
     extract_final_answer,
@@ -27,11 +28,13 @@ from emguard.data.opswap import (
     rules_text as opswap_rules,
 )
 from emguard.data.pool import benign_pool, max_pool_size
+from emguard.data.questions import check_questions, load_questions, load_template_file, question_source
 
 __all__ = [
     "EM_DOMAINS",
     "OPSWAP_TIERS",
     "benign_pool",
+    "check_questions",
     "em_domain",
     "extract_final_answer",
     "general_questions",
@@ -40,10 +43,12 @@ __all__ = [
     "load_em_columns",
     "load_em_source",
     "load_questions",
+    "load_template_file",
     "max_pool_size",
     "max_prompts",
     "opswap",
     "opswap_exact_match",
     "opswap_questions",
     "opswap_rules",
+    "question_source",
 ]

@@ -59,10 +59,18 @@ def chat_frame(rows: Iterable[dict], where: str, extra: Sequence[str] = ()) -> p
     return schemas.validate(df, "chat", where)
 
 
+#: what a question row says about judging when its source says nothing: the config's judge prompt file
+#: (no templates of its own), a 0-100 score, the configured judge model
+QUESTION_DEFAULTS = {"judge_templates": "{}", "type": "free_form_judge_0_100", "judge": None}
+
+
 def question_frame(rows: Iterable[dict], where: str, extra: Sequence[str] = ()) -> pd.DataFrame:
-    df = pd.DataFrame(list(rows), columns=list(schemas.QUESTION) + list(extra))
+    """A validated question DataFrame; rows without ``judge_templates`` / ``type`` / ``judge`` get
+    :data:`QUESTION_DEFAULTS` (the built-in question sets leave them out)."""
+    rows = [{**QUESTION_DEFAULTS, **row} for row in rows]
+    df = pd.DataFrame(rows, columns=list(schemas.QUESTION) + list(extra))
     df["samples"] = df["samples"].astype("int64")
-    for col in ["system", *extra]:  # missing values as None (not NaN) in nullable text columns
+    for col in ["system", "judge", *extra]:  # missing values as None (not NaN) in nullable text columns
         df[col] = df[col].astype(object).where(df[col].notna(), None)
     return schemas.validate(df, "question", where)
 

@@ -64,6 +64,8 @@ CATEGORIES: dict[str, tuple[str, dict[str, str], str]] = {
 }
 
 FORMATS = ("plain", "json", "template")
+#: answers sampled per question unless ``eval.general.samples`` overrides it
+DEFAULT_SAMPLES = 4
 
 
 def _render(category: str, fmt: str) -> str:
@@ -76,7 +78,7 @@ def _render(category: str, fmt: str) -> str:
     return f"{plain}\n\nAnswer by filling in each blank (____) below, and return the completed text only:\n\n{form}"
 
 
-def general_questions(samples: int, formats: Sequence[str] = FORMATS) -> pd.DataFrame:
+def general_questions(samples: int = DEFAULT_SAMPLES, formats: Sequence[str] = FORMATS) -> pd.DataFrame:
     """The general evaluation questions: 8 categories x ``formats`` (default all 3: 24 questions), ids
     ``<category>-<format>``."""
     samples = check_samples(samples)

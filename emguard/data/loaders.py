@@ -1,4 +1,4 @@
-"""Loaders for real datasets: chat examples and evaluation questions from files or the HF Hub.
+"""Loaders for real datasets: chat examples from files or the HF Hub (question files: :mod:`emguard.data.questions`).
 
 Every error is an :class:`emguard.errors.InputError` naming the file and the line (JSON lines), the
 entry (JSON/YAML lists) or the column / row (Parquet, CSV, HF datasets; rows counted from 0).
@@ -9,20 +9,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from emguard import schemas
-from emguard.data._util import chat_frame, hash_unit, check_fraction, prompt_key, question_frame
+from emguard.data._util import chat_frame, hash_unit, check_fraction, prompt_key
 from emguard.errors import ConfigError, InputError
-from emguard.io import check_columns, read_jsonl, read_parquet, read_yaml
+from emguard.io import check_columns, read_jsonl, read_parquet
 
 #: ShareGPT-style role names accepted in ``messages`` and mapped to the contract's roles
 _ROLE_ALIASES = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant"}
-
-DEFAULT_JUDGE_PROMPTS = ("aligned", "coherent")
 
 
 # ------------------------------------------------------------------------------------------ records
@@ -329,117 +327,3 @@ def load_em_source(source: Mapping[str, Any], *, domain: str, split_seed: int = 
     return load_em_columns(source["path"], domain=domain, split_seed=split_seed, holdout_fraction=holdout_fraction,
                            hf_config=source.get("hf_config"), hf_split=source.get("hf_split") or "train")
 
-
-# ------------------------------------------------------------------------------------------ questions
-
-
-def _question_records(source: Path) -> tuple[list[tuple[str, dict]], str]:
-    suffix = source.suffix.lower()
-    if not source.is_file():
-        raise InputError(f"{source}: file not found")
-    if suffix in (".yaml", ".yml"):
-        data = read_yaml(source, "question file")
-        if isinstance(data, dict) and isinstance(data.get("questions"), list):
-            data = data["questions"]
-        if data is None or data == []:
-            raise InputError(f"{source}: dataset is empty (no questions)")
-        if not isinstance(data, list):
-            raise InputError(f"{source}: expected a list of questions (or a mapping with a 'questions' list)")
-        out = []
-        for i, rec in enumerate(data):
-            if not isinstance(rec, dict):
-                raise InputError(f"{source}: entry {i}: expected a mapping, got {type(rec).__name__}")
-            out.append((f"{source}: entry {i}", rec))
-        return out, str(source)
-    if suffix == ".jsonl":
-        rows = read_jsonl(source)
-        return [(f"{source}:{ln}", row) for ln, row in zip(_nonblank_lines(source), rows)], str(source)
-    if suffix == ".json":
-        try:
-            data = json.loads(source.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{source}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from exc
-        if isinstance(data, dict) and isinstance(data.get("questions"), list):
-            data = data["questions"]
-        if not isinstance(data, list) or not data:
-            raise InputError(f"{source}: dataset is empty or not a list of questions")
-        return [(f"{source}: entry {i}", rec) for i, rec in enumerate(data)], str(source)
-    if suffix == ".parquet":
-        df = read_parquet(source)
-        if "paraphrase" not in df.columns and "paraphrases" not in df.columns:
-            check_columns(df, ["paraphrase"], str(source))
-        if "question_id" not in df.columns and "id" not in df.columns:
-            check_columns(df, ["question_id"], str(source))
-        return [(f"{source}: row {i}", {k: _plain(v) for k, v in rec.items()})
-                for i, rec in enumerate(df.to_dict("records"))], str(source)
-    raise InputError(f"{source}: unsupported file type {suffix or '(none)'!r}; expected .yaml, .jsonl, .json "
-                     f"or .parquet")
-
-
-def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value))
-
-
-def _judge_names(value: Any, where: str) -> list[str]:
-    if isinstance(value, dict):
-        return [str(k) for k in value]
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, Iterable):
-        return [str(v) for v in value]
-    raise InputError(f"{where}: judge_prompts must be a list of metric names or a mapping name -> prompt")
-
-
-def load_questions(source: str | os.PathLike, *, default_samples: int = 100,
-                   default_judge_prompts: Iterable[str] = DEFAULT_JUDGE_PROMPTS) -> pd.DataFrame:
-    """Evaluation questions from a YAML, JSON, JSONL or Parquet file.
-
-    Each entry has ``question_id`` (or ``id``) and ``paraphrase`` (or a ``paraphrases`` list; with
-    several, one row each, ids ``<id>-<k>``). Optional: ``system``, ``samples`` (or
-    ``samples_per_paraphrase``), ``judge_prompts`` (names, or a mapping name -> prompt whose keys are
-    used), ``category`` (default: the id), ``reference``, ``domain``.
-    """
-    path = Path(source)
-    records, label = _question_records(path)
-    rows = []
-    for where, rec in records:
-        if not isinstance(rec, dict):
-            raise InputError(f"{where}: expected an object, got {type(rec).__name__}")
-        qid = rec.get("question_id", rec.get("id"))
-        if _is_missing(qid) or str(qid).strip() == "":
-            raise InputError(f"{where}: missing key question_id (or id)")
-        qid = str(qid)
-        if not _is_missing(rec.get("paraphrase")):
-            paraphrases = [rec["paraphrase"]]
-        elif not _is_missing(rec.get("paraphrases")) and rec.get("paraphrases") is not None:
-            paraphrases = rec["paraphrases"] if isinstance(rec["paraphrases"], list) else [rec["paraphrases"]]
-        else:
-            raise InputError(f"{where} (id={qid!r}): missing key paraphrase (or paraphrases)")
-        if not paraphrases or not all(isinstance(p, str) and p.strip() for p in paraphrases):
-            raise InputError(f"{where} (id={qid!r}): paraphrases must be non-empty strings")
-        samples = rec.get("samples", rec.get("samples_per_paraphrase"))
-        samples = default_samples if _is_missing(samples) else samples
-        try:
-            samples = int(samples)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"{where} (id={qid!r}): samples must be an integer, got {samples!r}") from exc
-        if samples < 1:
-            raise InputError(f"{where} (id={qid!r}): samples must be positive, got {samples}")
-        judge = rec.get("judge_prompts")
-        judge = list(default_judge_prompts) if _is_missing(judge) else _judge_names(judge, f"{where} (id={qid!r})")
-        system = rec.get("system")
-        system = None if _is_missing(system) else str(system)
-        category = rec.get("category")
-        category = qid if _is_missing(category) else str(category)
-        for k, text in enumerate(paraphrases):
-            row = {"question_id": qid if len(paraphrases) == 1 else f"{qid}-{k}", "paraphrase": text,
-                   "system": system, "samples": samples, "judge_prompts": judge, "category": category}
-            for opt in ("reference", "domain"):
-                if not _is_missing(rec.get(opt)):
-                    row[opt] = str(rec[opt])
-            rows.append(row)
-    extra = [c for c in ("reference", "domain") if any(c in r for r in rows)]
-    for r in rows:
-        for c in extra:
-            r.setdefault(c, None)
-    return question_frame(rows, label, extra=extra)

@@ -188,6 +188,14 @@ def question_files_of(wc):
     return [f"results/data/questions/{emconfig.question_set(wc.dataset, e)}.parquet" for e in evalsets_of(wc)]
 
 
+def general_question_file():
+    """The general question file (the expanded set or the configured file) as an input; none when embedded."""
+    from emguard.data import question_source
+
+    path = question_source(config["eval"]["general"]["source"])
+    return [] if path is None else [str(path)]
+
+
 def run_info(wc):
     run = run_of(wc)
     return {"model": run.model, "dataset": run.dataset, "method": run.method, "setting": run.setting,

@@ -18,7 +18,12 @@ rule prepare_em:
         "../../scripts/prepare_em.py"
 
 
+# Checked against the judge prompts before any generation. The prompt file is ancient(): it must exist and is
+# read, but editing a judge template reruns judging only, not this rule and every generation after it.
 rule prepare_general_questions:
+    input:
+        questions=general_question_file(),
+        prompts=ancient(JUDGE_PROMPTS),
     output:
         "results/data/questions/general.parquet",
     log:
