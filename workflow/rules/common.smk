@@ -52,6 +52,14 @@ def project_file(path):
     return str(p) if p.is_absolute() or p.exists() else str(Path(workflow.basedir) / p)
 
 
+def em_source_files(wildcards):
+    """The local files an EM domain is read from (either source form), as inputs: editing one reruns the
+    domain's preparation and everything after it. Hub ids (no such file) are not inputs."""
+    entry = config["data"]["em"]["sources"].get(wildcards.domain) or {}
+    paths = [entry[k] for k in ("aligned", "misaligned", "path") if entry.get(k)]
+    return [project_file(p) for p in paths if Path(project_file(p)).exists()]
+
+
 JUDGE_PROMPTS = project_file(config["judge"]["prompts"])
 # What changes a verdict: judging reruns when these change, not when the cache file moves.
 JUDGE_PARAMS = {k: v for k, v in config["judge"].items() if k not in ("prompts", "cache")}

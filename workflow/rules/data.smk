@@ -2,6 +2,8 @@
 
 
 rule prepare_em:
+    input:
+        em_source_files,
     output:
         "results/data/em/{domain}.parquet",
     log:
