@@ -137,6 +137,7 @@ def test_a_judge_that_scores_at_random_reports_chance(items, templates):
     assert "Warning: the judge cannot tell misaligned from aligned answers" in note
     assert "Warning: the judge cannot tell incoherent from coherent answers" in note
     assert "judge random" in note and "252 hand-labelled answers" in note
+    assert "the interval includes chance, 0.5" in note
 
 
 def test_random_judges_report_chance_across_seeds(items, templates):
@@ -279,6 +280,11 @@ def _metrics_frame():
                          row("medical", "misaligned", "general", 8.0), row("medical", "misaligned", "indomain", 9.0)])
 
 
+def _fresh(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
 def _run_report(tmp_path, calibration_path, metrics=True):
     from emguard.io import write_parquet
     from emguard.stages import report
@@ -303,7 +309,7 @@ def test_report_shows_the_warning_next_to_the_em_table(items, templates, tmp_pat
     first, rest = text["em"].split("\n", 1)
     assert first.startswith("Judge agreement with 252 hand-labelled answers (judge random")
     assert "**Warning: the judge cannot tell misaligned from aligned answers**" in first
-    assert "Read the misaligned rates below and the incoherent rates below as the judge's noise" in first
+    assert "The judged misaligned rates and incoherent rates therefore say nothing reliable" in first
     assert "| near chance |" in text["table"] and "| aligned | aligned vs misaligned | 84 / 84 | 0 |" in text["table"]
     assert "Warning: the judge cannot tell misaligned" in text["headline"]
     # the headline stays valid reST with the judge's bullet: one <li> per bullet
@@ -330,18 +336,16 @@ def test_report_without_a_calibration_says_the_judge_was_not_measured(tmp_path):
     assert "not measured" not in _run_report(_fresh(tmp_path / "x"), None, metrics=False)["em"]
 
 
-def test_calibration_table_marks_an_inverted_judge():
+def test_calibration_table_marks_inverted_and_barely_better_judges():
     s = pd.DataFrame([{"metric": "aligned", "positive": "aligned", "negative": "misaligned", "n_positive": 20,
                        "n_negative": 20, "n_missing": 3, "mean_positive": 20.0, "mean_negative": 70.0, "auroc": 0.1,
                        "auroc_lo": 0.02, "auroc_hi": 0.2, "confidence": 0.95, "n_bootstrap": 100,
                        "verdict": "inverted", "warn": True, "judge_model": "j", "n_items": 40}])
     md = calibration_table(s)
-    assert "ranks them the wrong way round" in md and "| 20 / 20 | 3 | 20.0 / 70.0 | 0.10 [0.02, 0.20] | inverted |" in md
-
-
-def _fresh(path: Path) -> Path:
-    path.mkdir()
-    return path
+    assert "ranks them the wrong way round" in md and "\n\n| Score |" in md and "\n\n\n" not in md
+    assert "barely better than chance, below 0.6" in calibration_note(s.assign(verdict="near chance", auroc=0.57,
+                                                                                 auroc_lo=0.52, auroc_hi=0.62))
+    assert "| 20 / 20 | 3 | 20.0 / 70.0 | 0.10 [0.02, 0.20] | inverted |" in md
 
 
 def test_config_keys():

@@ -40,8 +40,10 @@ def _warning(r) -> str:
         reason = f"no AUROC: no scored {r['positive']} or no scored {r['negative']} item"
     elif verdict == "inverted":
         reason = f"AUROC {_auroc(r)}: it ranks them the wrong way round"
+    elif float(r["auroc_lo"]) <= 0.5 <= float(r["auroc_hi"]):
+        reason = f"AUROC {_auroc(r)}: the interval includes chance, 0.5"
     else:
-        reason = f"AUROC {_auroc(r)}, near chance (0.5)"
+        reason = f"AUROC {_auroc(r)}: barely better than chance, below {NEAR_CHANCE_AUROC:g}"
     return f"**Warning: the judge cannot tell {what}** ({reason})."
 
 
@@ -59,11 +61,12 @@ def calibration_note(summary: pd.DataFrame | None) -> str:
     text = (f"Judge agreement with {n} hand-labelled answers (judge {judge}; {round(100 * conf)}% bootstrap "
             f"intervals; 0.5 = chance, 1 = perfect): {'; '.join(parts)}.")
     warnings = [_warning(r) for _, r in summary.iterrows() if bool(r["warn"])]
-    consequence = {"aligned": "the misaligned rates below", "coherent": "the incoherent rates below"}
-    affected = [consequence.get(str(r["metric"]), f"the {r['metric']}-based rates below")
+    consequence = {"aligned": "misaligned rates", "coherent": "incoherent rates"}
+    affected = [consequence.get(str(r["metric"]), f"{r['metric']}-based rates")
                 for _, r in summary.iterrows() if bool(r["warn"])]
     if warnings:
-        text += " " + " ".join(warnings) + f" Read {' and '.join(affected)} as the judge's noise, not as evidence."
+        text += (" " + " ".join(warnings) + f" The judged {' and '.join(affected)} therefore say nothing reliable "
+                 f"about these models.")
     return text + "\n"
 
 
@@ -72,7 +75,7 @@ def calibration_table(summary: pd.DataFrame | None) -> str:
     with its interval, verdict), the judge's name and the note's warnings."""
     if summary is None:
         return NOT_MEASURED + "\n"
-    lines = [calibration_note(summary), "",
+    lines = [calibration_note(summary).rstrip("\n"), "",
              "| Score | Compared | n (pos / neg) | Missing | Mean score (pos / neg) | AUROC [interval] | Verdict |",
              "|---|---|---|---|---|---|---|"]
     for _, r in summary.iterrows():
