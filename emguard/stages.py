@@ -639,7 +639,8 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
     calibration = (read_parquet(calibration_path, rp.CALIBRATION_REQUIRED, allow_empty=True)
                    if calibration_path else None)
     if calibration_md:
-        write_text(rp.calibration_table(calibration), calibration_md)
+        write_text(rp.calibration_table(calibration) if metrics_paths or calibration is not None else rp.NOT_JUDGED,
+                   calibration_md)
     if metrics_paths:  # the judged rates are only as good as the judge: its agreement stands above them
         markdown = rp.calibration_note(calibration) + "\n" + markdown
     if not metrics_paths:

@@ -333,7 +333,9 @@ def test_report_without_a_calibration_says_the_judge_was_not_measured(tmp_path):
     assert text["em"].startswith("**The judge was not measured**")
     assert text["table"].startswith("**The judge was not measured**")
     # no judged runs (eval.judged off): the EM table has no rates, so no judge note above it
-    assert "not measured" not in _run_report(_fresh(tmp_path / "x"), None, metrics=False)["em"]
+    unjudged = _run_report(_fresh(tmp_path / "x"), None, metrics=False)
+    assert "not measured" not in unjudged["em"] and "Warning" not in unjudged["headline"]
+    assert unjudged["table"].startswith("No answers were judged (eval.judged: false)")
 
 
 def test_calibration_table_marks_inverted_and_barely_better_judges():

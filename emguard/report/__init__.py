@@ -11,7 +11,7 @@ caller uses is re-exported here, so ``from emguard import report as rp; rp.em_ta
 from emguard.report._common import (BASE_DATASET, DEFAULT_METHOD_ORDER, DEFAULT_REFERENCE_METHODS, METHOD_LABELS,
                                     REFERENCE_ROWS, _family_name, _fmt_count, _fmt_rate, _is_null, _method_rank,
                                     _row_label, _setting_key, _split_setting, write_table)
-from emguard.report.calibration import CALIBRATION_REQUIRED, calibration_note, calibration_table
+from emguard.report.calibration import CALIBRATION_REQUIRED, NOT_JUDGED, calibration_note, calibration_table
 from emguard.report.em_table import EM_REQUIRED, TABLE_COLUMNS, em_table, emphasis
 from emguard.report.eps import EPS_LENGTH_COLUMNS, NO_SCORED_VARIANT, eps_length_table
 from emguard.report.figures import figure_em_vs_incoherence, figure_train_loss
@@ -29,7 +29,7 @@ __all__ = [
     "figure_likelihood_shift", "figure_train_loss", "headline_findings", "opswap_table", "persona_validation_table",
     "shift_table", "write_table",
     # the judge measured (emguard.calibration)
-    "CALIBRATION_REQUIRED", "calibration_note", "calibration_table",
+    "CALIBRATION_REQUIRED", "NOT_JUDGED", "calibration_note", "calibration_table",
     # helpers the tests use directly
     "_family_name", "_fmt_count", "_fmt_rate", "_is_null", "_method_rank", "_row_label", "_setting_key",
     "_split_setting",

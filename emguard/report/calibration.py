@@ -21,6 +21,7 @@ CALIBRATION_REQUIRED = ("metric", "positive", "negative", "n_positive", "n_negat
 #: what a metric's AUROC tells apart, in words
 _COMPARED = {"aligned": "misaligned from aligned answers", "coherent": "incoherent from coherent answers"}
 
+NOT_JUDGED = "No answers were judged (eval.judged: false), so the judge was not measured either.\n"
 NOT_MEASURED = ("**The judge was not measured**: judge.calibration.set is null, so nothing here says whether its "
                 "scores tell misaligned from aligned answers.")
 
