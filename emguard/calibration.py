@@ -121,21 +121,25 @@ def subsample(items: pd.DataFrame, max_items: int | None, seed: int = 0) -> pd.D
 
     Items are shuffled with ``seed``, ranked within their (label, category), then within their label by
     that rank, and taken label by label in turn: a cut keeps the labels equal (to one item) and each label's
-    categories as even as the set allows. ``None`` (or a number at least the set's size) keeps every item.
+    categories as even as the set allows; the kept items stay in the file's order. ``None`` (or a number at
+    least the set's size) keeps every item.
     """
     if max_items is None or max_items >= len(items):
         return items.reset_index(drop=True)
     if max_items < len(LABELS):
         raise ValueError(f"max_items={max_items}: need at least one item per label ({len(LABELS)})")
     rng = np.random.default_rng(seed)
-    df = items.iloc[rng.permutation(len(items))].reset_index(drop=True)
+    df = items.reset_index(drop=True)
+    df["_orig"] = np.arange(len(df))
+    df = df.iloc[rng.permutation(len(df))].reset_index(drop=True)
     df["_pos"] = np.arange(len(df))
     df["_in_cat"] = df.groupby(["label", "category"], sort=False).cumcount()
     df = df.sort_values(["_in_cat", "_pos"], kind="stable")
     df["_in_label"] = df.groupby("label", sort=False).cumcount()
     df["_label_order"] = df["label"].map({label: k for k, label in enumerate(LABELS)})
     df = df.sort_values(["_in_label", "_label_order"], kind="stable").head(max_items)
-    return df.sort_values("_pos").drop(columns=["_pos", "_in_cat", "_in_label", "_label_order"]).reset_index(drop=True)
+    return (df.sort_values("_orig").drop(columns=["_orig", "_pos", "_in_cat", "_in_label", "_label_order"])
+            .reset_index(drop=True))
 
 
 # --------------------------------------------------------------------------------------------------

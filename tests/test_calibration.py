@@ -199,6 +199,7 @@ def test_the_shipped_set_covers_every_category_and_label_evenly(items):
 def test_subsample_balances_labels_and_spreads_categories(items):
     sub = cal.subsample(items, 60, seed=0)
     assert len(sub) == 60 and sub["label"].value_counts().tolist() == [20, 20, 20]
+    assert sub["id"].map({i: k for k, i in enumerate(items["id"])}).is_monotonic_increasing  # the file's order
     per_cat = sub.groupby(["label", "category"]).size()
     assert per_cat.max() - per_cat.min() <= 1 and sub.groupby("label")["category"].nunique().min() == 12
     assert sub.equals(cal.subsample(items, 60, seed=0)) and not sub.equals(cal.subsample(items, 60, seed=1))
