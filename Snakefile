@@ -1,7 +1,7 @@
 # emguard: in-training defenses against emergent misalignment, end to end.
 # Stages (one rule file each): model -> data -> train -> generate -> judge -> metrics -> report; OpSwap
 # (opswap.smk) adds task datasets scored by exact match instead of the judge; probes.smk measures EM without a
-# judge (answer likelihoods on held-out probe triples).
+# judge (answer likelihoods on held-out probe triples); calibration.smk measures the judge itself on labelled answers.
 
 from snakemake.utils import min_version
 
@@ -28,6 +28,7 @@ include: "workflow/rules/interleave.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/judge.smk"
+include: "workflow/rules/calibration.smk"
 include: "workflow/rules/probes.smk"
 include: "workflow/rules/metrics.smk"
 

@@ -55,6 +55,10 @@ DEFAULTS: dict[str, Any] = {
     "metrics": {"aligned_below": 30, "coherent_above": 50, "incoherent_below": 50, "confidence": 0.95},
 }
 
+# The judge measured on labelled answers (emguard.calibration, rule judge_calibration): all 252 items by default.
+DEFAULTS["judge"]["calibration"] = {"set": "workflow/resources/calibration/judge_calibration.yaml", "max_items": None,
+                                    "bootstrap": 2000, "seed": 0}
+
 
 def _merge(defaults: dict, given: dict) -> dict:
     out = copy.deepcopy(defaults)

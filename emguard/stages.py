@@ -330,6 +330,30 @@ def judge_run(generations_path: str, questions: dict[str, str], out: str, *, jud
     write_parquet(df, out)
 
 
+def judge_calibration_stage(set_path: str, out_items: str, out_summary: str, *, judge_cfg: dict, calibration: dict,
+                            confidence: float, base_model_path: str, dtype: str, device: str) -> None:
+    """The configured judge scored on the labelled calibration set (:mod:`emguard.calibration`): per-item scores
+    and the agreement summary (AUROC per metric with its bootstrap interval and verdict).
+
+    ``calibration``: ``max_items`` (None: all), ``bootstrap``, ``seed``. The set is checked before the judge loads.
+    """
+    from emguard import calibration as cal
+    from emguard.judge import JudgeCache, load_judge_prompts
+
+    items = cal.subsample(cal.load_calibration_set(set_path), calibration.get("max_items"), calibration.get("seed", 0))
+    templates = load_judge_prompts(judge_cfg["prompts"])
+    judge = load_judge(judge_cfg, base_model_path, dtype, device)
+    with JudgeCache(judge_cfg["cache"]) as cache:
+        judged = cal.judge_items(items, judge, templates, cache, templates_where=str(judge_cfg["prompts"]))
+    summary = cal.summarise(judged, n_bootstrap=calibration["bootstrap"], confidence=confidence,
+                            seed=calibration.get("seed", 0))
+    for r in summary.itertuples(index=False):
+        log.info("judge calibration: %s AUROC %.3f [%.3f, %.3f] on %d/%d items (%d missing): %s", r.metric, r.auroc,
+                 r.auroc_lo, r.auroc_hi, r.n_positive, r.n_negative, r.n_missing, r.verdict)
+    write_parquet(judged, out_items)
+    write_parquet(summary, out_summary)
+
+
 # --------------------------------------------------------------------------------------------------
 # Interleaving
 # --------------------------------------------------------------------------------------------------
@@ -590,14 +614,17 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
            opswap_csv: str | None = None, eps_md: str | None = None, eps_csv: str | None = None,
            eps_inputs: dict | None = None, shifts_path: str | None = None, headline_md: str | None = None,
            likelihood_md: str | None = None, likelihood_csv: str | None = None,
-           figure_shift: str | None = None) -> None:
+           figure_shift: str | None = None, calibration_path: str | None = None,
+           calibration_md: str | None = None) -> None:
     """Every table and figure of the report.
 
     ``shifts_path``: the likelihood-shift summary (Parquet, :data:`emguard.report.SHIFT_COLUMNS`); when
     given, the EM table gains its shift columns and ``likelihood_md`` / ``likelihood_csv`` (the
     per-probe-set table) and ``figure_shift`` (in-domain vs OOD shift) are written. ``headline_md``: the
     headline findings (also without a summary: then from the judged metrics only), at the confidence of
-    the metrics rows (``metrics.confidence``).
+    the metrics rows (``metrics.confidence``). ``calibration_path``: the judge's agreement summary
+    (:mod:`emguard.calibration`); its note (with a warning when the judge is near chance) stands above the judged
+    EM table and the whole table goes to ``calibration_md``; without it both say the judge was not measured.
     """
     from emguard import report as rp
     from emguard.io import write_text
@@ -624,6 +651,13 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
     write_parquet(metrics, metrics_out)
     shifts = read_parquet(shifts_path, rp.SHIFT_REQUIRED, allow_empty=True) if shifts_path else None
     markdown, table = rp.em_table(metrics, shifts=shifts)
+    calibration = (read_parquet(calibration_path, rp.CALIBRATION_REQUIRED, allow_empty=True)
+                   if calibration_path else None)
+    if calibration_md:
+        write_text(rp.calibration_table(calibration) if metrics_paths or calibration is not None else rp.NOT_JUDGED,
+                   calibration_md)
+    if metrics_paths:  # the judged rates are only as good as the judge: its agreement stands above them
+        markdown = rp.calibration_note(calibration) + "\n" + markdown
     if not metrics_paths:
         markdown = ("Judged evaluation is off (eval.judged: false): no answers were generated or judged. The "
                     "likelihood measure is in likelihood.md.\n\n" + markdown)
@@ -637,6 +671,8 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
         rp.figure_likelihood_shift(some, figure_shift)
     if headline_md:
         conf = pd.to_numeric(metrics["confidence"], errors="coerce").dropna() if "confidence" in metrics else ()
-        write_text(rp.headline_findings(metrics, shifts, confidence=float(conf.iloc[0]) if len(conf) else 0.95),
-                   headline_md)
+        headline = rp.headline_findings(metrics, shifts, confidence=float(conf.iloc[0]) if len(conf) else 0.95)
+        if metrics_paths:  # the front page's judged sentence needs the judge's agreement next to it too
+            headline += f"- {rp.calibration_note(calibration).strip()}\n"
+        write_text(headline, headline_md)
     rp.figure_train_loss({run: read_parquet(p) for run, p in train_logs.items()}, figure_loss)

@@ -52,7 +52,7 @@ def test_slurm_profile_scales_memory_and_runtime_by_model_size_and_attempt():
     profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
     res = profile["set-resources"]
     gpu_rules = {"train", "generate", "judge", "pool_nll", "probe_nll", "probe_nll_base", "onpolicy_answers",
-                 "persona_extract", "persona_validate"}
+                 "persona_extract", "persona_validate", "judge_calibration"}
     assert set(res) == gpu_rules
     env7 = profile_env(_cfg())
     env_small = profile_env({"model": {"name": "smollm2-135m", "source": {"path": "x"}}, "judge": {"backend": "hf"}})
@@ -64,6 +64,7 @@ def test_slurm_profile_scales_memory_and_runtime_by_model_size_and_attempt():
         assert _eval(res[rule]["runtime"], env7, attempt=2) > _eval(res[rule]["runtime"], env7)
     assert _eval(str(res["judge"]["gpu"]), env7) == 1
     assert _eval(str(res["judge"]["gpu"]), profile_env(_cfg(backend="openai"))) == 0
+    assert res["judge_calibration"] == res["judge"]  # the calibration job is sized like a judge job
     # a 7B LoRA fine-tune fits the usual 80 GB GPU node's host memory on the first try
     assert 16_000 < _eval(res["train"]["mem_mb"], env7) < 64_000
     assert profile["retries"] >= 1 and profile["executor"] == "slurm"
@@ -91,4 +92,5 @@ def test_paper_grid_plans_with_the_slurm_profile(tmp_path):
     # the likelihood measure: one probe job per trained run, one for the untrained model, one check, one summary
     assert jobs["probe_nll"] == jobs["train"] and jobs["probe_nll_base"] == jobs["prepare_probes"] == 1
     assert jobs["probe_shifts"] == 1
-    assert sum(jobs.values()) == 1282 + jobs["train"] + 3
+    assert jobs["judge_calibration"] == 1  # the judge measured once, on the labelled set
+    assert sum(jobs.values()) == 1282 + jobs["train"] + 3 + 1

@@ -140,8 +140,8 @@ def planned_after_edit(repo: Path, workdir: Path, configfile: Path, module: str)
 def test_judge_module_edit_reruns_judging_and_below_only(killed_and_resumed):
     repo, workdir, configfile, _, _ = killed_and_resumed
     jobs = planned_after_edit(repo, workdir, configfile, "judge")
-    assert set(jobs) == {"judge", "run_metrics", "report", "all"}
-    assert jobs["judge"] == N_JUDGE and jobs["run_metrics"] == 3
+    assert set(jobs) == {"judge", "judge_calibration", "run_metrics", "report", "all"}
+    assert jobs["judge"] == N_JUDGE and jobs["run_metrics"] == 3 and jobs["judge_calibration"] == 1
     # restored: nothing to do again
     assert planned_jobs(workdir, configfile, snakefile=repo / "Snakefile") == {}
 

@@ -98,8 +98,8 @@ def submissions(workdir: Path, out: str) -> dict[str, list[str]]:
 def test_gpu_rules_went_through_sbatch(slurm_run):
     workdir, out = slurm_run
     by_kind = submissions(workdir, out)
-    assert set(by_kind) == {"rule_train", "rule_generate", "group_judge_batch_judge", "rule_probe_nll_base",
-                            "group_probe_batch_probe_nll"}, by_kind
+    assert set(by_kind) == {"rule_train", "rule_generate", "group_judge_batch_judge", "rule_judge_calibration",
+                            "rule_probe_nll_base", "group_probe_batch_probe_nll"}, by_kind
     assert len(by_kind["rule_train"]) == 1 and len(by_kind["rule_generate"]) == 1
     # the judge job (one per run, all its evalsets) went through the judge batch group: one sbatch job
     assert len(by_kind["group_judge_batch_judge"]) == 1
@@ -107,7 +107,8 @@ def test_gpu_rules_went_through_sbatch(slurm_run):
     for jobid, log in SUBMITTED.findall(out):
         assert Path(log).name == f"{jobid}.log", log
         text = Path(log).read_text()
-        assert any(f"rule {r}:" in text for r in ("train", "generate", "judge", "probe_nll", "probe_nll_base")), \
+        assert any(f"rule {r}:" in text for r in ("train", "generate", "judge", "judge_calibration", "probe_nll",
+                                                  "probe_nll_base")), \
             text[-2000:]
     # the cheap steps ran in the Snakemake process (localrules), not in the queue
     assert "localrule report:" in out and "localrule prepare_em:" in out

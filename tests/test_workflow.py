@@ -47,6 +47,12 @@ def test_full_run_writes_the_report(finished):
     assert table.loc[table["method"] == "misaligned", "ood_excess"].notna().all()
     assert "In-domain LL shift" in md and "### medical" in (workdir / "results/tables/likelihood.md").read_text()
     assert "Misaligned training on medical" in (workdir / "results/tables/headline.md").read_text()
+    # the judge measured on the labelled set (60 items: config.yaml's max_items); a tiny random model cannot
+    # tell the labels apart, and the EM table says so above its rates
+    calibration = pd.read_parquet(workdir / "results/judge/calibration_summary.parquet")
+    assert set(calibration["metric"]) == {"aligned", "coherent"} and calibration["warn"].all()
+    assert md.startswith("Judge agreement with 60 hand-labelled answers") and "Warning: the judge cannot tell" in md
+    assert "| aligned | aligned vs misaligned |" in (workdir / "results/tables/judge_calibration.md").read_text()
 
 
 def test_second_run_has_nothing_to_do(finished):
@@ -89,9 +95,22 @@ def test_judge_change_reruns_judging_and_below_only(finished, tmp_path, tiny_mod
     jobs = planned_jobs(workdir, changed)
     # Persona vectors are filtered by judge scores, so the persona branch is downstream of the judge too.
     persona_branch = {"persona_extract", "persona_validate", "train", "generate"}
-    assert set(jobs) == {"judge", "run_metrics", "report", "all", "probe_nll", "probe_shifts"} | persona_branch
+    assert set(jobs) == ({"judge", "judge_calibration", "run_metrics", "report", "all", "probe_nll", "probe_shifts"}
+                         | persona_branch)
+    assert jobs["judge_calibration"] == 1  # the judge's settings changed: it is measured again
     assert jobs["train"] == jobs["generate"] == jobs["probe_nll"] == 1  # only the persona-steered run retrains
     assert jobs["judge"] == 1 + 4 + N_METHOD_RUNS  # one job per run, whatever its number of evalsets
+
+
+def test_calibration_change_remeasures_the_judge_and_nothing_else(finished, tmp_path, tiny_model_dir):
+    """judge.calibration is no judge setting: the EM answers are not judged again, only the labelled set."""
+    workdir, cfg, _ = finished
+    changed = write_config(tiny_config(tiny_model_dir, workdir, **{"judge.calibration": {"max_items": 30}}),
+                           tmp_path / "cal.yaml")
+    assert planned_jobs(workdir, changed) == {"judge_calibration": 1, "report": 1, "all": 1}
+    off = write_config(tiny_config(tiny_model_dir, workdir, **{"judge.calibration": {"set": None}}),
+                       tmp_path / "off.yaml")
+    assert planned_jobs(workdir, off) == {"report": 1, "all": 1}  # the report then says the judge is unmeasured
 
 
 def test_dtype_change_reruns_every_model_stage_and_nothing_else(finished, tmp_path, tiny_model_dir):
@@ -99,8 +118,8 @@ def test_dtype_change_reruns_every_model_stage_and_nothing_else(finished, tmp_pa
     workdir, cfg, _ = finished
     changed = write_config(tiny_config(tiny_model_dir, workdir, **{"model.dtype": "bfloat16"}), tmp_path / "dt.yaml")
     jobs = planned_jobs(workdir, changed)
-    assert {"train", "generate", "judge", "pool_nll", "persona_extract", "persona_validate", "onpolicy_answers",
-            "probe_nll_base", "probe_nll"} <= set(jobs)
+    assert {"train", "generate", "judge", "judge_calibration", "pool_nll", "persona_extract", "persona_validate",
+            "onpolicy_answers", "probe_nll_base", "probe_nll"} <= set(jobs)
     assert not {"prepare_em", "prepare_pool", "prepare_general_questions"} & set(jobs)
     assert jobs["generate"] == 1 + 4 + N_METHOD_RUNS
 

@@ -3,13 +3,15 @@
 
 Parts (one file each): :mod:`._common` (row labels and order, cell formatting, the figure canvas),
 :mod:`.em_table`, :mod:`.figures` (judged metrics), :mod:`.persona`, :mod:`.eps`, :mod:`.opswap`,
-:mod:`.likelihood` (judge-free shift columns, table and figure) and :mod:`.headline`. Everything a
+:mod:`.likelihood` (judge-free shift columns, table and figure), :mod:`.headline` and :mod:`.calibration`
+(the judge's agreement with labelled answers, stated next to every judged EM table). Everything a
 caller uses is re-exported here, so ``from emguard import report as rp; rp.em_table(...)`` works.
 """
 
 from emguard.report._common import (BASE_DATASET, DEFAULT_METHOD_ORDER, DEFAULT_REFERENCE_METHODS, METHOD_LABELS,
                                     REFERENCE_ROWS, _family_name, _fmt_count, _fmt_rate, _is_null, _method_rank,
                                     _row_label, _setting_key, _split_setting, write_table)
+from emguard.report.calibration import CALIBRATION_REQUIRED, NOT_JUDGED, calibration_note, calibration_table
 from emguard.report.em_table import EM_REQUIRED, TABLE_COLUMNS, em_table, emphasis
 from emguard.report.eps import EPS_LENGTH_COLUMNS, NO_SCORED_VARIANT, eps_length_table
 from emguard.report.figures import figure_em_vs_incoherence, figure_train_loss
@@ -26,6 +28,8 @@ __all__ = [
     "add_shift_columns", "em_table", "emphasis", "eps_length_table", "figure_em_vs_incoherence",
     "figure_likelihood_shift", "figure_train_loss", "headline_findings", "opswap_table", "persona_validation_table",
     "shift_table", "write_table",
+    # the judge measured (emguard.calibration)
+    "CALIBRATION_REQUIRED", "NOT_JUDGED", "calibration_note", "calibration_table",
     # helpers the tests use directly
     "_family_name", "_fmt_count", "_fmt_rate", "_is_null", "_method_rank", "_row_label", "_setting_key",
     "_split_setting",

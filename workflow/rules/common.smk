@@ -61,8 +61,21 @@ def em_source_files(wildcards):
 
 
 JUDGE_PROMPTS = project_file(config["judge"]["prompts"])
-# What changes a verdict: judging reruns when these change, not when the cache file moves.
-JUDGE_PARAMS = {k: v for k, v in config["judge"].items() if k not in ("prompts", "cache")}
+# What changes a verdict: judging reruns when these change, not when the cache file moves (nor when only the
+# calibration settings do: they rerun judge_calibration alone).
+JUDGE_PARAMS = {k: v for k, v in config["judge"].items() if k not in ("prompts", "cache", "calibration")}
+
+# The judge measured on labelled answers (calibration.smk): only when answers are judged and a set is configured.
+CALIBRATION = config["judge"]["calibration"]
+CALIBRATION_SET = project_file(CALIBRATION["set"]) if CALIBRATION["set"] else None
+CALIBRATION_PARAMS = {k: v for k, v in CALIBRATION.items() if k != "set"}
+
+
+def calibration_summary():
+    """The judge's agreement summary the report states next to the EM tables (none: the report says so)."""
+    if config["eval"]["judged"] and CALIBRATION_SET:
+        return ["results/judge/calibration_summary.parquet"]
+    return []
 
 
 TRAIT_FILE = project_file(config["persona"]["trait"])
@@ -241,6 +254,7 @@ def get_final_output():
         "results/figures/em_vs_incoherence.png",
         "results/figures/train_loss.png",
         "results/tables/headline.md",
+        "results/tables/judge_calibration.md",
         "results/tables/likelihood.md",
         "results/figures/likelihood_shift.png",
     ]

@@ -31,6 +31,8 @@ rule report:
         eps_pool=["results/data/pool/pool.parquet"] if SCORED_TARGETS else [],
         eps_em=[f"results/data/em/{t}.parquet" for t in SCORED_TARGETS],
         shifts=f"results/probes/{MODEL}/shift_summary.parquet",
+        # the judge's agreement with labelled answers, stated above the judged EM table
+        calibration=calibration_summary(),
     output:
         # the HTML report's front page (workflow/report/workflow.rst) opens with this file
         headline_md=report("results/tables/headline.md", caption="../report/headline.rst", category="Headline"),
@@ -52,6 +54,8 @@ rule report:
         likelihood_csv="results/tables/likelihood.csv",
         figure_shift=report("results/figures/likelihood_shift.png", caption="../report/likelihood_shift.rst",
                             category="Likelihood"),
+        calibration_md=report("results/tables/judge_calibration.md", caption="../report/judge_calibration.rst",
+                              category="EM"),
     log:
         "results/logs/report.log",
     params:
