@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -279,14 +280,33 @@ def generate_run(model_path: str, questions: dict[str, str], out: str, *, run_id
 
 
 def judge_settings(smk) -> dict:
-    """The judge section for a rule: its params plus the prompt file (an input) and the cache location."""
-    return {**smk.params.judge, "prompts": smk.input.prompts, "cache": smk.config["judge"]["cache"]}
+    """The judge section for a rule: the config's judge section (the API judge's retry, concurrency and price
+    settings are not params), its params, the prompt file (an input) and the cache location."""
+    return {**smk.config["judge"], **smk.params.judge, "prompts": smk.input.prompts,
+            "cache": smk.config["judge"]["cache"]}
+
+
+#: judge config keys handed to OpenAIJudge as they are
+_OPENAI_KWARGS = ("mode", "api_key_env", "top_logprobs", "samples", "temperature", "max_tokens", "concurrency",
+                  "max_retries", "backoff_s", "max_backoff_s", "timeout_s", "batch_poll_s", "batch_wait_s",
+                  "batch_size", "min_prob_mass")
 
 
 def load_judge(judge_cfg: dict, base_model_path: str, dtype: str, device: str, *, loaded=None):
-    """The configured judge backend (the ``hf`` backend runs a local model; 'base' = the base model).
+    """The configured judge backend: ``hf`` runs a local model ('base' = the base model), ``openai`` calls
+    OpenAI or a compatible server (its key from the environment variable ``judge.api_key_env``, checked here,
+    before any work).
 
     ``loaded`` = (model, tokenizer) of the base model, reused when the judge is the base model."""
+    if judge_cfg.get("backend", "hf") == "openai":
+        from emguard.judge import OpenAIJudge
+
+        model = judge_cfg["model"]
+        judge = OpenAIJudge(judge_cfg.get("base_url", "https://api.openai.com/v1"), model, name=f"openai:{model}",
+                            price=(judge_cfg.get("prices") or {}).get(model),
+                            **{k: judge_cfg[k] for k in _OPENAI_KWARGS if k in judge_cfg})
+        judge.check_credentials()
+        return judge
     from emguard.judge import HFJudge
     from emguard.models import load_model, load_tokenizer
 
@@ -301,9 +321,22 @@ def load_judge(judge_cfg: dict, base_model_path: str, dtype: str, device: str, *
                    answer_prefix=judge_cfg.get("answer_prefix", ""), number_tree=judge_cfg.get("number_tree", "full"))
 
 
+def judge_usage_record(judge, run_id: str | None = None) -> dict:
+    """What a judge job used (calls, cache hits, tokens, cost), for ``judge_usage.json``; never the API key."""
+    if hasattr(judge, "usage_record"):
+        record = judge.usage_record()
+    else:
+        usage = getattr(judge, "usage", None)
+        from emguard.judge import JudgeUsage
+
+        record = (usage or JudgeUsage(judge=judge.name)).record(None, backend="hf", model=judge.name, mode="local")
+    return {"run_id": run_id, **record}
+
+
 def judge_run(generations_path: str, questions: dict[str, str], out: str, *, judge_cfg: dict, base_model_path: str,
-              dtype: str, device: str) -> None:
-    """Judge every answer of a run (all its evalsets, as written by :func:`generate_run`) in one process."""
+              dtype: str, device: str, usage_out: str | None = None) -> None:
+    """Judge every answer of a run (all its evalsets, as written by :func:`generate_run`) in one process;
+    ``usage_out``: the job's :func:`judge_usage_record` (JSON)."""
     from emguard.judge import JudgeCache, judge_generations, load_judge_prompts
 
     gens = read_parquet(generations_path, schemas.GENERATION + ["evalset"])
@@ -311,7 +344,19 @@ def judge_run(generations_path: str, questions: dict[str, str], out: str, *, jud
     judge = load_judge(judge_cfg, base_model_path, dtype, device)
     prompts = load_judge_prompts(judge_cfg["prompts"])
     cache = JudgeCache(judge_cfg["cache"])
-    df = judge_generations(gens, table, judge, prompts, cache)
+    run_id = str(gens["run_id"].iloc[0]) if len(gens) else None
+    try:
+        df = judge_generations(gens, table, judge, prompts, cache)
+    finally:  # logged also when judging stops part-way (Snakemake keeps the log, not a failed job's outputs)
+        cache.close()
+        record = judge_usage_record(judge, run_id)
+        log.info("judge usage: %d calls answered, %d failed attempts, %d cache hits, %d input / %d output tokens, "
+                 "cost %s", record["calls"], record["failed_calls"], record["cache_hits"], record["input_tokens"],
+                 record["output_tokens"], "unknown" if record["cost_usd"] is None else f"${record['cost_usd']:.4f}")
+    if usage_out:
+        from emguard.io import write_json
+
+        write_json(record, usage_out)
     write_parquet(df, out)
 
 
@@ -575,17 +620,30 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
            opswap_csv: str | None = None, eps_md: str | None = None, eps_csv: str | None = None,
            eps_inputs: dict | None = None, shifts_path: str | None = None, headline_md: str | None = None,
            likelihood_md: str | None = None, likelihood_csv: str | None = None,
-           figure_shift: str | None = None) -> None:
+           figure_shift: str | None = None, judge_usage_paths: list[str] = (), judge_usage_md: str | None = None,
+           judge_usage_csv: str | None = None) -> None:
     """Every table and figure of the report.
 
     ``shifts_path``: the likelihood-shift summary (Parquet, :data:`emguard.report.SHIFT_COLUMNS`); when
     given, the EM table gains its shift columns and ``likelihood_md`` / ``likelihood_csv`` (the
     per-probe-set table) and ``figure_shift`` (in-domain vs OOD shift) are written. ``headline_md``: the
     headline findings (also without a summary: then from the judged metrics only), at the confidence of
-    the metrics rows (``metrics.confidence``).
+    the metrics rows (``metrics.confidence``). ``judge_usage_md`` / ``_csv``: the judge usage table from
+    every judge job's ``judge_usage.json`` (``judge_usage_paths``).
     """
     from emguard import report as rp
     from emguard.io import write_text
+
+    if judge_usage_md:
+        from emguard.errors import InputError
+
+        records = []
+        for path in judge_usage_paths:
+            try:
+                records.append(json.loads(Path(path).read_text(encoding="utf-8")))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise InputError(f"{path}: not a judge usage record: {exc}") from exc
+        rp.write_table(*rp.judge_usage_table(records), judge_usage_md, judge_usage_csv)
 
     if eps_md:
         eps_lengths(eps_md, eps_csv, **(eps_inputs or {}))

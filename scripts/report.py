@@ -10,4 +10,6 @@ run_stage(snakemake, report, metrics_paths=list(i.metrics), train_logs=snakemake
           eps_inputs={"nll_path": i.eps_nll[0], "pool_path": i.eps_pool[0], "targets": snakemake.params.eps_targets,
                       "interleave": snakemake.params.interleave} if i.eps_nll else None,
           shifts_path=i.get("shifts"), headline_md=o.get("headline_md"), likelihood_md=o.get("likelihood_md"),
-          likelihood_csv=o.get("likelihood_csv"), figure_shift=o.get("figure_shift"))
+          likelihood_csv=o.get("likelihood_csv"), figure_shift=o.get("figure_shift"),
+          judge_usage_paths=list(i.get("judge_usage", [])), judge_usage_md=o.get("judge_usage_md"),
+          judge_usage_csv=o.get("judge_usage_csv"))

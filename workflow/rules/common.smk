@@ -53,8 +53,9 @@ def project_file(path):
 
 
 JUDGE_PROMPTS = project_file(config["judge"]["prompts"])
-# What changes a verdict: judging reruns when these change, not when the cache file moves.
-JUDGE_PARAMS = {k: v for k, v in config["judge"].items() if k not in ("prompts", "cache")}
+# What changes a verdict: judging reruns when these change, not when the cache file moves or the API judge's
+# retry, concurrency or price settings change (emconfig.JUDGE_RUNTIME_KEYS; the judge reads those from the config).
+JUDGE_PARAMS = {k: v for k, v in config["judge"].items() if k not in emconfig.JUDGE_RUNTIME_KEYS}
 
 
 TRAIT_FILE = project_file(config["persona"]["trait"])
@@ -200,6 +201,11 @@ def all_run_metrics():
     if not config["eval"]["judged"]:
         return []
     return [f"{r.path}/metrics.parquet" for r in RUNS if not emconfig.is_opswap(r.dataset)]
+
+
+def all_judge_usage():
+    """Every judge job's usage record (calls, cache hits, tokens, cost), for the report's judge usage table."""
+    return [m.replace("metrics.parquet", "judge_usage.json") for m in all_run_metrics()]
 
 
 def all_task_metrics():

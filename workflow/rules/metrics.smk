@@ -31,6 +31,7 @@ rule report:
         eps_pool=["results/data/pool/pool.parquet"] if SCORED_TARGETS else [],
         eps_em=[f"results/data/em/{t}.parquet" for t in SCORED_TARGETS],
         shifts=f"results/probes/{MODEL}/shift_summary.parquet",
+        judge_usage=all_judge_usage(),
     output:
         # the HTML report's front page (workflow/report/workflow.rst) opens with this file
         headline_md=report("results/tables/headline.md", caption="../report/headline.rst", category="Headline"),
@@ -50,6 +51,8 @@ rule report:
         likelihood_md=report("results/tables/likelihood.md", caption="../report/likelihood_table.rst",
                              category="Likelihood"),
         likelihood_csv="results/tables/likelihood.csv",
+        judge_usage_md=report("results/tables/judge_usage.md", caption="../report/judge_usage.rst", category="EM"),
+        judge_usage_csv="results/tables/judge_usage.csv",
         figure_shift=report("results/figures/likelihood_shift.png", caption="../report/likelihood_shift.rst",
                             category="Likelihood"),
     log:
