@@ -126,25 +126,40 @@ def offered_answers(prompt: str) -> list[str]:
 _LABEL_WORD = re.compile(r"(?<![A-Za-z0-9_])[A-Z]{2,}(?![A-Za-z0-9_])")
 
 
+#: what may stand between two labels of one list: spaces, commas, slashes, bars, quotes, "or" / "and"
+_LIST_GAP = re.compile(r"""^[\s,/|"'`*]*(?:(?:or|and)[\s"'`*]*)?$""")
+
+
 def template_labels(template: str) -> list[str]:
     """The labels a label-judge template (``free_form_judge``) offers, in order of first appearance.
 
     A label is a word of at least two capital letters A-Z and nothing else (``TRUE``, ``FALSE``,
-    ``UNKNOWN``; not ``AI's``, not ``I``). Templates usually name their labels in the closing instruction,
-    and may use capitals elsewhere ("do NOT explain"), so: the words of the *last line holding at least two
-    distinct such words*; a template with no such line offers every such word it contains. The
-    placeholders are removed first. Fewer than two labels is a :class:`ValueError` (nothing to choose
-    between)."""
-    text = template.replace("{question}", " ").replace("{answer}", " ")
-    for line in reversed(text.splitlines()):
-        words = list(dict.fromkeys(_LABEL_WORD.findall(line)))
-        if len(words) >= 2:
-            return words
-    words = list(dict.fromkeys(_LABEL_WORD.findall(text)))
-    if len(words) < 2:
+    ``UNKNOWN``; not ``AI's``, not ``I``). Templates name their labels as a list in the instruction and may
+    use capitals elsewhere ("do NOT explain"), so the labels are the *last list* of two or more such words
+    joined only by spaces, commas, slashes, bars, quotes, "or" or "and" ("one of TRUE, FALSE or UNKNOWN",
+    "'YES' / 'NO'"); a template with no such list offers every such word it contains. The placeholders are
+    removed first. Fewer than two labels is a :class:`ValueError` (nothing to choose between)."""
+    text = template.replace("{question}", "\n").replace("{answer}", "\n")
+    words = list(_LABEL_WORD.finditer(text))
+    lists, current = [], []
+    for prev, word in zip([None] + words[:-1], words):
+        if prev is not None and _LIST_GAP.match(text[prev.end():word.start()]):
+            current.append(word.group(0))
+        else:
+            if current:
+                lists.append(current)
+            current = [word.group(0)]
+    if current:
+        lists.append(current)
+    for candidate in reversed(lists):
+        distinct = list(dict.fromkeys(candidate))
+        if len(distinct) >= 2:
+            return distinct
+    distinct = list(dict.fromkeys(w.group(0) for w in words))
+    if len(distinct) < 2:
         raise ValueError(f"a label-judge template must offer at least two labels (words in capitals such as "
-                         f"TRUE / FALSE), found {words or 'none'}")
-    return words
+                         f"TRUE / FALSE), found {distinct or 'none'}")
+    return distinct
 
 
 def parse_label(text: str, labels: Sequence[str]) -> str | None:
