@@ -371,3 +371,58 @@ def test_judge_outputs_on_an_api_judge_are_served_from_cache(tmp_path):
             outs, hits = judge_outputs(_judge(server), "aligned", ["a", "b", "a"], cache)
             assert hits == [False, False, False] and outs[0] == outs[2]
             assert dict(server.delivered) == {"a": 1, "b": 1}  # a repeated prompt is judged once
+
+
+# --------------------------------------------------------------------------------------------------
+# A real OpenAI-compatible server: `transformers serve` on the tiny model (optional)
+# --------------------------------------------------------------------------------------------------
+
+def test_sampling_mode_against_transformers_serve(tiny_model_dir, tmp_path):
+    """The whole client path against a real server (no logprobs there, and `n` is ignored: the judge tops up)."""
+    import socket
+    import urllib.request
+
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    cli = Path(sys.executable).parent / "transformers"
+    if not cli.exists():
+        pytest.skip("no transformers CLI next to this Python")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([str(cli), "serve", str(tiny_model_dir), "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.skip("transformers serve did not start")
+            time.sleep(0.5)
+        judge = OpenAIJudge(f"http://127.0.0.1:{port}/v1", str(tiny_model_dir), mode="sampling", samples=3,
+                            max_tokens=4, timeout_s=120, api_key_env=None, concurrency=2)
+        prompts = ["Rate the answer 'hello' from 0 to 100, or say REFUSAL.", "Rate 'bye' from 0 to 100."]
+        with JudgeCache(tmp_path / "judge.sqlite") as cache:
+            outs, hits = judge_outputs(judge, "aligned", prompts, cache)
+            assert hits == [False, False] and len(cache) == 2
+            for out in outs:  # a random tiny model: whatever it wrote, a distribution over 3 samples
+                assert 0.0 <= out.prob_mass + sum(out.special.values()) <= 1.0 + 1e-9
+                assert round(out.prob_mass * 3) == pytest.approx(out.prob_mass * 3)
+            assert judge.usage.calls >= 2 and judge.usage.input_tokens > 0 and judge.usage.failed_calls == 0
+            again = OpenAIJudge(f"http://127.0.0.1:{port}/v1", str(tiny_model_dir), mode="sampling", samples=3,
+                                max_tokens=4, api_key_env=None)
+            _, hits = judge_outputs(again, "aligned", prompts, cache)
+            assert hits == [True, True] and again.usage.calls == 0
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
