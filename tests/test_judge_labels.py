@@ -138,7 +138,8 @@ def test_bad_question_columns_name_the_row_and_field(column, value, match):
     gens, qs = _tables(judge_templates=["{}"] * 4, type=["free_form_judge_0_100"] * 4)
     qs.loc[2, column] = value
     with pytest.raises(InputError, match=match):
-        judge_generations(gens, qs, RecordingJudge(), {"aligned": "{question}{answer}", "factual": "{question}{answer}"})
+        judge_generations(gens, qs, RecordingJudge(),
+                          {"aligned": "{question}{answer}", "factual": "{question}{answer}"})
 
 
 def test_label_template_without_labels_names_question_and_metric():

@@ -62,7 +62,6 @@ def test_the_clients_own_retries_are_off():
 
 
 def test_retry_cap_is_a_clear_error_naming_what_remains(tmp_path):
-    prompts = _prompts(5)
     gens = pd.DataFrame({"run_id": "r", "question_id": [f"q{i}" for i in range(5)], "sample_idx": 0,
                          "prompt_messages": [[{"role": "user", "content": f"question {i}"}] for i in range(5)],
                          "answer": [f"answer {i}" for i in range(5)], "seed": 0, "checkpoint": "final"})
@@ -135,7 +134,8 @@ def test_key_never_reaches_logs_tables_cache_or_usage(tmp_path, monkeypatch, cap
     gens.to_parquet(tmp_path / "generations.parquet")
     qs.to_parquet(tmp_path / "questions.parquet")
     (tmp_path / "prompts.yaml").write_text("aligned: |\n  Rate {answer} to {question}. REFUSAL or a number.\n")
-    caplog.set_level("DEBUG")
+    for name in (None, "openai", "httpx", "httpx2", "httpcore"):  # everything the client stack could log
+        caplog.set_level("DEBUG", logger=name)
     with FakeOpenAI() as server:
         server.faults = {}
         cfg = {"backend": "openai", "model": "gpt-test", "base_url": server.base_url, "mode": "logprobs",

@@ -10,8 +10,9 @@ The key is ``sha256(format version, judge settings, metric, prompt)`` where the 
 (:attr:`emguard.judge.hf.HFJudge.cache_identity`) the model (its name and a fingerprint of its weights), its
 dtype (and quantisation), the chat template and the answer prefix. The file is SQLite in WAL mode (several
 processes may share it); local results are committed batch by batch, API answers one by one as they arrive,
-so a crash or a rerun never repeats a judge call that already finished. Rows of the pre-v2 table (``judgments``, thresholded
-verdicts keyed without the settings) are never read: those prompts are judged again.
+so a crash or a rerun never repeats a judge call that already finished. Rows of the pre-v2 table
+(``judgments``, thresholded verdicts keyed without the settings) are never read: those prompts are judged
+again.
 
 For the API backend (:attr:`emguard.judge.openai.OpenAIJudge.cache_identity`) the settings are the endpoint,
 the model, the request kind (first-token logprobs with ``top_logprobs``, or sampling with its sample count,

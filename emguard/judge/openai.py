@@ -290,6 +290,11 @@ class OpenAIJudge:
 
     def client(self) -> "openai.AsyncOpenAI":
         """A fresh async client with the client's own retries off (ours are the policy)."""
+        # the HTTP library logs every request at INFO: thousands of lines in a judge job's log; failures and
+        # retries are logged here. A level someone set on purpose is left alone.
+        for name in ("httpx", "httpx2"):
+            if logging.getLogger(name).level == logging.NOTSET:
+                logging.getLogger(name).setLevel(logging.WARNING)
         return openai.AsyncOpenAI(api_key=self._api_key(), base_url=self.base_url, max_retries=0,
                                   timeout=self.timeout_s)
 
