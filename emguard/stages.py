@@ -333,31 +333,75 @@ def judge_usage_record(judge, run_id: str | None = None) -> dict:
     return {"run_id": run_id, **record}
 
 
+#: ``judge.model`` value that takes each question's judge from its question file (the ``judge`` column)
+FROM_QUESTIONS = "from_questions"
+
+
+def _judges_by_question(table: pd.DataFrame, judge_cfg: dict, base_model_path: str, dtype: str, device: str) -> dict:
+    """``judge.model: from_questions``: one judge per model named in the questions' ``judge`` column (every
+    question needs one: checked before any judge is built or called)."""
+    from emguard.errors import InputError
+
+    if "judge" not in table.columns:
+        raise InputError("judge.model is 'from_questions' but the question tables have no 'judge' column (the "
+                         "question files name no judge)")
+    named = table["judge"].map(lambda v: isinstance(v, str) and bool(v.strip()))
+    if not named.all():
+        missing = table.loc[~named, ["evalset", "question_id"]].drop_duplicates()
+        listed = ", ".join(f"{e}/{q}" for e, q in missing.itertuples(index=False, name=None))
+        raise InputError(f"judge.model is 'from_questions' but {len(missing)} question(s) name no judge: {listed}")
+    return {name: load_judge({**judge_cfg, "model": name}, base_model_path, dtype, device)
+            for name in sorted(table["judge"].unique())}
+
+
 def judge_run(generations_path: str, questions: dict[str, str], out: str, *, judge_cfg: dict, base_model_path: str,
               dtype: str, device: str, usage_out: str | None = None) -> None:
     """Judge every answer of a run (all its evalsets, as written by :func:`generate_run`) in one process;
-    ``usage_out``: the job's :func:`judge_usage_record` (JSON)."""
+    ``usage_out``: the job's usage, a list of :func:`judge_usage_record` (one per judge; JSON).
+
+    ``judge.model: from_questions`` judges each question with the judge its question file names (one judge per
+    name, all of the config's other judge settings); the table keeps the generations' order."""
     from emguard.judge import JudgeCache, judge_generations, load_judge_prompts
 
     gens = read_parquet(generations_path, schemas.GENERATION + ["evalset"])
     table = read_question_sets(questions)
-    judge = load_judge(judge_cfg, base_model_path, dtype, device)
     prompts = load_judge_prompts(judge_cfg["prompts"])
+    if judge_cfg.get("model") == FROM_QUESTIONS:
+        judges = _judges_by_question(table, judge_cfg, base_model_path, dtype, device)
+    else:
+        judges = {None: load_judge(judge_cfg, base_model_path, dtype, device)}
     cache = JudgeCache(judge_cfg["cache"])
     run_id = str(gens["run_id"].iloc[0]) if len(gens) else None
     try:
-        df = judge_generations(gens, table, judge, prompts, cache)
+        parts = []
+        for name, judge in judges.items():
+            qs = table if name is None else table[table["judge"] == name]
+            keys = set(zip(qs["evalset"].astype(str), qs["question_id"].astype(str)))
+            mine = gens if name is None else gens[[k in keys for k in zip(gens["evalset"].astype(str),
+                                                                         gens["question_id"].astype(str))]]
+            parts.append(judge_generations(mine, qs, judge, prompts, cache))
     finally:  # logged also when judging stops part-way (Snakemake keeps the log, not a failed job's outputs)
         cache.close()
-        record = judge_usage_record(judge, run_id)
-        log.info("judge usage: %d calls answered, %d failed attempts, %d cache hits, %d input / %d output tokens, "
-                 "cost %s", record["calls"], record["failed_calls"], record["cache_hits"], record["input_tokens"],
-                 record["output_tokens"], "unknown" if record["cost_usd"] is None else f"${record['cost_usd']:.4f}")
+        records = [judge_usage_record(judge, run_id) for judge in judges.values()]
+        for record in records:
+            log.info("judge usage (%s): %d calls answered, %d failed attempts, %d cache hits, %d input / %d output "
+                     "tokens, cost %s", record["judge"], record["calls"], record["failed_calls"], record["cache_hits"],
+                     record["input_tokens"], record["output_tokens"],
+                     "unknown" if record["cost_usd"] is None else f"${record['cost_usd']:.4f}")
+    df = parts[0] if len(parts) == 1 else _in_generation_order(pd.concat(parts, ignore_index=True), gens)
     if usage_out:
         from emguard.io import write_json
 
-        write_json(record, usage_out)
+        write_json(records, usage_out)
     write_parquet(df, out)
+
+
+def _in_generation_order(judged: pd.DataFrame, gens: pd.DataFrame) -> pd.DataFrame:
+    """Judgments of several judges, reordered as one judge would have written them (generations' order)."""
+    cols = ["run_id", "evalset", "question_id", "sample_idx", "checkpoint"]
+    position = {tuple(map(str, k)): i for i, k in enumerate(gens[cols].itertuples(index=False, name=None))}
+    order = [position[tuple(map(str, k))] for k in judged[cols].itertuples(index=False, name=None)]
+    return judged.assign(_pos=order).sort_values("_pos", kind="stable").drop(columns="_pos").reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -640,9 +684,10 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
         records = []
         for path in judge_usage_paths:
             try:
-                records.append(json.loads(Path(path).read_text(encoding="utf-8")))
+                data = json.loads(Path(path).read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError) as exc:
                 raise InputError(f"{path}: not a judge usage record: {exc}") from exc
+            records += data if isinstance(data, list) else [data]
         rp.write_table(*rp.judge_usage_table(records), judge_usage_md, judge_usage_csv)
 
     if eps_md:

@@ -33,6 +33,7 @@ class FakeOpenAI:
         self.faults: dict[str, list[str]] = {}
         self.always: dict[str, str] = {}  # prompt -> a fault applied to every attempt
         self.auth: list[str] = []
+        self.models: dict[str, str] = {}  # prompt -> the model it was last sent to
         self.retry_after = "1"
         self.timeout_sleep = 1.5
         self.top_for = lambda prompt: DEFAULT_TOP
@@ -134,6 +135,7 @@ class FakeOpenAI:
     def _chat(self, h, body: dict):
         prompt = body["messages"][0]["content"]
         with self.lock:
+            self.models[prompt] = body.get("model")
             self.attempts[prompt] += 1
             self.times[prompt].append(time.monotonic())
             queue = self.faults.get(prompt) or []

@@ -149,7 +149,7 @@ def test_key_never_reaches_logs_tables_cache_or_usage(tmp_path, monkeypatch, cap
         assert server.auth and all(a == f"Bearer {secret}" for a in server.auth)
     out = capsys.readouterr()
     assert "2 API calls to gpt-test" in out.out and "estimated cost $" in out.out  # printed before paying
-    usage = json.loads((tmp_path / "judge_usage.json").read_text())
+    (usage,) = json.loads((tmp_path / "judge_usage.json").read_text())
     assert usage["calls"] == 2 and usage["run_id"] == "r" and usage["model"] == "gpt-test"
     assert usage["cost_usd"] == pytest.approx((usage["input_tokens"] * 1.0 + usage["output_tokens"] * 2.0) / 1e6)
     judged = pd.read_parquet(tmp_path / "judgments.parquet")
@@ -158,6 +158,41 @@ def test_key_never_reaches_logs_tables_cache_or_usage(tmp_path, monkeypatch, cap
         assert secret.encode() not in path.read_bytes(), path.name
     for text in (out.out, out.err, caplog.text):
         assert secret not in text
+
+
+def test_from_questions_judges_each_question_with_its_files_judge(tmp_path):
+    from emguard.errors import InputError
+    from emguard.stages import judge_run
+
+    gens = pd.DataFrame({"run_id": "r", "question_id": ["a", "b", "a", "b"], "sample_idx": [0, 0, 1, 1],
+                         "prompt_messages": [[{"role": "user", "content": f"question {q}"}] for q in "abab"],
+                         "answer": ["x1", "y1", "x2", "y2"], "seed": 0, "checkpoint": "final", "evalset": "general"})
+    qs = pd.DataFrame({"question_id": ["a", "b"], "paraphrase": "p", "system": None, "samples": 2,
+                       "judge_prompts": [["aligned"], ["aligned"]], "category": "c", "judge": ["judge-a", "judge-b"]})
+    gens.to_parquet(tmp_path / "generations.parquet")
+    qs.to_parquet(tmp_path / "questions.parquet")
+    (tmp_path / "prompts.yaml").write_text('aligned: "{question} -> {answer}"\n')
+    with FakeOpenAI() as server:
+        cfg = {"backend": "openai", "model": "from_questions", "base_url": server.base_url, "mode": "logprobs",
+               "api_key_env": "NO_SUCH_KEY", "min_prob_mass": 0.25, "backoff_s": 0.01,
+               "prompts": str(tmp_path / "prompts.yaml"), "cache": str(tmp_path / "judge.sqlite"),
+               "prices": {"judge-a": {"input_per_mtok": 1.0, "output_per_mtok": 1.0}}}
+        kw = dict(judge_cfg=cfg, base_model_path="unused", dtype="auto", device="cpu")
+        judge_run(str(tmp_path / "generations.parquet"), {"general": str(tmp_path / "questions.parquet")},
+                  str(tmp_path / "judgments.parquet"), usage_out=str(tmp_path / "usage.json"), **kw)
+        assert server.models == {"question a -> x1": "judge-a", "question a -> x2": "judge-a",
+                                 "question b -> y1": "judge-b", "question b -> y2": "judge-b"}
+        df = pd.read_parquet(tmp_path / "judgments.parquet")
+        assert list(zip(df["question_id"], df["sample_idx"])) == [("a", 0), ("b", 0), ("a", 1), ("b", 1)]
+        assert list(df["judge_model"]) == ["openai:judge-a", "openai:judge-b"] * 2
+        usage = json.loads((tmp_path / "usage.json").read_text())
+        assert [(u["model"], u["calls"], u["cost_usd"] is None) for u in usage] == [("judge-a", 2, False),
+                                                                                    ("judge-b", 2, True)]
+        qs.loc[1, "judge"] = None
+        qs.to_parquet(tmp_path / "questions.parquet")
+        with pytest.raises(InputError, match="1 question.*name no judge: general/b"):
+            judge_run(str(tmp_path / "generations.parquet"), {"general": str(tmp_path / "questions.parquet")},
+                      str(tmp_path / "j2.parquet"), **kw)
 
 
 def test_killed_mid_run_a_rerun_repeats_no_paid_call(tmp_path):
