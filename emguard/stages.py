@@ -299,10 +299,10 @@ def load_judge(judge_cfg: dict, base_model_path: str, dtype: str, device: str, *
 
     ``loaded`` = (model, tokenizer) of the base model, reused when the judge is the base model."""
     if judge_cfg.get("backend", "hf") == "openai":
-        from emguard.judge import OpenAIJudge
+        from emguard.judge.openai import DEFAULT_BASE_URL, OpenAIJudge
 
         model = judge_cfg["model"]
-        judge = OpenAIJudge(judge_cfg.get("base_url", "https://api.openai.com/v1"), model, name=f"openai:{model}",
+        judge = OpenAIJudge(judge_cfg.get("base_url", DEFAULT_BASE_URL), model, name=f"openai:{model}",
                             price=(judge_cfg.get("prices") or {}).get(model),
                             **{k: judge_cfg[k] for k in _OPENAI_KWARGS if k in judge_cfg})
         judge.check_credentials()

@@ -229,7 +229,7 @@ def is_loopback(base_url: str) -> bool:
 class OpenAIJudge:
     """A judge behind the OpenAI chat-completions API (see the module docstring)."""
 
-    def __init__(self, base_url: str = DEFAULT_BASE_URL, model: str = "gpt-4o-mini", *, mode: str = "logprobs",
+    def __init__(self, base_url: str, model: str, *, mode: str = "logprobs",
                  name: str | None = None, api_key_env: str | None = "OPENAI_API_KEY", top_logprobs: int = 20,
                  samples: int = 10, temperature: float = 1.0, max_tokens: int = 8, batch_size: int = 64,
                  concurrency: int = 8, min_prob_mass: float = 0.25, max_retries: int = 6, backoff_s: float = 1.0,
