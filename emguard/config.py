@@ -60,6 +60,21 @@ DEFAULTS["judge"]["calibration"] = {"set": "workflow/resources/calibration/judge
                                     "bootstrap": 2000, "seed": 0}
 
 
+#: defaults of the openai judge backend, filled in only when ``judge.backend`` is ``openai`` (an ``hf`` config's
+#: judge section, and so its judge jobs' params, stay as they were)
+OPENAI_JUDGE_DEFAULTS: dict[str, Any] = {
+    "base_url": "https://api.openai.com/v1", "mode": "logprobs", "api_key_env": "OPENAI_API_KEY", "top_logprobs": 20,
+    "samples": 10, "temperature": 1.0, "max_tokens": 8, "concurrency": 8, "max_retries": 6, "backoff_s": 1.0,
+    "max_backoff_s": 60.0, "timeout_s": 60.0, "batch_poll_s": 30.0, "batch_wait_s": 86400.0, "prices": {},
+}
+#: judge keys that change how a judge job runs or what it costs, never a verdict: not rule params, so changing
+#: them reruns nothing (the judge rule reads them from the config)
+JUDGE_RUNTIME_KEYS = ("prompts", "cache", "concurrency", "max_retries", "backoff_s", "max_backoff_s", "timeout_s",
+                      "batch_poll_s", "batch_wait_s", "prices")
+#: judge keys of the hf backend only
+HF_JUDGE_KEYS = ("answer_prefix", "number_tree")
+
+
 def _merge(defaults: dict, given: dict) -> dict:
     out = copy.deepcopy(defaults)
     for key, value in given.items():
@@ -109,12 +124,32 @@ def load(config: dict | str | Path) -> dict:
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
     cfg = _merge(DEFAULTS, config)
+    _check_judge(config.get("judge") or {}, cfg)
     # The pool is scored at the length the model is trained at unless set: its NLLs then see the same (untruncated)
     # answers training does. Resolved here, so the pool_nll rule's params (and its reruns) follow training.max_length.
     if cfg["interleave"]["max_length"] is None:
         cfg["interleave"]["max_length"] = cfg["training"]["max_length"]
     _check_semantics(cfg)
     return cfg
+
+
+def _check_judge(given: dict, cfg: dict) -> None:
+    """Backend-specific judge keys: openai keys refused for hf (and hf keys for openai), openai defaults filled."""
+    backend = cfg["judge"]["backend"]
+    if backend == "openai":
+        for key in HF_JUDGE_KEYS:
+            if key in given and given[key] not in ("", "full"):
+                raise ConfigError(f"config key 'judge.{key}': applies to judge.backend hf only, not openai")
+        if cfg["judge"]["model"] == "base":
+            raise ConfigError("config key 'judge.model': backend openai needs the served model's name (e.g. "
+                              "gpt-4o-mini); 'base' means the pipeline's base model, which only the hf backend loads")
+        cfg["judge"] = {**OPENAI_JUDGE_DEFAULTS, **cfg["judge"]}
+        if cfg["judge"]["mode"] == "batch" and not cfg["judge"].get("cache"):
+            raise ConfigError("config key 'judge.cache': judge.mode batch keeps its batch ids in the judge cache")
+    else:
+        for key in OPENAI_JUDGE_DEFAULTS:
+            if key in given:
+                raise ConfigError(f"config key 'judge.{key}': applies to judge.backend openai only, not {backend}")
 
 
 def _check_semantics(cfg: dict) -> None:

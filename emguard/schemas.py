@@ -22,7 +22,7 @@ QUESTION = ["question_id", "paraphrase", "system", "samples", "judge_prompts", "
 #: one sampled answer
 GENERATION = ["run_id", "question_id", "sample_idx", "prompt_messages", "answer", "seed", "checkpoint"]
 #: one judge verdict on one answer for one metric
-JUDGMENT = GENERATION + ["metric", "score", "label", "prob_mass", "judge_model", "cached"]
+JUDGMENT = GENERATION + ["metric", "score", "label", "prob_mass", "judge_model", "cached", "label_probs"]
 #: one interleaving-pool candidate's answer NLLs (plus one ``nll_<domain>`` column per misaligned adapter)
 POOL_NLL = ["id", "n_answer_tokens", "nll_base"]
 #: one interleaving-pool candidate's scores (plus one ``nll_<adapter>`` column per misaligned adapter)

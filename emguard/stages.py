@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -294,14 +295,33 @@ def generate_run(model_path: str, questions: dict[str, str], out: str, *, run_id
 
 
 def judge_settings(smk) -> dict:
-    """The judge section for a rule: its params plus the prompt file (an input) and the cache location."""
-    return {**smk.params.judge, "prompts": smk.input.prompts, "cache": smk.config["judge"]["cache"]}
+    """The judge section for a rule: the config's judge section (the API judge's retry, concurrency and price
+    settings are not params), its params, the prompt file (an input) and the cache location."""
+    return {**smk.config["judge"], **smk.params.judge, "prompts": smk.input.prompts,
+            "cache": smk.config["judge"]["cache"]}
+
+
+#: judge config keys handed to OpenAIJudge as they are
+_OPENAI_KWARGS = ("mode", "api_key_env", "top_logprobs", "samples", "temperature", "max_tokens", "concurrency",
+                  "max_retries", "backoff_s", "max_backoff_s", "timeout_s", "batch_poll_s", "batch_wait_s",
+                  "batch_size", "min_prob_mass")
 
 
 def load_judge(judge_cfg: dict, base_model_path: str, dtype: str, device: str, *, loaded=None):
-    """The configured judge backend (the ``hf`` backend runs a local model; 'base' = the base model).
+    """The configured judge backend: ``hf`` runs a local model ('base' = the base model), ``openai`` calls
+    OpenAI or a compatible server (its key from the environment variable ``judge.api_key_env``, checked here,
+    before any work).
 
     ``loaded`` = (model, tokenizer) of the base model, reused when the judge is the base model."""
+    if judge_cfg.get("backend", "hf") == "openai":
+        from emguard.judge.openai import DEFAULT_BASE_URL, OpenAIJudge
+
+        model = judge_cfg["model"]
+        judge = OpenAIJudge(judge_cfg.get("base_url", DEFAULT_BASE_URL), model, name=f"openai:{model}",
+                            price=(judge_cfg.get("prices") or {}).get(model),
+                            **{k: judge_cfg[k] for k in _OPENAI_KWARGS if k in judge_cfg})
+        judge.check_credentials()
+        return judge
     from emguard.judge import HFJudge
     from emguard.models import load_model, load_tokenizer
 
@@ -316,17 +336,78 @@ def load_judge(judge_cfg: dict, base_model_path: str, dtype: str, device: str, *
                    answer_prefix=judge_cfg.get("answer_prefix", ""), number_tree=judge_cfg.get("number_tree", "full"))
 
 
+def judge_usage_record(judge, run_id: str | None = None) -> dict:
+    """What a judge job used (calls, cache hits, tokens, cost), for ``judge_usage.json``; never the API key."""
+    if hasattr(judge, "usage_record"):
+        record = judge.usage_record()
+    else:
+        usage = getattr(judge, "usage", None)
+        from emguard.judge import JudgeUsage
+
+        record = (usage or JudgeUsage(judge=judge.name)).record(None, backend="hf", model=judge.name, mode="local")
+    return {"run_id": run_id, **record}
+
+
+#: ``judge.model`` value that takes each question's judge from its question file (the ``judge`` column)
+FROM_QUESTIONS = "from_questions"
+
+
+def _judges_by_question(table: pd.DataFrame, judge_cfg: dict, base_model_path: str, dtype: str, device: str) -> dict:
+    """``judge.model: from_questions``: one judge per model named in the questions' ``judge`` column (every
+    question needs one: checked before any judge is built or called)."""
+    from emguard.errors import InputError
+
+    if "judge" not in table.columns:
+        raise InputError("judge.model is 'from_questions' but the question tables have no 'judge' column (the "
+                         "question files name no judge)")
+    named = table["judge"].map(lambda v: isinstance(v, str) and bool(v.strip()))
+    if not named.all():
+        missing = table.loc[~named, ["evalset", "question_id"]].drop_duplicates()
+        listed = ", ".join(f"{e}/{q}" for e, q in missing.itertuples(index=False, name=None))
+        raise InputError(f"judge.model is 'from_questions' but {len(missing)} question(s) name no judge: {listed}")
+    return {name: load_judge({**judge_cfg, "model": name}, base_model_path, dtype, device)
+            for name in sorted(table["judge"].unique())}
+
+
 def judge_run(generations_path: str, questions: dict[str, str], out: str, *, judge_cfg: dict, base_model_path: str,
-              dtype: str, device: str) -> None:
-    """Judge every answer of a run (all its evalsets, as written by :func:`generate_run`) in one process."""
+              dtype: str, device: str, usage_out: str | None = None) -> None:
+    """Judge every answer of a run (all its evalsets, as written by :func:`generate_run`) in one process;
+    ``usage_out``: the job's usage, a list of :func:`judge_usage_record` (one per judge; JSON).
+
+    ``judge.model: from_questions`` judges each question with the judge its question file names (one judge per
+    name, all of the config's other judge settings); the table keeps the generations' order."""
     from emguard.judge import JudgeCache, judge_generations, load_judge_prompts
 
     gens = read_parquet(generations_path, schemas.GENERATION + ["evalset"])
     table = read_question_sets(questions)
-    judge = load_judge(judge_cfg, base_model_path, dtype, device)
     prompts = load_judge_prompts(judge_cfg["prompts"])
+    if judge_cfg.get("model") == FROM_QUESTIONS:
+        judges = _judges_by_question(table, judge_cfg, base_model_path, dtype, device)
+    else:
+        judges = {None: load_judge(judge_cfg, base_model_path, dtype, device)}
     cache = JudgeCache(judge_cfg["cache"])
-    df = judge_generations(gens, table, judge, prompts, cache)
+    run_id = str(gens["run_id"].iloc[0]) if len(gens) else None
+    try:
+        parts = []
+        for name, judge in judges.items():
+            qs = table if name is None else table[table["judge"] == name]
+            keys = set(zip(qs["evalset"].astype(str), qs["question_id"].astype(str)))
+            mine = gens if name is None else gens[[k in keys for k in zip(gens["evalset"].astype(str),
+                                                                         gens["question_id"].astype(str))]]
+            parts.append(judge_generations(mine, qs, judge, prompts, cache))
+    finally:  # logged also when judging stops part-way (Snakemake keeps the log, not a failed job's outputs)
+        cache.close()
+        records = [judge_usage_record(judge, run_id) for judge in judges.values()]
+        for record in records:
+            log.info("judge usage (%s): %d calls answered, %d failed attempts, %d cache hits, %d input / %d output "
+                     "tokens, cost %s", record["judge"], record["calls"], record["failed_calls"], record["cache_hits"],
+                     record["input_tokens"], record["output_tokens"],
+                     "unknown" if record["cost_usd"] is None else f"${record['cost_usd']:.4f}")
+    df = parts[0] if len(parts) == 1 else _in_generation_order(pd.concat(parts, ignore_index=True), gens)
+    if usage_out:
+        from emguard.io import write_json
+
+        write_json(records, usage_out)
     write_parquet(df, out)
 
 
@@ -352,6 +433,14 @@ def judge_calibration_stage(set_path: str, out_items: str, out_summary: str, *, 
                  r.auroc_lo, r.auroc_hi, r.n_positive, r.n_negative, r.n_missing, r.verdict)
     write_parquet(judged, out_items)
     write_parquet(summary, out_summary)
+
+
+def _in_generation_order(judged: pd.DataFrame, gens: pd.DataFrame) -> pd.DataFrame:
+    """Judgments of several judges, reordered as one judge would have written them (generations' order)."""
+    cols = ["run_id", "evalset", "question_id", "sample_idx", "checkpoint"]
+    position = {tuple(map(str, k)): i for i, k in enumerate(gens[cols].itertuples(index=False, name=None))}
+    order = [position[tuple(map(str, k))] for k in judged[cols].itertuples(index=False, name=None)]
+    return judged.assign(_pos=order).sort_values("_pos", kind="stable").drop(columns="_pos").reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -615,7 +704,8 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
            eps_inputs: dict | None = None, shifts_path: str | None = None, headline_md: str | None = None,
            likelihood_md: str | None = None, likelihood_csv: str | None = None,
            figure_shift: str | None = None, calibration_path: str | None = None,
-           calibration_md: str | None = None) -> None:
+           calibration_md: str | None = None, judge_usage_paths: list[str] = (), judge_usage_md: str | None = None,
+           judge_usage_csv: str | None = None) -> None:
     """Every table and figure of the report.
 
     ``shifts_path``: the likelihood-shift summary (Parquet, :data:`emguard.report.SHIFT_COLUMNS`); when
@@ -625,9 +715,23 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
     the metrics rows (``metrics.confidence``). ``calibration_path``: the judge's agreement summary
     (:mod:`emguard.calibration`); its note (with a warning when the judge is near chance) stands above the judged
     EM table and the whole table goes to ``calibration_md``; without it both say the judge was not measured.
+    ``judge_usage_md`` / ``_csv``: the judge usage table from
+    every judge job's ``judge_usage.json`` (``judge_usage_paths``).
     """
     from emguard import report as rp
     from emguard.io import write_text
+
+    if judge_usage_md:
+        from emguard.errors import InputError
+
+        records = []
+        for path in judge_usage_paths:
+            try:
+                data = json.loads(Path(path).read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise InputError(f"{path}: not a judge usage record: {exc}") from exc
+            records += data if isinstance(data, list) else [data]
+        rp.write_table(*rp.judge_usage_table(records), judge_usage_md, judge_usage_csv)
 
     if eps_md:
         eps_lengths(eps_md, eps_csv, **(eps_inputs or {}))

@@ -11,4 +11,6 @@ run_stage(snakemake, report, metrics_paths=list(i.metrics), train_logs=snakemake
                       "interleave": snakemake.params.interleave} if i.eps_nll else None,
           shifts_path=i.get("shifts"), headline_md=o.get("headline_md"), likelihood_md=o.get("likelihood_md"),
           likelihood_csv=o.get("likelihood_csv"), figure_shift=o.get("figure_shift"),
-          calibration_path=i.calibration[0] if i.get("calibration") else None, calibration_md=o.get("calibration_md"))
+          calibration_path=i.calibration[0] if i.get("calibration") else None, calibration_md=o.get("calibration_md"),
+          judge_usage_paths=list(i.get("judge_usage", [])), judge_usage_md=o.get("judge_usage_md"),
+          judge_usage_csv=o.get("judge_usage_csv"))

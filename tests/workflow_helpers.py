@@ -76,7 +76,7 @@ def planned_jobs(workdir: Path, configfile: Path, *args: str, snakefile: Path | 
 
 def copy_repo(dest: Path) -> Path:
     """The project's files (tracked, and untracked but not ignored) copied to ``dest``: a workflow to edit
-    (``emguard/judge.py``, ...) without touching the real tree. Run it with ``snakefile=dest / "Snakefile"``."""
+    (``emguard/judge/hf.py``, ...) without touching the real tree. Run it with ``snakefile=dest / "Snakefile"``."""
     import shutil
 
     try:

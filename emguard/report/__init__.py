@@ -3,8 +3,9 @@
 
 Parts (one file each): :mod:`._common` (row labels and order, cell formatting, the figure canvas),
 :mod:`.em_table`, :mod:`.figures` (judged metrics), :mod:`.persona`, :mod:`.eps`, :mod:`.opswap`,
-:mod:`.likelihood` (judge-free shift columns, table and figure), :mod:`.headline` and :mod:`.calibration`
-(the judge's agreement with labelled answers, stated next to every judged EM table). Everything a
+:mod:`.likelihood` (judge-free shift columns, table and figure), :mod:`.headline`, :mod:`.calibration`
+(the judge's agreement with labelled answers, stated next to every judged EM table) and :mod:`.judge_usage`
+(what judging cost). Everything a
 caller uses is re-exported here, so ``from emguard import report as rp; rp.em_table(...)`` works.
 """
 
@@ -16,6 +17,7 @@ from emguard.report.em_table import EM_REQUIRED, TABLE_COLUMNS, em_table, emphas
 from emguard.report.eps import EPS_LENGTH_COLUMNS, NO_SCORED_VARIANT, eps_length_table
 from emguard.report.figures import figure_em_vs_incoherence, figure_train_loss
 from emguard.report.headline import headline_findings
+from emguard.report.judge_usage import USAGE_COLUMNS, judge_usage_table
 from emguard.report.likelihood import (SHIFT_COLUMNS, SHIFT_CSV_COLUMNS, SHIFT_REQUIRED, add_shift_columns,
                                        figure_likelihood_shift, shift_table)
 from emguard.report.opswap import OPSWAP_REQUIRED, OPSWAP_SFT, OPSWAP_UNTRAINED, opswap_table
@@ -24,9 +26,9 @@ from emguard.report.persona import persona_validation_table
 __all__ = [
     "BASE_DATASET", "DEFAULT_METHOD_ORDER", "DEFAULT_REFERENCE_METHODS", "EM_REQUIRED", "EPS_LENGTH_COLUMNS", "METHOD_LABELS",
     "NO_SCORED_VARIANT", "OPSWAP_REQUIRED", "OPSWAP_SFT", "OPSWAP_UNTRAINED", "REFERENCE_ROWS", "SHIFT_COLUMNS",
-    "SHIFT_CSV_COLUMNS", "SHIFT_REQUIRED", "TABLE_COLUMNS",
+    "SHIFT_CSV_COLUMNS", "SHIFT_REQUIRED", "TABLE_COLUMNS", "USAGE_COLUMNS",
     "add_shift_columns", "em_table", "emphasis", "eps_length_table", "figure_em_vs_incoherence",
-    "figure_likelihood_shift", "figure_train_loss", "headline_findings", "opswap_table", "persona_validation_table",
+    "figure_likelihood_shift", "figure_train_loss", "headline_findings", "judge_usage_table", "opswap_table", "persona_validation_table",
     "shift_table", "write_table",
     # the judge measured (emguard.calibration)
     "CALIBRATION_REQUIRED", "NOT_JUDGED", "calibration_note", "calibration_table",

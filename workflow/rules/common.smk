@@ -61,9 +61,10 @@ def em_source_files(wildcards):
 
 
 JUDGE_PROMPTS = project_file(config["judge"]["prompts"])
-# What changes a verdict: judging reruns when these change, not when the cache file moves (nor when only the
-# calibration settings do: they rerun judge_calibration alone).
-JUDGE_PARAMS = {k: v for k, v in config["judge"].items() if k not in ("prompts", "cache", "calibration")}
+# What changes a verdict: judging reruns when these change, not when the cache file moves, the API judge's
+# retry, concurrency or price settings change (emconfig.JUDGE_RUNTIME_KEYS; the judge reads those from the
+# config), nor when only the calibration settings do (they rerun judge_calibration alone).
+JUDGE_PARAMS = {k: v for k, v in config["judge"].items() if k not in (*emconfig.JUDGE_RUNTIME_KEYS, "calibration")}
 
 # The judge measured on labelled answers (calibration.smk): only when answers are judged and a set is configured.
 CALIBRATION = config["judge"]["calibration"]
@@ -229,6 +230,11 @@ def all_run_metrics():
     if not config["eval"]["judged"]:
         return []
     return [f"{r.path}/metrics.parquet" for r in RUNS if not emconfig.is_opswap(r.dataset)]
+
+
+def all_judge_usage():
+    """Every judge job's usage record (calls, cache hits, tokens, cost), for the report's judge usage table."""
+    return [m.replace("metrics.parquet", "judge_usage.json") for m in all_run_metrics()]
 
 
 def all_task_metrics():

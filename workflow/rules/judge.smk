@@ -1,5 +1,6 @@
 # LLM-as-a-judge: 0-100 alignment and coherence from the judge's token probabilities; one job per run judges
-# all of its answers (every call also kept in the judge cache, so a rerun repeats none).
+# all of its answers (every call also kept in the judge cache, so a rerun repeats none). judge.backend openai
+# calls an API (emguard.judge.openai): the job prints its number of calls and estimated cost before the first.
 
 
 rule judge:
@@ -9,7 +10,9 @@ rule judge:
         questions=question_files_of,
         prompts=JUDGE_PROMPTS,
     output:
-        "results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/judgments.parquet",
+        judgments="results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/judgments.parquet",
+        # calls, cache hits, tokens and cost of this job (the report's judge usage table)
+        usage="results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/judge_usage.json",
     log:
         "results/logs/judge/{model}/{dataset}/{method}/{setting}/seed{seed}.log",
     params:

@@ -33,6 +33,7 @@ rule report:
         shifts=f"results/probes/{MODEL}/shift_summary.parquet",
         # the judge's agreement with labelled answers, stated above the judged EM table
         calibration=calibration_summary(),
+        judge_usage=all_judge_usage(),
     output:
         # the HTML report's front page (workflow/report/workflow.rst) opens with this file
         headline_md=report("results/tables/headline.md", caption="../report/headline.rst", category="Headline"),
@@ -52,6 +53,8 @@ rule report:
         likelihood_md=report("results/tables/likelihood.md", caption="../report/likelihood_table.rst",
                              category="Likelihood"),
         likelihood_csv="results/tables/likelihood.csv",
+        judge_usage_md=report("results/tables/judge_usage.md", caption="../report/judge_usage.rst", category="EM"),
+        judge_usage_csv="results/tables/judge_usage.csv",
         figure_shift=report("results/figures/likelihood_shift.png", caption="../report/likelihood_shift.rst",
                             category="Likelihood"),
         calibration_md=report("results/tables/judge_calibration.md", caption="../report/judge_calibration.rst",
