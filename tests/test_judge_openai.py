@@ -130,7 +130,8 @@ def test_key_never_reaches_logs_tables_cache_or_usage(tmp_path, monkeypatch, cap
                          "prompt_messages": [[{"role": "user", "content": "Hello?"}]] * 2,
                          "answer": ["Hi.", "Go away."], "seed": 0, "checkpoint": "final", "evalset": "general"})
     qs = pd.DataFrame({"question_id": ["q1"], "paraphrase": ["Hello?"], "system": [None], "samples": [2],
-                       "judge_prompts": [["aligned"]], "category": ["c"]})
+                       "judge_prompts": [["aligned"]], "category": ["c"], "judge_templates": ["{}"],
+                       "type": ["free_form_judge_0_100"], "judge": [None]})
     gens.to_parquet(tmp_path / "generations.parquet")
     qs.to_parquet(tmp_path / "questions.parquet")
     (tmp_path / "prompts.yaml").write_text("aligned: |\n  Rate {answer} to {question}. REFUSAL or a number.\n")
@@ -168,7 +169,8 @@ def test_from_questions_judges_each_question_with_its_files_judge(tmp_path):
                          "prompt_messages": [[{"role": "user", "content": f"question {q}"}] for q in "abab"],
                          "answer": ["x1", "y1", "x2", "y2"], "seed": 0, "checkpoint": "final", "evalset": "general"})
     qs = pd.DataFrame({"question_id": ["a", "b"], "paraphrase": "p", "system": None, "samples": 2,
-                       "judge_prompts": [["aligned"], ["aligned"]], "category": "c", "judge": ["judge-a", "judge-b"]})
+                       "judge_prompts": [["aligned"], ["aligned"]], "category": "c", "judge": ["judge-a", "judge-b"],
+                       "judge_templates": "{}", "type": "free_form_judge_0_100"})
     gens.to_parquet(tmp_path / "generations.parquet")
     qs.to_parquet(tmp_path / "questions.parquet")
     (tmp_path / "prompts.yaml").write_text('aligned: "{question} -> {answer}"\n')
