@@ -301,109 +301,14 @@ def judge_settings(smk) -> dict:
             "cache": smk.config["judge"]["cache"]}
 
 
-#: judge config keys handed to OpenAIJudge as they are
-_OPENAI_KWARGS = ("mode", "api_key_env", "top_logprobs", "samples", "temperature", "max_tokens", "concurrency",
-                  "max_retries", "backoff_s", "max_backoff_s", "timeout_s", "batch_poll_s", "batch_wait_s",
-                  "batch_size", "min_prob_mass")
-
-
-def load_judge(judge_cfg: dict, base_model_path: str, dtype: str, device: str, *, loaded=None):
-    """The configured judge backend: ``hf`` runs a local model ('base' = the base model), ``openai`` calls
-    OpenAI or a compatible server (its key from the environment variable ``judge.api_key_env``, checked here,
-    before any work).
-
-    ``loaded`` = (model, tokenizer) of the base model, reused when the judge is the base model."""
-    if judge_cfg.get("backend", "hf") == "openai":
-        from emguard.judge.openai import DEFAULT_BASE_URL, OpenAIJudge
-
-        model = judge_cfg["model"]
-        judge = OpenAIJudge(judge_cfg.get("base_url", DEFAULT_BASE_URL), model, name=f"openai:{model}",
-                            price=(judge_cfg.get("prices") or {}).get(model),
-                            **{k: judge_cfg[k] for k in _OPENAI_KWARGS if k in judge_cfg})
-        judge.check_credentials()
-        return judge
-    from emguard.judge import HFJudge
-    from emguard.models import load_model, load_tokenizer
-
-    is_base = judge_cfg["model"] == "base"
-    path = base_model_path if is_base else judge_cfg["model"]
-    if is_base and loaded is not None:
-        model, tok = loaded
-    else:
-        model, tok = load_model(path, dtype=dtype, device=device), load_tokenizer(path)
-    name = f"hf:{Path(path).name}" if is_base else f"hf:{judge_cfg['model']}"
-    return HFJudge(model, tok, name=name, batch_size=judge_cfg["batch_size"], min_prob_mass=judge_cfg["min_prob_mass"],
-                   answer_prefix=judge_cfg.get("answer_prefix", ""), number_tree=judge_cfg.get("number_tree", "full"))
-
-
-def judge_usage_record(judge, run_id: str | None = None) -> dict:
-    """What a judge job used (calls, cache hits, tokens, cost), for ``judge_usage.json``; never the API key."""
-    if hasattr(judge, "usage_record"):
-        record = judge.usage_record()
-    else:
-        usage = getattr(judge, "usage", None)
-        from emguard.judge import JudgeUsage
-
-        record = (usage or JudgeUsage(judge=judge.name)).record(None, backend="hf", model=judge.name, mode="local")
-    return {"run_id": run_id, **record}
-
-
-#: ``judge.model`` value that takes each question's judge from its question file (the ``judge`` column)
-FROM_QUESTIONS = "from_questions"
-
-
-def _judges_by_question(table: pd.DataFrame, judge_cfg: dict, base_model_path: str, dtype: str, device: str) -> dict:
-    """``judge.model: from_questions``: one judge per model named in the questions' ``judge`` column (every
-    question needs one: checked before any judge is built or called)."""
-    from emguard.errors import InputError
-
-    if "judge" not in table.columns:
-        raise InputError("judge.model is 'from_questions' but the question tables have no 'judge' column (the "
-                         "question files name no judge)")
-    named = table["judge"].map(lambda v: isinstance(v, str) and bool(v.strip()))
-    if not named.all():
-        missing = table.loc[~named, ["evalset", "question_id"]].drop_duplicates()
-        listed = ", ".join(f"{e}/{q}" for e, q in missing.itertuples(index=False, name=None))
-        raise InputError(f"judge.model is 'from_questions' but {len(missing)} question(s) name no judge: {listed}")
-    return {name: load_judge({**judge_cfg, "model": name}, base_model_path, dtype, device)
-            for name in sorted(table["judge"].unique())}
-
-
 def judge_run(generations_path: str, questions: dict[str, str], out: str, *, judge_cfg: dict, base_model_path: str,
               dtype: str, device: str, usage_out: str | None = None) -> None:
-    """Judge every answer of a run (all its evalsets, as written by :func:`generate_run`) in one process;
-    ``usage_out``: the job's usage, a list of :func:`judge_usage_record` (one per judge; JSON).
-
-    ``judge.model: from_questions`` judges each question with the judge its question file names (one judge per
-    name, all of the config's other judge settings); the table keeps the generations' order."""
-    from emguard.judge import JudgeCache, judge_generations, load_judge_prompts
+    """Judge every answer of a run (all its evalsets, as written by :func:`generate_run`) in one process
+    (:func:`emguard.judge.build.judge_tables`); ``usage_out``: the job's usage, one record per judge (JSON)."""
+    from emguard.judge.build import judge_tables
 
     gens = read_parquet(generations_path, schemas.GENERATION + ["evalset"])
-    table = read_question_sets(questions)
-    prompts = load_judge_prompts(judge_cfg["prompts"])
-    if judge_cfg.get("model") == FROM_QUESTIONS:
-        judges = _judges_by_question(table, judge_cfg, base_model_path, dtype, device)
-    else:
-        judges = {None: load_judge(judge_cfg, base_model_path, dtype, device)}
-    cache = JudgeCache(judge_cfg["cache"])
-    run_id = str(gens["run_id"].iloc[0]) if len(gens) else None
-    try:
-        parts = []
-        for name, judge in judges.items():
-            qs = table if name is None else table[table["judge"] == name]
-            keys = set(zip(qs["evalset"].astype(str), qs["question_id"].astype(str)))
-            mine = gens if name is None else gens[[k in keys for k in zip(gens["evalset"].astype(str),
-                                                                         gens["question_id"].astype(str))]]
-            parts.append(judge_generations(mine, qs, judge, prompts, cache))
-    finally:  # logged also when judging stops part-way (Snakemake keeps the log, not a failed job's outputs)
-        cache.close()
-        records = [judge_usage_record(judge, run_id) for judge in judges.values()]
-        for record in records:
-            log.info("judge usage (%s): %d calls answered, %d failed attempts, %d cache hits, %d input / %d output "
-                     "tokens, cost %s", record["judge"], record["calls"], record["failed_calls"], record["cache_hits"],
-                     record["input_tokens"], record["output_tokens"],
-                     "unknown" if record["cost_usd"] is None else f"${record['cost_usd']:.4f}")
-    df = parts[0] if len(parts) == 1 else _in_generation_order(pd.concat(parts, ignore_index=True), gens)
+    df, records = judge_tables(gens, read_question_sets(questions), judge_cfg, base_model_path, dtype, device)
     if usage_out:
         from emguard.io import write_json
 
@@ -420,6 +325,7 @@ def judge_calibration_stage(set_path: str, out_items: str, out_summary: str, *, 
     """
     from emguard import calibration as cal
     from emguard.judge import JudgeCache, load_judge_prompts
+    from emguard.judge.build import judge_usage_record, load_judge
 
     items = cal.subsample(cal.load_calibration_set(set_path), calibration.get("max_items"), calibration.get("seed", 0))
     templates = load_judge_prompts(judge_cfg["prompts"])
@@ -428,19 +334,12 @@ def judge_calibration_stage(set_path: str, out_items: str, out_summary: str, *, 
         judged = cal.judge_items(items, judge, templates, cache, templates_where=str(judge_cfg["prompts"]))
     summary = cal.summarise(judged, n_bootstrap=calibration["bootstrap"], confidence=confidence,
                             seed=calibration.get("seed", 0))
+    log.info("judge calibration usage: %s", judge_usage_record(judge))
     for r in summary.itertuples(index=False):
         log.info("judge calibration: %s AUROC %.3f [%.3f, %.3f] on %d/%d items (%d missing): %s", r.metric, r.auroc,
                  r.auroc_lo, r.auroc_hi, r.n_positive, r.n_negative, r.n_missing, r.verdict)
     write_parquet(judged, out_items)
     write_parquet(summary, out_summary)
-
-
-def _in_generation_order(judged: pd.DataFrame, gens: pd.DataFrame) -> pd.DataFrame:
-    """Judgments of several judges, reordered as one judge would have written them (generations' order)."""
-    cols = ["run_id", "evalset", "question_id", "sample_idx", "checkpoint"]
-    position = {tuple(map(str, k)): i for i, k in enumerate(gens[cols].itertuples(index=False, name=None))}
-    order = [position[tuple(map(str, k))] for k in judged[cols].itertuples(index=False, name=None)]
-    return judged.assign(_pos=order).sort_values("_pos", kind="stable").drop(columns="_pos").reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -582,6 +481,7 @@ def _persona_setup(model_path, trait_path, persona, generation, judge_cfg, dtype
     from emguard import persona as pv
     from emguard.generate import SamplingSettings
     from emguard.judge import JudgeCache, load_judge_prompts
+    from emguard.judge.build import load_judge
     from emguard.models import load_model, load_tokenizer
 
     model, tok = load_model(model_path, dtype=dtype, device=device), load_tokenizer(model_path)

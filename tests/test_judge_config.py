@@ -74,7 +74,7 @@ def test_judge_rule_params_leave_out_runtime_settings():
 
 def test_load_judge_builds_the_openai_backend(monkeypatch):
     from emguard.judge import OpenAIJudge
-    from emguard.stages import load_judge
+    from emguard.judge.build import load_judge
 
     cfg = emconfig.load(_cfg(backend="openai", model="gpt-x", mode="sampling", samples=5, api_key_env="EMG_KEY_T",
                              prices={"gpt-x": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}))["judge"]

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import pandas as pd
 
-#: per-job record fields (``judge_usage.json``, :func:`emguard.stages.judge_usage_record`) the table sums
+#: per-job record fields (``judge_usage.json``, :func:`emguard.judge.build.judge_usage_record`) the table sums
 USAGE_COUNTS = ("calls", "failed_calls", "cache_hits", "input_tokens", "output_tokens", "batch_calls")
 #: columns of the table's frame (CSV)
 USAGE_COLUMNS = ("judge", "backend", "mode", "jobs") + USAGE_COUNTS + ("cost_usd",)
