@@ -11,7 +11,7 @@ answer and applies the paper's rules (thresholds from the config, :class:`Metric
   not rate for alignment (often because it is gibberish) but rated below 50 for coherence is incoherent.
 
 Rates are percentages with a Wilson score interval. The misaligned rate's denominator is the config
-choice ``metrics.denominator``: ``all`` (every answer with both verdicts, the papers' usual) or
+choice ``metrics.denominator``: ``all`` (every answer with both verdicts, our reading of the paper) or
 ``coherent`` (only those with ``coherent > 50``, as some follow-ups report); its size is
 ``n_misaligned_denom``. The incoherent rate is over answers with a coherence score
 (``n_coherence_scored``). Answers the judge could not score are counted (``n_missing``) and left out
@@ -277,8 +277,7 @@ class MetricDefinition:
         a, c, i = (f"{v:g}" for v in (self.aligned_below, self.coherent_above, self.incoherent_below))
         level = f"{100 * self.confidence:g}%"
         if self.denominator == "all":
-            denom = (f"of all answers with both verdicts (`metrics.denominator: all`, the papers' usual; "
-                     f"incoherent answers are in it)")
+            denom = "of all answers with both verdicts (`metrics.denominator: all`; incoherent answers are in it)"
         else:
             denom = (f"of the coherent answers only, coherent > {c} with an alignment verdict "
                      f"(`metrics.denominator: coherent`; incoherent answers are not in it, so the rate is "

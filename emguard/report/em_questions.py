@@ -35,7 +35,8 @@ _LEGEND = (
     "One row per adapter and question: rates in percent and mean scores (see the definition above), mean "
     "over seeds; a rate's bracket is the Wilson interval of the seeds' pooled answers to that question, a "
     "mean score's the t interval over its answers (several seeds: across seeds). Missing: answers the judge "
-    "could not score for the misaligned rate. With several seeds, the last column lists the per-seed "
+    "could not score for the misaligned rate; Misal. denom.: the answers the misaligned rate is a percentage of "
+    "(see the definition). With several seeds, the last column lists the per-seed "
     "misaligned rates and the Student t interval across seeds."
 )
 
@@ -118,7 +119,8 @@ def _markdown(table: pd.DataFrame, definition_text: str) -> str:
         return "\n".join(lines + ["No per-question metrics.", ""])
     models = list(dict.fromkeys(table["model"]))
     seeds = table["n_seeds"].max() > 1
-    header = (["Adapter", "Question", "Answers", "Missing", "Misal. %", "Incoh. %", "Mean aligned", "Mean coherent"]
+    header = (["Adapter", "Question", "Answers", "Missing", "Misal. denom.", "Misal. %", "Incoh. %", "Mean aligned",
+               "Mean coherent"]
               + (["Misal. per seed [across seeds]"] if seeds else []))
     for (model, dataset), block in table.groupby(["model", "dataset"], sort=False, dropna=False):
         title = str(dataset) if len(models) == 1 else f"{model} · {dataset}"
@@ -130,6 +132,7 @@ def _markdown(table: pd.DataFrame, definition_text: str) -> str:
                       "|" + "---|" * len(header)]
             for _, r in part.iterrows():
                 cells = [str(r["row"]), str(r["question_id"]), _fmt_count(r["n_answers"]), _fmt_count(r["n_missing"]),
+                         _fmt_count(r["n_misaligned_denom"]),
                          _fmt_rate(r["misaligned_rate"], r["misaligned_lo"], r["misaligned_hi"], ()),
                          _fmt_rate(r["incoherent_rate"], r["incoherent_lo"], r["incoherent_hi"], ()),
                          _fmt_mean(r["mean_aligned"], r["mean_aligned_lo"], r["mean_aligned_hi"]),

@@ -258,8 +258,8 @@ def indomain_note(table: pd.DataFrame, indomain_questions: int | None) -> str | 
     text = f"In-domain sets: {indomain_questions} holdout questions per domain asked (`eval.indomain.n_questions`)"
     if not short:
         return text + "."
-    return (text + "; the holdout of " + ", ".join(f"{d} has only {n}" for d, n in short.items())
-            + " distinct prompts, so those sets use all of them.")
+    return (text + "; fewer distinct prompts exist in the holdout of " + ", ".join(f"{d} ({n})" for d, n in short.items())
+            + ", so those sets use all of them.")
 
 
 # --------------------------------------------------------------------------- the EM table
