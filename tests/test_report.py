@@ -557,3 +557,20 @@ def test_prepare_indomain_questions_says_when_the_holdout_is_short(tmp_path, cap
         prepare_indomain_questions(str(tmp_path / "legal.parquet"), str(tmp_path / "q.parquet"), domain="legal",
                                    n_questions=5, samples=1)
     assert "holdout" not in caplog.text
+
+
+def test_denominator_choice_changes_the_headline_verdict():
+    """The headline's judged sentence pools the configured denominator: 2/10 vs 1/10 does not separate the
+    Misaligned runs from the untrained model, 2/2 vs 1/10 (coherent answers only) does."""
+    from emguard.report import headline_findings
+
+    runs = {("base", "untrained", "", 0): {"general": [("q0", 10.0, 90.0)] + [("q1", 90.0, 90.0)] * 9},
+            ("legal", "misaligned", "default", 0): DENOMINATOR_RUNS[("legal", "misaligned", "default", 0)]}
+    lines = {}
+    for denominator in ("all", "coherent"):
+        metrics, _ = judged_metrics(denominator, runs)
+        lines[denominator] = headline_findings(metrics, None).splitlines()[-1]
+    assert "20.0% [" in lines["all"] and "of 10 general answers" in lines["all"]
+    assert "did not separate them" in lines["all"]
+    assert "100.0% [" in lines["coherent"] and "of 2 general answers" in lines["coherent"]
+    assert "**separated them**" in lines["coherent"]
