@@ -133,6 +133,9 @@ def prepare_indomain_questions(em_path: str, out: str, *, domain: str, n_questio
 
     em = read_parquet(em_path, schemas.CHAT)
     df = data.indomain_questions(em, domain, n_questions, samples)
+    if len(df) < n_questions:  # no silent cap: the EM table states the count too (report.em_table.indomain_note)
+        log.warning("in-domain questions of %s: eval.indomain.n_questions asks for %d, the holdout has %d distinct "
+                    "prompts; using all %d", domain, n_questions, len(df), len(df))
     write_parquet(schemas.validate(df, "question", out), out)
 
 
@@ -531,9 +534,12 @@ def persona_validate(model_path: str, trait_path: str, vectors_path: str, out: s
 # Metrics and report
 # --------------------------------------------------------------------------------------------------
 
-def metrics_run(judgments_path: str, out: str, *, evalsets: list[str], run_info: dict, thresholds: dict) -> None:
-    """EM metrics of one run, one row per evalset (and checkpoint); an evalset without rows still gets its row."""
-    from emguard.metrics import run_metrics
+def metrics_run(judgments_path: str, out: str, *, evalsets: list[str], run_info: dict, thresholds: dict,
+                questions_out: str | None = None) -> None:
+    """EM metrics of one run, one row per evalset (and checkpoint); an evalset without rows still gets its row.
+    ``thresholds``: the config's ``metrics`` section. ``questions_out``: the same per question
+    (:func:`emguard.metrics.question_metrics`)."""
+    from emguard.metrics import question_metrics, run_metrics
 
     judg = read_parquet(judgments_path, schemas.JUDGMENT + ["evalset"], allow_empty=True)
     unknown = sorted(set(judg["evalset"].astype(str)) - set(evalsets))
@@ -544,6 +550,8 @@ def metrics_run(judgments_path: str, out: str, *, evalsets: list[str], run_info:
     by_evalset = {name: judg[judg["evalset"] == name].drop(columns="evalset").reset_index(drop=True)
                   for name in evalsets}
     write_parquet(run_metrics(by_evalset, run_info, **thresholds), out)
+    if questions_out:
+        write_parquet(question_metrics(by_evalset, run_info, **thresholds), questions_out)
 
 
 def task_metrics_run(generations_path: str, questions_path: str, out: str, *, run_info: dict, evalset: str,
@@ -605,8 +613,15 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
            likelihood_md: str | None = None, likelihood_csv: str | None = None,
            figure_shift: str | None = None, calibration_path: str | None = None,
            calibration_md: str | None = None, judge_usage_paths: list[str] = (), judge_usage_md: str | None = None,
-           judge_usage_csv: str | None = None) -> None:
+           judge_usage_csv: str | None = None, metric_definition: dict | None = None,
+           indomain_questions: int | None = None, question_metrics_paths: list[str] = (),
+           questions_md: str | None = None, questions_csv: str | None = None) -> None:
     """Every table and figure of the report.
+
+    ``metric_definition``: the config's ``metrics`` section; the EM tables state it (and refuse metrics
+    rows computed with another). ``indomain_questions``: ``eval.indomain.n_questions``, for the EM table's
+    note on in-domain question counts. ``questions_md`` / ``_csv``: the per-question EM table from every
+    run's ``question_metrics.parquet`` (``question_metrics_paths``).
 
     ``shifts_path``: the likelihood-shift summary (Parquet, :data:`emguard.report.SHIFT_COLUMNS`); when
     given, the EM table gains its shift columns and ``likelihood_md`` / ``likelihood_csv`` (the
@@ -654,7 +669,14 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
         metrics = pd.DataFrame(columns=list(rp.EM_REQUIRED))
     write_parquet(metrics, metrics_out)
     shifts = read_parquet(shifts_path, rp.SHIFT_REQUIRED, allow_empty=True) if shifts_path else None
-    markdown, table = rp.em_table(metrics, shifts=shifts)
+    from emguard.metrics import MetricDefinition
+
+    definition = MetricDefinition.from_config(metric_definition) if metric_definition is not None else None
+    markdown, table = rp.em_table(metrics, shifts=shifts, definition=definition, indomain_questions=indomain_questions)
+    if questions_md:
+        per_question = (pd.concat([read_parquet(p, allow_empty=True) for p in question_metrics_paths], ignore_index=True)
+                        if question_metrics_paths else pd.DataFrame(columns=list(rp.EM_REQUIRED) + ["question_id"]))
+        rp.write_table(*rp.question_table(per_question, definition=definition), questions_md, questions_csv)
     calibration = (read_parquet(calibration_path, rp.CALIBRATION_REQUIRED, allow_empty=True)
                    if calibration_path else None)
     if calibration_md:

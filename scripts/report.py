@@ -13,4 +13,7 @@ run_stage(snakemake, report, metrics_paths=list(i.metrics), train_logs=snakemake
           likelihood_csv=o.get("likelihood_csv"), figure_shift=o.get("figure_shift"),
           calibration_path=i.calibration[0] if i.get("calibration") else None, calibration_md=o.get("calibration_md"),
           judge_usage_paths=list(i.get("judge_usage", [])), judge_usage_md=o.get("judge_usage_md"),
-          judge_usage_csv=o.get("judge_usage_csv"))
+          judge_usage_csv=o.get("judge_usage_csv"), metric_definition=snakemake.params.metric_definition,
+          indomain_questions=snakemake.params.indomain_questions,
+          question_metrics_paths=list(i.get("question_metrics", [])), questions_md=o.get("questions_md"),
+          questions_csv=o.get("questions_csv"))

@@ -2,7 +2,7 @@
 (Table 3), the likelihood-shift columns and table, the headline findings, and figures (PNG).
 
 Parts (one file each): :mod:`._common` (row labels and order, cell formatting, the figure canvas),
-:mod:`.em_table`, :mod:`.figures` (judged metrics), :mod:`.persona`, :mod:`.eps`, :mod:`.opswap`,
+:mod:`.em_table`, :mod:`.em_questions` (the EM table per question), :mod:`.figures` (judged metrics), :mod:`.persona`, :mod:`.eps`, :mod:`.opswap`,
 :mod:`.likelihood` (judge-free shift columns, table and figure), :mod:`.headline`, :mod:`.calibration`
 (the judge's agreement with labelled answers, stated next to every judged EM table) and :mod:`.judge_usage`
 (what judging cost). Everything a
@@ -13,6 +13,7 @@ from emguard.report._common import (BASE_DATASET, DEFAULT_METHOD_ORDER, DEFAULT_
                                     REFERENCE_ROWS, _family_name, _fmt_count, _fmt_rate, _is_null, _method_rank,
                                     _row_label, _setting_key, _split_setting, write_table)
 from emguard.report.calibration import CALIBRATION_REQUIRED, NOT_JUDGED, calibration_note, calibration_table
+from emguard.report.em_questions import QUESTION_COLUMNS, question_table
 from emguard.report.em_table import EM_REQUIRED, TABLE_COLUMNS, em_table, emphasis
 from emguard.report.eps import EPS_LENGTH_COLUMNS, NO_SCORED_VARIANT, eps_length_table
 from emguard.report.figures import figure_em_vs_incoherence, figure_train_loss
@@ -30,6 +31,8 @@ __all__ = [
     "add_shift_columns", "em_table", "emphasis", "eps_length_table", "figure_em_vs_incoherence",
     "figure_likelihood_shift", "figure_train_loss", "headline_findings", "judge_usage_table", "opswap_table", "persona_validation_table",
     "shift_table", "write_table",
+    # the per-question EM table
+    "QUESTION_COLUMNS", "question_table",
     # the judge measured (emguard.calibration)
     "CALIBRATION_REQUIRED", "NOT_JUDGED", "calibration_note", "calibration_table",
     # helpers the tests use directly

@@ -136,11 +136,13 @@ def _judge_sentence(metrics: pd.DataFrame, model: str, confidence: float, prefix
     mis, base = df[df["_role"] == "Misaligned"], df[df["_role"] == "Untrained"]
     if mis.empty or base.empty:
         return None
-    counted = {"n_misaligned", "n_scored"} <= set(df.columns)
+    # the misaligned rate's denominator is the configured one (metrics.denominator); older rows: n_scored
+    denom = "n_misaligned_denom" if "n_misaligned_denom" in df.columns else "n_scored"
+    counted = {"n_misaligned", denom} <= set(df.columns)
 
     def pooled(rows):
         k = int(pd.to_numeric(rows["n_misaligned"], errors="coerce").fillna(0).sum())
-        n = int(pd.to_numeric(rows["n_scored"], errors="coerce").fillna(0).sum())
+        n = int(pd.to_numeric(rows[denom], errors="coerce").fillna(0).sum())
         return k, n
 
     if counted and min(pooled(mis)[1], pooled(base)[1]) > 0:

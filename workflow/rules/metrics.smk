@@ -7,6 +7,7 @@ rule run_metrics:
         judgments="results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/judgments.parquet",
     output:
         "results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/metrics.parquet",
+        questions="results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/question_metrics.parquet",
     log:
         "results/logs/metrics/{model}/{dataset}/{method}/{setting}/seed{seed}.log",
     params:
@@ -23,6 +24,7 @@ rule run_metrics:
 rule report:
     input:
         metrics=all_run_metrics(),
+        question_metrics=[m.replace("metrics.parquet", "question_metrics.parquet") for m in all_run_metrics()],
         train_logs=list(all_train_logs().values()),
         persona_validation=persona_validation_input(),
         task_metrics=all_task_metrics(),
@@ -39,6 +41,8 @@ rule report:
         headline_md=report("results/tables/headline.md", caption="../report/headline.rst", category="Headline"),
         table_md=report("results/tables/em.md", caption="../report/em_table.rst", category="EM"),
         table_csv="results/tables/em.csv",
+        questions_md=report("results/tables/em_questions.md", caption="../report/em_questions.rst", category="EM"),
+        questions_csv="results/tables/em_questions.csv",
         metrics="results/metrics/em.parquet",
         figure_em=report("results/figures/em_vs_incoherence.png", caption="../report/em_vs_incoherence.rst",
                          category="EM"),
@@ -65,6 +69,9 @@ rule report:
         train_logs=all_train_logs(),
         eps_targets=eps_length_targets(),
         interleave={k: v for k, v in config["interleave"].items() if k not in NLL_KEYS},
+        # stated above the EM tables (and checked against what the metrics rows record)
+        metric_definition=config["metrics"],
+        indomain_questions=config["eval"]["indomain"]["n_questions"],
         code=code_version("report", "metrics", "interleave", "likelihood"),
     conda:
         "../../envs/data.yaml"

@@ -1,0 +1,145 @@
+"""The per-question EM table (Markdown + CSV): every adapter row of the EM table, question by question.
+
+Input is the question metrics that :func:`emguard.metrics.question_metrics` writes
+(``<run>/question_metrics.parquet``), concatenated over runs: the columns of the run metrics plus
+``question_id``. Blocks, rows, the untrained model's rows, checkpoints and seeds follow
+:func:`emguard.report.em_table` (same evalset naming); each cell aggregates a question's rows over seeds
+with :func:`emguard.report.em_table.aggregate_seeds`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+from emguard.io import check_columns
+from emguard.metrics import MetricDefinition
+from emguard.report._common import (DEFAULT_METHOD_ORDER, REFERENCE_ROWS, _fmt_count, _fmt_rate, _method_rank,
+                                    _setting_key)
+from emguard.report.em_table import EM_REQUIRED, SEED_STATS, _prepare, aggregate_seeds, resolve_definition
+
+#: columns of the per-question frame, in order
+QUESTION_COLUMNS = (
+    "model", "dataset", "row", "role", "method", "setting", "evalset", "question_id", "n_seeds",
+    "n_answers", "n_scored", "n_missing", "n_misaligned_denom",
+    "misaligned_rate", "misaligned_lo", "misaligned_hi", "incoherent_rate", "incoherent_lo", "incoherent_hi",
+    "mean_aligned", "mean_aligned_lo", "mean_aligned_hi", "mean_coherent", "mean_coherent_lo", "mean_coherent_hi",
+    *[f"{st}_{s}" for st in SEED_STATS for s in ("seeds", "seed_lo", "seed_hi")],
+)
+
+_KINDS = (("general", "General questions"), ("indomain", "In-domain questions"))
+
+_LEGEND = (
+    "One row per adapter and question: rates in percent and mean scores (see the definition above), mean "
+    "over seeds; a rate's bracket is the Wilson interval of the seeds' pooled answers to that question, a "
+    "mean score's the t interval over its answers (several seeds: across seeds). Missing: answers the judge "
+    "could not score for the misaligned rate; Misal. denom.: the answers the misaligned rate is a percentage of "
+    "(see the definition). With several seeds, the last column lists the per-seed "
+    "misaligned rates and the Student t interval across seeds."
+)
+
+
+def _fmt_mean(v: float, lo: float, hi: float) -> str:
+    if math.isnan(v):
+        return "–"
+    return f"{v:.1f}" + ("" if math.isnan(lo) or math.isnan(hi) else f" [{lo:.1f}, {hi:.1f}]")
+
+
+def question_table(question_metrics: pd.DataFrame, *, definition: MetricDefinition | None = None,
+                   method_order: Sequence[str] | None = None, dataset_order: Sequence[str] | None = None,
+                   checkpoint=None, reference_methods: Mapping[str, str] | None = None) -> tuple[str, pd.DataFrame]:
+    """Per-question misaligned / incoherent rates and mean scores: Markdown and a CSV-ready frame.
+
+    One row per (model, dataset block, adapter row, evalset kind ``general``/``indomain``, question), in
+    the EM table's block and row order, general questions before in-domain ones, questions in the order
+    they first appear. The untrained model's rows come from per-dataset ``untrained`` rows where they
+    exist, else from the base run (its general questions in every block, its ``indomain_<dataset>``
+    questions in block ``<dataset>``). Columns: :data:`QUESTION_COLUMNS`. The Markdown opens with the
+    metric definition the rows record (``definition``, the config's, must match it), then one table per
+    block and evalset kind.
+    """
+    check_columns(question_metrics, tuple(EM_REQUIRED) + ("question_id",), "question metrics table")
+    _, definition_text = resolve_definition(question_metrics, definition, "question metrics table")
+    df = _prepare(question_metrics, checkpoint=checkpoint, reference_methods=reference_methods)
+    rank = _method_rank(DEFAULT_METHOD_ORDER if method_order is None else method_order)
+    ds_order = {d: i for i, d in enumerate(dataset_order or ())}
+
+    records = []
+    for model in list(dict.fromkeys(df["_model"])):
+        mdf = df[df["_model"] == model]
+        trained, base = mdf[~mdf["_base"]], mdf[mdf["_base"]]
+        blocks = set(trained["_block"].dropna()) or set(base["_block"].dropna())
+        for block in sorted(blocks, key=lambda d: (0, ds_order[d], "") if d in ds_order else (1, 0, d)):
+            records += _block_records(model, block, trained[trained["_block"] == block], base, rank)
+    table = pd.DataFrame(records, columns=list(QUESTION_COLUMNS))
+    return _markdown(table, definition_text), table
+
+
+def _block_records(model: str, block: str, rows: pd.DataFrame, base: pd.DataFrame, rank) -> list[dict]:
+    groups: dict[str, dict] = {}
+    for label, g in rows.groupby("_label", sort=False):
+        groups[label] = {"role": g["_role"].iloc[0], "method": g["_method"].iloc[0], "setting": g["_setting"].iloc[0],
+                         "parts": {k: p for k, p in g.groupby("_kind")}}
+    base_parts = {"general": base[base["_kind"] == "general"],
+                  "indomain": base[(base["_kind"] == "indomain") & (base["_block"] == block)]}
+    base_parts = {k: p for k, p in base_parts.items() if len(p)}
+    if base_parts:
+        entry = groups.setdefault("Untrained", {"role": "Untrained", "method": next(iter(base_parts.values()))["_method"].iloc[0],
+                                                "setting": "", "parts": {}})
+        for k, p in base_parts.items():
+            entry["parts"].setdefault(k, p)
+
+    def order(item):
+        label, g = item
+        if g["role"] in REFERENCE_ROWS:
+            return (0, REFERENCE_ROWS.index(g["role"]), (), label)
+        return (1, rank(g["method"]), _setting_key(g["setting"]), label)
+
+    out = []
+    for label, g in sorted(groups.items(), key=order):
+        for kind, _ in _KINDS:
+            part = g["parts"].get(kind)
+            if part is None:
+                continue
+            for qid, q_rows in part.groupby("question_id", sort=False):
+                agg = aggregate_seeds(q_rows)
+                out.append({"model": model or None, "dataset": block, "row": label, "role": g["role"],
+                            "method": g["method"] or None, "setting": g["setting"] or None, "evalset": kind,
+                            "question_id": qid, **{c: agg[c] for c in QUESTION_COLUMNS if c in agg}})
+    return out
+
+
+def _markdown(table: pd.DataFrame, definition_text: str) -> str:
+    from emguard.report.em_table import _seed_cell
+
+    lines = ["## Emergent misalignment per question", "", definition_text, "", _LEGEND, ""]
+    if table.empty:
+        return "\n".join(lines + ["No per-question metrics.", ""])
+    models = list(dict.fromkeys(table["model"]))
+    seeds = table["n_seeds"].max() > 1
+    header = (["Adapter", "Question", "Answers", "Missing", "Misal. denom.", "Misal. %", "Incoh. %", "Mean aligned",
+               "Mean coherent"]
+              + (["Misal. per seed [across seeds]"] if seeds else []))
+    for (model, dataset), block in table.groupby(["model", "dataset"], sort=False, dropna=False):
+        title = str(dataset) if len(models) == 1 else f"{model} · {dataset}"
+        for kind, kind_title in _KINDS:
+            part = block[block["evalset"] == kind]
+            if part.empty:
+                continue
+            lines += [f"### {title}: {kind_title.lower()}", "", "| " + " | ".join(header) + " |",
+                      "|" + "---|" * len(header)]
+            for _, r in part.iterrows():
+                cells = [str(r["row"]), str(r["question_id"]), _fmt_count(r["n_answers"]), _fmt_count(r["n_missing"]),
+                         _fmt_count(r["n_misaligned_denom"]),
+                         _fmt_rate(r["misaligned_rate"], r["misaligned_lo"], r["misaligned_hi"], ()),
+                         _fmt_rate(r["incoherent_rate"], r["incoherent_lo"], r["incoherent_hi"], ()),
+                         _fmt_mean(r["mean_aligned"], r["mean_aligned_lo"], r["mean_aligned_hi"]),
+                         _fmt_mean(r["mean_coherent"], r["mean_coherent_lo"], r["mean_coherent_hi"])]
+                if seeds:
+                    cells.append(_seed_cell(r["misaligned_rate_seeds"], r["misaligned_rate_seed_lo"],
+                                            r["misaligned_rate_seed_hi"]))
+                lines.append("| " + " | ".join(cells) + " |")
+            lines.append("")
+    return "\n".join(lines)
