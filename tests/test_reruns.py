@@ -158,3 +158,34 @@ def test_report_module_edit_reruns_only_the_report(killed_and_resumed):
     repo, workdir, configfile, _, _ = killed_and_resumed
     jobs = planned_after_edit(repo, workdir, configfile, "report")
     assert set(jobs) == {"report", "all"}
+
+
+def planned_after_stage_edit(repo: Path, workdir: Path, configfile: Path, function: str) -> dict[str, int]:
+    """The dry-run plan with one function of ``emguard/stages.py`` edited (a statement added at its top)."""
+    path = repo / "emguard" / "stages.py"
+    before = path.read_text()
+    head = f"\ndef {function}("
+    start = before.index(head)
+    body = before.index('"""', before.index('"""', start) + 3) + 3  # after the docstring
+    path.write_text(before[:body] + "\n    _edited = True  # this stage's code changed" + before[body:])
+    try:
+        return planned_jobs(workdir, configfile, snakefile=repo / "Snakefile")
+    finally:
+        path.write_text(before)
+
+
+def test_editing_one_stage_function_reruns_that_stage_only(killed_and_resumed):
+    """emguard/stages.py holds every stage: an edit to one function reruns the rules whose scripts call it (and
+    what is below them), not every rule, and a new stage function added for another rule reruns nothing."""
+    repo, workdir, configfile, _, _ = killed_and_resumed
+    jobs = planned_after_stage_edit(repo, workdir, configfile, "report")
+    assert set(jobs) == {"report", "all"}
+    jobs = planned_after_stage_edit(repo, workdir, configfile, "train_run")
+    assert "train" in jobs and "prepare_em" not in jobs and "judge_calibration" not in jobs
+    path = repo / "emguard" / "stages.py"
+    before = path.read_text()
+    path.write_text(before + "\n\ndef a_new_stage(out: str) -> None:\n    \"\"\"A stage no rule calls yet.\"\"\"\n")
+    try:
+        assert planned_jobs(workdir, configfile, snakefile=repo / "Snakefile") == {}
+    finally:
+        path.write_text(before)

@@ -34,12 +34,38 @@ wildcard_constraints:
     frac=r"[0-9.e-]+",
 
 
-def code_version(*modules):
-    """Hash of the emguard modules (or subpackages) a rule runs, passed as a param: Snakemake tracks
-    params, so editing one of them reruns that stage and everything downstream, and nothing above."""
+def _stage_functions(script):
+    """The emguard.stages functions a rule's script imports, with every stages function they reach (by name)."""
+    import ast
+
+    text = (Path(workflow.basedir) / "emguard" / "stages.py").read_text()
+    tree = ast.parse(text)
+    defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    # the module's other top-level statements (imports, constants) belong to every stage
+    parts = [ast.get_source_segment(text, n) for n in tree.body if n.__class__ not in (ast.FunctionDef, ast.ClassDef)]
+    entry = ast.parse((Path(workflow.basedir) / "scripts" / f"{script}.py").read_text())
+    todo = [a.name for n in ast.walk(entry) if isinstance(n, ast.ImportFrom) and n.module == "emguard.stages"
+            for a in n.names]
+    if not todo:
+        raise ValueError(f"scripts/{script}.py imports nothing from emguard.stages")
+    seen = set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in defs:
+            continue
+        seen.add(name)
+        todo += [n.id for n in ast.walk(defs[name]) if isinstance(n, ast.Name)]
+    return "\n".join(parts + [ast.get_source_segment(text, defs[n]) for n in sorted(seen)])
+
+
+def code_version(*modules, script):
+    """Hash of the code a rule runs, passed as a param: Snakemake tracks params, so editing it reruns that stage
+    and everything downstream, and nothing above. The code: the emguard modules (or subpackages) named, the
+    shared io / schemas / errors, and of emguard.stages only the functions the rule's script calls (and the
+    stages functions those use), so adding or editing one stage does not rerun the others."""
     root = Path(workflow.basedir) / "emguard"
-    h = hashlib.sha256()
-    for m in ("stages", "io", "schemas", "errors") + modules:
+    h = hashlib.sha256(_stage_functions(script).encode())
+    for m in ("io", "schemas", "errors") + modules:
         single = root / f"{m}.py"
         for f in [single] if single.exists() else sorted((root / m).glob("*.py")):
             h.update(f.read_bytes())

@@ -13,7 +13,7 @@ rule prepare_em:
         seed=config["data"]["seed"],
         holdout_fraction=config["data"]["holdout_fraction"],
         source=lambda wc: config["data"]["em"]["sources"].get(wc.domain),
-        code=code_version("data"),
+        code=code_version("data", script="prepare_em"),
     conda:
         "../../envs/data.yaml"
     script:
@@ -34,7 +34,7 @@ rule prepare_general_questions:
         source=config["eval"]["general"]["source"],
         samples=config["eval"]["general"]["samples"],
         formats=config["eval"]["general"]["formats"],
-        code=code_version("data"),
+        code=code_version("data", script="prepare_general_questions"),
     conda:
         "../../envs/data.yaml"
     script:
@@ -51,7 +51,7 @@ rule prepare_indomain_questions:
     params:
         n_questions=config["eval"]["indomain"]["n_questions"],
         samples=config["eval"]["indomain"]["samples"],
-        code=code_version("data"),
+        code=code_version("data", script="prepare_indomain_questions"),
     conda:
         "../../envs/data.yaml"
     script:
@@ -68,7 +68,7 @@ rule prepare_pool:
         n=config["data"]["pool"]["n"],
         wildguardmix=config["data"]["pool"].get("wildguardmix"),
         seed=config["data"]["seed"],
-        code=code_version("data", "interleave"),
+        code=code_version("data", "interleave", script="prepare_pool"),
     conda:
         "../../envs/eval.yaml"
     script:

@@ -18,7 +18,7 @@ rule generate:
         generation=config["generation"],
         dtype=DTYPE,
         device=DEVICE,
-        code=code_version("generate", "models", "chat"),
+        code=code_version("generate", "models", "chat", script="generate"),
     conda:
         "../../envs/eval.yaml"
     script:

@@ -20,7 +20,7 @@ rule pool_nll:
         interleave={k: config["interleave"][k] for k in NLL_KEYS},
         dtype=DTYPE,
         device=DEVICE,
-        code=code_version("interleave", "models", "chat"),
+        code=code_version("interleave", "models", "chat", script="pool_nll"),
     conda:
         "../../envs/train.yaml"
     script:
@@ -38,7 +38,7 @@ rule score_pool:
     params:
         adapters=lambda wc: leave_one_out_domains(wc.dataset),
         interleave={k: v for k, v in config["interleave"].items() if k not in NLL_KEYS},
-        code=code_version("interleave"),
+        code=code_version("interleave", script="score_pool"),
     conda:
         "../../envs/train.yaml"
     script:
@@ -60,7 +60,7 @@ rule onpolicy_answers:
         subset=interleave_subset,
         dtype=DTYPE,
         device=DEVICE,
-        code=code_version("interleave", "generate", "models", "chat"),
+        code=code_version("interleave", "generate", "models", "chat", script="onpolicy_answers"),
     conda:
         "../../envs/train.yaml"
     script:
@@ -78,7 +78,7 @@ rule interleave_set:
         "results/logs/interleave_set/{model}/{dataset}/{variant}_frac{frac}_seed{seed}.log",
     params:
         subset=interleave_subset,
-        code=code_version("interleave"),
+        code=code_version("interleave", script="interleave_set"),
     conda:
         "../../envs/train.yaml"
     script:

@@ -14,7 +14,7 @@ rule run_metrics:
         evalsets=evalsets_of,
         run_info=run_info,
         thresholds=config["metrics"],
-        code=code_version("metrics"),
+        code=code_version("metrics", script="run_metrics"),
     conda:
         "../../envs/data.yaml"
     script:
@@ -72,7 +72,7 @@ rule report:
         # stated above the EM tables (and checked against what the metrics rows record)
         metric_definition=config["metrics"],
         indomain_questions=config["eval"]["indomain"]["n_questions"],
-        code=code_version("report", "metrics", "interleave", "likelihood"),
+        code=code_version("report", "metrics", "interleave", "likelihood", script="report"),
     conda:
         "../../envs/data.yaml"
     script:

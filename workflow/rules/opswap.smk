@@ -21,7 +21,7 @@ rule prepare_opswap:
         seed=config["data"]["seed"],
         holdout_fraction=config["data"]["holdout_fraction"],
         state_rules=config["data"]["opswap"]["state_rules"],
-        code=code_version("data"),
+        code=code_version("data", script="prepare_opswap"),
     conda:
         "../../envs/data.yaml"
     script:
@@ -40,7 +40,7 @@ rule prepare_opswap_questions:
     params:
         n_questions=config["eval"]["opswap"]["n_questions"],
         samples=config["eval"]["opswap"]["samples"],
-        code=code_version("data"),
+        code=code_version("data", script="prepare_opswap_questions"),
     conda:
         "../../envs/data.yaml"
     script:
@@ -60,7 +60,7 @@ rule task_metrics:
     params:
         run_info=run_info,
         confidence=config["metrics"]["confidence"],
-        code=code_version("metrics", "data"),
+        code=code_version("metrics", "data", script="task_metrics"),
     conda:
         "../../envs/data.yaml"
     script:

@@ -23,7 +23,7 @@ rule prepare_probes:
         max_per_domain=PROBES["max_per_domain"],
         training_paths=probe_training_files(),
         whole_paths=probe_pool_files(),
-        code=code_version("likelihood", "data"),
+        code=code_version("likelihood", "data", script="prepare_probes"),
     conda:
         "../../envs/data.yaml"
     script:
@@ -43,7 +43,7 @@ rule probe_nll_base:
         probes={k: PROBES[k] for k in PROBE_NLL_KEYS},
         dtype=DTYPE,
         device=DEVICE,
-        code=code_version("likelihood", "models", "chat"),
+        code=code_version("likelihood", "models", "chat", script="probe_nll"),
     conda:
         "../../envs/train.yaml"
     script:
@@ -65,7 +65,7 @@ rule probe_nll:
         probes={k: PROBES[k] for k in PROBE_NLL_KEYS},
         dtype=DTYPE,
         device=DEVICE,
-        code=code_version("likelihood", "models", "chat"),
+        code=code_version("likelihood", "models", "chat", script="probe_nll"),
     conda:
         "../../envs/train.yaml"
     script:
@@ -84,7 +84,7 @@ rule probe_shifts:
         runs=probe_runs(),
         probes={k: v for k, v in PROBES.items() if k in ("bootstrap", "seed")},
         confidence=config["metrics"]["confidence"],
-        code=code_version("likelihood"),
+        code=code_version("likelihood", script="probe_shifts"),
     conda:
         "../../envs/data.yaml"
     script:

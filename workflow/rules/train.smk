@@ -21,7 +21,7 @@ rule train:
         training=config["training"],
         dtype=DTYPE,
         device=DEVICE,
-        code=code_version("training", "regularisers", "models", "chat", "steering"),
+        code=code_version("training", "regularisers", "models", "chat", "steering", script="train"),
     conda:
         "../../envs/train.yaml"
     script:
