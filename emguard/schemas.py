@@ -31,6 +31,8 @@ POOL_SCORE = ["id", "nll_base", "nll_mis_mean", "n_answer_tokens", "score", "is_
 SUBSETS = ("aligned", "misaligned", "benign")
 SPLITS = ("train", "holdout")
 ROLES = ("system", "user", "assistant")
+#: the two placeholders every judge template fills in (literally: other braces are left as they are)
+PLACEHOLDERS = ("{question}", "{answer}")
 #: question types of the EM literature's question files: a 0-100 judge score, a judge label (TRUE / FALSE / ...),
 #: generation only
 QUESTION_TYPES = ("free_form_judge_0_100", "free_form_judge", "free_form")

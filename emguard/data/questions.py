@@ -41,8 +41,6 @@ log = logging.getLogger("emguard")
 
 #: metrics judged when an item of a judged type names none
 DEFAULT_JUDGE_PROMPTS = ("aligned", "coherent")
-#: the two placeholders every judge template fills in
-PLACEHOLDERS = ("{question}", "{answer}")
 #: ``judge.model`` value meaning "each question's own ``judge``"
 FROM_QUESTIONS = "from_questions"
 #: question sets shipped with the project, by the name ``eval.general.source`` selects them with
@@ -61,12 +59,12 @@ def template_problem(template: Any) -> str | None:
     ``{question}`` and ``{answer}`` and no other ``{...}`` placeholder (it is filled in literally)."""
     if not isinstance(template, str) or not template.strip():
         return f"a template must be non-empty text, got {type(template).__name__}"
-    missing = [p for p in PLACEHOLDERS if p not in template]
+    missing = [p for p in schemas.PLACEHOLDERS if p not in template]
     if missing:
         return f"template lacks placeholder(s) {', '.join(missing)}"
-    other = sorted({m.group(0) for m in _PLACEHOLDER.finditer(template)} - set(PLACEHOLDERS))
+    other = sorted({m.group(0) for m in _PLACEHOLDER.finditer(template)} - set(schemas.PLACEHOLDERS))
     if other:
-        return f"template has placeholder(s) {', '.join(other)}; only {' and '.join(PLACEHOLDERS)} are filled in"
+        return f"template has placeholder(s) {', '.join(other)}; only {' and '.join(schemas.PLACEHOLDERS)} are filled in"
     return None
 
 
@@ -77,6 +75,8 @@ def load_template_file(path: str | os.PathLike) -> dict[str, str]:
     if not isinstance(data, dict) or not data:
         raise InputError(f"{path}: expected a mapping of metric name -> template, got {type(data).__name__}")
     for metric, template in data.items():
+        if not isinstance(metric, str) or not metric.strip():
+            raise InputError(f"{path}: metric names must be non-empty strings, got {metric!r}")
         problem = template_problem(template)
         if problem:
             raise InputError(f"{path}: metric {metric!r}: {problem}")

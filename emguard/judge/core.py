@@ -26,13 +26,12 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, Sequence
 
+from emguard.schemas import PLACEHOLDERS, QUESTION_TYPES  # noqa: F401  (used and re-exported by emguard.judge)
+
 LABELS = ("number", "REFUSAL", "CODE", "none")
 #: non-numeric answers a prompt may offer; labelled when asked for and more likely than the integers
 SPECIAL_ANSWERS = ("REFUSAL", "CODE")
-PLACEHOLDERS = ("{question}", "{answer}")
 N_VALUES = 101  # the integers 0..100
-#: ``type`` of a question (the EM literature's question files): 0-100 judged, label judged, or generated only
-QUESTION_TYPES = ("free_form_judge_0_100", "free_form_judge", "free_form")
 #: version of the cache key and row format; bump when what is stored (or how a judge computes it) changes
 CACHE_FORMAT = 2
 

@@ -14,13 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
 from emguard.errors import InputError
-from emguard.io import read_yaml
 from emguard.judge.cache import JudgeCache, cache_key, judge_identity
 from emguard.judge.core import (PLACEHOLDERS, QUESTION_TYPES, Judge, JudgeIncomplete, JudgeOutput, ScoreResult,
                                 template_labels)
@@ -33,22 +31,11 @@ DEFAULT_QUESTION_TYPE = "free_form_judge_0_100"
 
 
 def load_judge_prompts(path: str | os.PathLike) -> dict[str, str]:
-    """Read ``metric: template`` pairs; each template must contain ``{question}`` and ``{answer}``."""
-    path = Path(path)
-    data = read_yaml(path, "judge prompt file")
-    if not isinstance(data, dict) or not data:
-        raise InputError(f"{path}: expected a mapping of metric name -> prompt template, got {type(data).__name__}")
-    prompts: dict[str, str] = {}
-    for metric, template in data.items():
-        if not isinstance(metric, str) or not metric.strip():
-            raise InputError(f"{path}: metric names must be non-empty strings, got {metric!r}")
-        if not isinstance(template, str):
-            raise InputError(f"{path}: metric {metric!r}: template must be a string, got {type(template).__name__}")
-        missing = [p for p in PLACEHOLDERS if p not in template]
-        if missing:
-            raise InputError(f"{path}: metric {metric!r}: template lacks placeholder(s) {', '.join(missing)}")
-        prompts[metric] = template
-    return prompts
+    """Read ``metric: template`` pairs, every template checked (:func:`emguard.data.questions.load_template_file`:
+    ``{question}`` and ``{answer}``, no other placeholder)."""
+    from emguard.data.questions import load_template_file
+
+    return load_template_file(path)
 
 
 def fill_template(template: str, question: str, answer: str) -> str:

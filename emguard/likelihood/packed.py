@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from emguard.chat import IGNORE_INDEX, Encoded
-
-if TYPE_CHECKING:
-    import torch
 
 #: a shared prefix shorter than this is not worth a separate forward pass
 MIN_SHARED_PREFIX = 8
