@@ -13,4 +13,4 @@ run_stage(snakemake, report, metrics_paths=list(i.metrics), train_logs=snakemake
           likelihood_csv=o.get("likelihood_csv"), figure_shift=o.get("figure_shift"),
           calibration_path=i.calibration[0] if i.get("calibration") else None, calibration_md=o.get("calibration_md"),
           judge_usage_paths=list(i.get("judge_usage", [])), judge_usage_md=o.get("judge_usage_md"),
-          judge_usage_csv=o.get("judge_usage_csv"))
+          judge_usage_csv=o.get("judge_usage_csv"), tasks_md=o.get("tasks_md"), tasks_csv=o.get("tasks_csv"))
