@@ -113,6 +113,41 @@ def test_missing_field_and_missing_file(tmp_path):
         data.load_foqa(tmp_path / "nope.jsonl")
 
 
+def test_hub_ids_pass_config_and_splits(monkeypatch):
+    """Hub ids go through datasets.load_dataset with the task's config and its train / eval splits (replaced here:
+    no network); the hub's struct column ``answers`` arrives as a dict of lists."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, **kwargs):
+        calls.append((path, name, split))
+        rows = _records(FOQA) if path == "alexandrainst/foqa" else _records(GSM8K)
+        return datasets.Dataset.from_list(rows[:4] if split == "train" else rows[4:])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    df = data.task_dataset("foqa", source="alexandrainst/foqa", eval_source="alexandrainst/foqa")
+    assert calls == [("alexandrainst/foqa", None, "train"), ("alexandrainst/foqa", None, "test")]
+    assert list(df["split"]) == ["train"] * 4 + ["holdout"] * 2
+    calls.clear()
+    data.task_dataset("gsm8k", source="openai/gsm8k", eval_source="openai/gsm8k", hf_config="main", eval_split="val")
+    assert calls == [("openai/gsm8k", "main", "train"), ("openai/gsm8k", "main", "val")]
+
+
+def test_local_hub_folder(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    folder = tmp_path / "gsm8k"
+    folder.mkdir()
+    _write_jsonl(folder / "train.jsonl", _records(GSM8K)[:4])
+    _write_jsonl(folder / "test.jsonl", _records(GSM8K)[4:])
+    df = data.task_dataset("gsm8k", source=folder, eval_source=folder, hf_config=None)
+    assert list(df.loc[df["split"] == "holdout", "reference"]) == ["9", "-5"]
+    with pytest.raises(InputError, match=r"gsm8k \[nope\]: could not load dataset"):
+        data.load_gsm8k(folder, hf_split="nope", hf_config=None)
+
+
 # ------------------------------------------------------------------------------------------ scoring
 
 

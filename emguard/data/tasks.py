@@ -229,17 +229,16 @@ def load_gsm8k(source: str | os.PathLike, *, hf_split: str = "train", hf_config:
 
 @dataclass(frozen=True)
 class Task:
-    """A benign task: its loader (source -> examples), default hub config and exact-match scorer."""
+    """A benign task: its loader (source -> examples) and exact-match scorer."""
 
     name: str
     loader: Callable[..., list[TaskExample]]
     scorer: Callable[[str | None, Any], bool]
-    hf_config: str | None
 
 
 TASKS: dict[str, Task] = {
-    "foqa": Task("foqa", load_foqa, foqa_exact_match, None),
-    "gsm8k": Task("gsm8k", load_gsm8k, gsm8k_exact_match, "main"),
+    "foqa": Task("foqa", load_foqa, foqa_exact_match),
+    "gsm8k": Task("gsm8k", load_gsm8k, gsm8k_exact_match),
 }
 
 
@@ -262,19 +261,19 @@ def task_dataset(task: str, *, source: str | os.PathLike, eval_source: str | os.
     With ``eval_source`` its rows (hub: split ``eval_split``) are the holdout and ``source``'s (hub: split
     ``train_split``) the train rows, e.g. FoQA's provided train and test splits as in the paper. Without it, a
     seeded ``holdout_fraction`` share of ``source`` is held out (as for the EM data and OpSwap). ``max_train``:
-    keep that many train rows, drawn with ``seed`` (source order kept); None keeps all. Ids are
-    ``<task>-<index:05d>``, train rows first.
+    keep that many train rows, drawn with ``seed`` (source order kept); None keeps all. ``hf_config``: the hub
+    config (GSM8K's is ``main``; None: the dataset's default), unused for a file. Ids are ``<task>-<index:05d>``,
+    train rows first.
     """
     spec = get_task(task)
-    config = hf_config if hf_config is not None else spec.hf_config
     rng = rng_for("task", task, seed)
-    train = spec.loader(source, hf_split=train_split, hf_config=config)
+    train = spec.loader(source, hf_split=train_split, hf_config=hf_config)
     if eval_source is None:
         held = holdout_indices(len(train), holdout_fraction, rng)
         holdout = [ex for i, ex in enumerate(train) if i in held]
         train = [ex for i, ex in enumerate(train) if i not in held]
     else:
-        holdout = spec.loader(eval_source, hf_split=eval_split, hf_config=config)
+        holdout = spec.loader(eval_source, hf_split=eval_split, hf_config=hf_config)
     if max_train is not None:
         if int(max_train) < 1:
             raise ValueError(f"max_train must be positive or None, got {max_train!r}")
