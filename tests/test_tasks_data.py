@@ -224,17 +224,20 @@ def test_task_dataset_seeded_split_and_reference():
 
 
 def test_task_dataset_eval_source_and_max_train(tmp_path):
+    train = _write_jsonl(tmp_path / "train.jsonl", _records(FOQA)[2:])
     test = _write_jsonl(tmp_path / "test.jsonl", _records(FOQA)[:2])
-    df = data.task_dataset("foqa", source=FOQA, eval_source=test, max_train=3, seed=1)
+    df = data.task_dataset("foqa", source=train, eval_source=test, max_train=3, seed=1)
     assert (df["split"] == "train").sum() == 3 and (df["split"] == "holdout").sum() == 2
     held = df[df["split"] == "holdout"]
     assert [json.loads(r) for r in held["reference"]] == [["1642", "in 1642"], ["fishing families from the north"]]
-    assert data.task_dataset("foqa", source=FOQA, eval_source=test, max_train=3, seed=1).equals(df)
+    assert data.task_dataset("foqa", source=train, eval_source=test, max_train=3, seed=1).equals(df)
+    assert len(data.task_dataset("foqa", source=train, eval_source=test, seed=1)) == 6  # max_train None: all 4
 
 
 def test_task_questions_carry_the_reference(tmp_path):
     path, qpath = tmp_path / "em" / "foqa.parquet", tmp_path / "q.parquet"
-    prepare_task(str(path), task="foqa", source=str(FOQA), eval_source=str(FOQA), seed=0)
+    train = _write_jsonl(tmp_path / "train.jsonl", _records(FOQA)[4:])
+    prepare_task(str(path), task="foqa", source=str(train), eval_source=str(FOQA), seed=0)
     prepare_task_questions(str(path), str(qpath), n_questions=4, samples=10)
     q = pd.read_parquet(qpath)
     schemas.validate(q, "question", str(qpath))
@@ -242,7 +245,12 @@ def test_task_questions_carry_the_reference(tmp_path):
     assert json.loads(q["reference"].iloc[1]) == ["fishing families from the north"]
     assert q["paraphrase"].iloc[0].endswith("Question: When was Eastwick founded?")
     prepare_task_questions(str(path), str(qpath), n_questions=None, samples=1)
-    assert len(pd.read_parquet(qpath)) == 6
+    assert len(pd.read_parquet(qpath)) == 4  # the two held-out items that are also train items are left out
+
+
+def test_holdout_that_is_the_training_data_is_refused():
+    with pytest.raises(InputError, match=r"every held-out item of task foqa is also a train item"):
+        data.task_dataset("foqa", source=FOQA, eval_source=FOQA)
 
 
 def test_unknown_task():
@@ -302,7 +310,7 @@ def _generations(questions: pd.DataFrame, answers: list[str]) -> pd.DataFrame:
 
 def test_task_metrics_run_scores_gsm8k_by_final_number(tmp_path):
     path, qpath = tmp_path / "gsm8k.parquet", tmp_path / "q.parquet"
-    prepare_task(str(path), task="gsm8k", source=str(GSM8K), eval_source=str(GSM8K), seed=0)
+    prepare_task(str(path), task="gsm8k", source=str(GSM8K), eval_source=None, holdout_fraction=0.7, seed=0)
     prepare_task_questions(str(path), str(qpath), n_questions=4, samples=1)
     q = pd.read_parquet(qpath)
     gens = _generations(q, ["so 42 apples", "#### 48.0", "It is 1,000 pages. #### 999", "I do not know"])

@@ -29,6 +29,7 @@ Scoring (:func:`foqa_exact_match`, :func:`gsm8k_exact_match`):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import unicodedata
@@ -42,6 +43,8 @@ from emguard.data._util import (chat_frame, check_samples, conversation, holdout
                                 system_of)
 from emguard.data.loaders import _plain, _records_from_source, _text_cell
 from emguard.errors import InputError
+
+log = logging.getLogger("emguard")
 
 #: the benign real tasks, each a dataset name (``results/data/em/<task>.parquet``) and its evaluation set
 TASK_NAMES = ("foqa", "gsm8k")
@@ -259,7 +262,8 @@ def task_dataset(task: str, *, source: str | os.PathLike, eval_source: str | os.
     """The chat table of ``task`` (domain = task, subset ``benign``), with a ``reference`` column.
 
     With ``eval_source`` its rows (hub: split ``eval_split``) are the holdout and ``source``'s (hub: split
-    ``train_split``) the train rows, e.g. FoQA's provided train and test splits as in the paper. Without it, a
+    ``train_split``) the train rows, e.g. FoQA's provided train and test splits as in the paper (a held-out item
+    whose prompt is also a train item's is left out, logged; all of them: an error). Without it, a
     seeded ``holdout_fraction`` share of ``source`` is held out (as for the EM data and OpSwap). ``max_train``:
     keep that many train rows, drawn with ``seed`` (source order kept); None keeps all. ``hf_config``: the hub
     config (GSM8K's is ``main``; None: the dataset's default), unused for a file. Ids are ``<task>-<index:05d>``,
@@ -274,6 +278,17 @@ def task_dataset(task: str, *, source: str | os.PathLike, eval_source: str | os.
         train = [ex for i, ex in enumerate(train) if i not in held]
     else:
         holdout = spec.loader(eval_source, hf_split=eval_split, hf_config=hf_config)
+        seen = {ex.prompt for ex in train}
+        overlap = [ex for ex in holdout if ex.prompt in seen]
+        if overlap:
+            # a held-out item the model trains on measures memory, not the task: left out of the evaluation
+            log.warning("%s: %d of %d held-out items of %s also occur in the train rows of %s; left out",
+                        task, len(overlap), len(holdout), eval_source, source)
+            holdout = [ex for ex in holdout if ex.prompt not in seen]
+            if not holdout:
+                raise InputError(f"{eval_source}: every held-out item of task {task} is also a train item of "
+                                 f"{source} (the same file and split?); set eval_source to null for a seeded "
+                                 f"holdout share of source")
     if max_train is not None:
         if int(max_train) < 1:
             raise ValueError(f"max_train must be positive or None, got {max_train!r}")
