@@ -313,7 +313,10 @@ def test_task_metrics_run_scores_gsm8k_by_final_number(tmp_path):
     prepare_task(str(path), task="gsm8k", source=str(GSM8K), eval_source=None, holdout_fraction=0.7, seed=0)
     prepare_task_questions(str(path), str(qpath), n_questions=4, samples=1)
     q = pd.read_parquet(qpath)
-    gens = _generations(q, ["so 42 apples", "#### 48.0", "It is 1,000 pages. #### 999", "I do not know"])
+    refs = [int(r) for r in q["reference"]]
+    assert len(refs) == 4
+    gens = _generations(q, [f"so {refs[0]} in all", f"#### {refs[1]}.0", f"It is {refs[2]}. #### {refs[2] + 1}",
+                            "I do not know"])
     gens_path, out = tmp_path / "g.parquet", tmp_path / "m.parquet"
     gens.to_parquet(gens_path)
     info = {"model": "tiny", "dataset": "gsm8k", "method": "sft", "setting": "default", "seed": 0,
