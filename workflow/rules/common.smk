@@ -64,17 +64,13 @@ def em_source_files(wildcards):
 TASK_PATTERN = "|".join(emconfig.BENIGN_TASKS)
 
 
-def _task_entry(task):
+def task_source(wildcards):
     """A benign task's data settings, its local files resolved like other config paths (hub ids as given)."""
-    entry = dict(config["data"][task])
+    entry = dict(config["data"][wildcards.task])
     for key in ("source", "eval_source"):
         if entry[key] and Path(project_file(entry[key])).exists():
             entry[key] = project_file(entry[key])
     return entry
-
-
-def task_source(wildcards):
-    return _task_entry(wildcards.task)
 
 
 def task_source_files(wildcards):
