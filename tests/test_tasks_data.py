@@ -56,7 +56,8 @@ def test_foqa_loads_from_jsonl_json_and_parquet_alike(tmp_path):
 @pytest.mark.parametrize("change, message", [
     (lambda r: r.pop("question"), r"foqa\.jsonl:3: missing key\(s\) question"),
     (lambda r: r.update(answers={"text": [], "answer_start": []}), r"foqa\.jsonl:3: field answers\.text"),
-    (lambda r: r.update(answers={"text": ["x", "y"], "answer_start": [0]}), r"foqa\.jsonl:3: field answers\.answer_start"),
+    (lambda r: r.update(answers={"text": ["x", "y"], "answer_start": [0]}),
+     r"foqa\.jsonl:3: field answers\.answer_start"),
     (lambda r: r.update(answers={"text": ["x"], "answer_start": [10_000]}),
      r"foqa\.jsonl:3: field answers\.answer_start\[0\]"),
     (lambda r: r.update(answers=["x"]), r"foqa\.jsonl:3: field answers must be an object"),
@@ -274,7 +275,8 @@ def test_tasks_are_off_by_default_and_add_runs_when_selected():
     cfg = _config(tasks=["gsm8k"], gsm8k={"source": str(GSM8K), "eval_source": None})
     runs = emconfig.expand_runs(cfg)
     target = cfg["experiments"]["target_domains"][0]
-    em_methods = [(r.method, r.setting) for r in runs if r.dataset == target and r.method not in ("aligned", "misaligned")]
+    em_methods = [(r.method, r.setting) for r in runs
+                  if r.dataset == target and r.method not in ("aligned", "misaligned")]
     task_runs = [r for r in runs if r.dataset == "gsm8k"]
     assert [(r.method, r.setting) for r in task_runs] == [("untrained", "default"), ("sft", "default")] + em_methods
     assert {r.train_subset for r in task_runs[1:]} == {"benign"} and not task_runs[0].trained
@@ -369,3 +371,27 @@ def test_report_splits_opswap_and_benign_task_rows(tmp_path):
     report([], {}, metrics_out=str(tmp_path / "em.parquet"), figure_em=str(tmp_path / "em.png"),
            figure_loss=str(tmp_path / "loss.png"), task_metrics_paths=paths[1:], **out)
     assert "no benign task (data.tasks is empty)" in Path(out["tasks_md"]).read_text()
+
+
+def test_the_rule_scripts_pass_the_config_entry_through(tmp_path):
+    """scripts/prepare_task.py and prepare_task_questions.py run with the params the rules give them (a stand-in
+    for Snakemake's ``snakemake`` object), so every data.<task> key reaches the stage."""
+    import runpy
+    from types import SimpleNamespace
+
+    cfg = emconfig.load(ROOT / "config.yaml")
+    entry = {**cfg["data"]["gsm8k"], "source": str(GSM8K), "eval_source": None, "hf_config": None, "max_train": 2}
+    out, questions = tmp_path / "gsm8k.parquet", tmp_path / "q.parquet"
+
+    def smk(**kw):
+        return SimpleNamespace(threads=1, log=[str(tmp_path / "log.txt")], **kw)
+
+    runpy.run_path(str(ROOT / "scripts" / "prepare_task.py"), init_globals={"snakemake": smk(
+        output=[str(out)], wildcards=SimpleNamespace(task="gsm8k"),
+        params=SimpleNamespace(source=entry, seed=0, holdout_fraction=0.34))})
+    df = pd.read_parquet(out)
+    assert (df["split"] == "train").sum() == 2 and (df["split"] == "holdout").sum() == 2
+    runpy.run_path(str(ROOT / "scripts" / "prepare_task_questions.py"), init_globals={"snakemake": smk(
+        input=SimpleNamespace(task=str(out)), output=[str(questions)],
+        params=SimpleNamespace(n_questions=None, samples=3))})
+    assert list(pd.read_parquet(questions)["samples"]) == [3, 3]
