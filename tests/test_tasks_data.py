@@ -285,6 +285,14 @@ def test_tasks_are_off_by_default_and_add_runs_when_selected():
     assert cfg["data"]["gsm8k"]["hf_config"] == "main" and cfg["data"]["gsm8k"]["max_train"] == 1000
 
 
+def test_task_names_agree_between_data_config_and_schema():
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    enum = schema["properties"]["data"]["properties"]["tasks"]["items"]["enum"]
+    assert data.TASK_NAMES == emconfig.BENIGN_TASKS == tuple(enum)
+    assert all(t in schema["properties"]["data"]["properties"] and t in schema["properties"]["eval"]["properties"]
+               for t in data.TASK_NAMES)
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda c: c["data"].update(tasks=["squad"]), r"data\.tasks\.0"),
     (lambda c: c["data"]["em"]["domains"].append("foqa"), r"data\.em\.domains\.\d+.*reserved for the benign task"),

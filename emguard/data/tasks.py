@@ -46,9 +46,6 @@ from emguard.errors import InputError
 
 log = logging.getLogger("emguard")
 
-#: the benign real tasks, each a dataset name (``results/data/em/<task>.parquet``) and its evaluation set
-TASK_NAMES = ("foqa", "gsm8k")
-
 FOQA_FIELDS = ("id", "title", "context", "question", "answers")
 GSM8K_FIELDS = ("question", "answer")
 
@@ -243,6 +240,9 @@ TASKS: dict[str, Task] = {
     "foqa": Task("foqa", load_foqa, foqa_exact_match),
     "gsm8k": Task("gsm8k", load_gsm8k, gsm8k_exact_match),
 }
+#: the benign real tasks, each a dataset name (``results/data/em/<task>.parquet``) and its evaluation set
+#: (``emguard.config.BENIGN_TASKS`` and the schema's ``data.tasks`` list the same names)
+TASK_NAMES = tuple(TASKS)
 
 
 def get_task(task: str) -> Task:
