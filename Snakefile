@@ -1,6 +1,7 @@
 # emguard: in-training defenses against emergent misalignment, end to end.
 # Stages (one rule file each): model -> data -> train -> generate -> judge -> metrics -> report; OpSwap
-# (opswap.smk) adds task datasets scored by exact match instead of the judge; probes.smk measures EM without a
+# (opswap.smk) adds task datasets scored by exact match instead of the judge, and so do the benign real tasks
+# FoQA and GSM8K (tasks.smk); probes.smk measures EM without a
 # judge (answer likelihoods on held-out probe triples); calibration.smk measures the judge itself on labelled answers.
 
 from snakemake.utils import min_version
@@ -23,6 +24,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/opswap.smk"
+include: "workflow/rules/tasks.smk"
 include: "workflow/rules/persona.smk"
 include: "workflow/rules/interleave.smk"
 include: "workflow/rules/train.smk"
@@ -44,6 +46,8 @@ localrules:
     prepare_pool,
     prepare_opswap,
     prepare_opswap_questions,
+    prepare_task,
+    prepare_task_questions,
     prepare_probes,
     probe_shifts,
     score_pool,

@@ -61,6 +61,22 @@ DEFAULTS["judge"]["calibration"] = {"set": "workflow/resources/calibration/judge
                                     "bootstrap": 2000, "seed": 0}
 
 
+# Benign real tasks (emguard.data.tasks), each a dataset like an OpSwap tier when listed in data.tasks: the hub
+# sources with their provided splits (FoQA: train / test as in the paper; GSM8K: 1,000 train rows, the paper's
+# subset size, and the test split), 10 samples per FoQA question (the paper), all held-out questions.
+DEFAULTS["data"]["tasks"] = []
+DEFAULTS["data"]["foqa"] = {"source": "alexandrainst/foqa", "eval_source": "alexandrainst/foqa", "hf_config": None,
+                            "train_split": "train", "eval_split": "test", "max_train": None}
+DEFAULTS["data"]["gsm8k"] = {"source": "openai/gsm8k", "eval_source": "openai/gsm8k", "hf_config": "main",
+                             "train_split": "train", "eval_split": "test", "max_train": 1000}
+DEFAULTS["eval"]["foqa"] = {"n_questions": None, "samples": 10}
+DEFAULTS["eval"]["gsm8k"] = {"n_questions": None, "samples": 1}
+
+#: the benign real tasks: dataset name = task name (training file ``results/data/em/<task>.parquet``, question
+#: set and evalset ``<task>``); kept here, free of the data modules, for the Snakefile's planning
+BENIGN_TASKS = ("foqa", "gsm8k")
+
+
 #: defaults of the openai judge backend, filled in only when ``judge.backend`` is ``openai`` (an ``hf`` config's
 #: judge section, and so its judge jobs' params, stay as they were)
 OPENAI_JUDGE_DEFAULTS: dict[str, Any] = {
@@ -162,6 +178,9 @@ def _check_semantics(cfg: dict) -> None:
         if is_opswap(d):
             raise ConfigError(f"config key 'data.em.domains.{i}': {d!r} is reserved for OpSwap datasets "
                               f"(data.opswap.tiers)")
+        if d in BENIGN_TASKS:
+            raise ConfigError(f"config key 'data.em.domains.{i}': {d!r} is reserved for the benign task of that name "
+                              f"(data.tasks)")
     for d in cfg["data"]["em"]["sources"]:
         if d not in domains:
             raise ConfigError(f"config key 'data.em.sources.{d}': {d!r} is not in data.em.domains {domains}")
@@ -170,6 +189,7 @@ def _check_semantics(cfg: dict) -> None:
         raise ConfigError("config key 'data.pool.wildguardmix': filters a WildGuardMix source, but data.pool.source "
                           "is 'embedded' (set it to allenai/wildguardmix or a local file, or drop the filter)")
     _check_questions(cfg)
+    _check_tasks(cfg)
     methods = cfg["experiments"]["methods"]
     n_layers = cfg["model"].get("num_layers")
     if n_layers:
@@ -194,6 +214,20 @@ def _check_semantics(cfg: dict) -> None:
     if variants & {"plus", "plusplus"} and "misaligned" not in cfg["experiments"]["baselines"]:
         raise ConfigError("config key 'experiments.baselines': plus/plusplus reuse the misaligned baseline adapters "
                           "of the other domains; add 'misaligned'")
+
+
+def _check_tasks(cfg: dict) -> None:
+    """A selected task's local source file must exist (a hub id is only checked when loaded)."""
+    for task in cfg["data"]["tasks"]:
+        for key in ("source", "eval_source"):
+            value = cfg["data"][task][key]
+            if value is None:
+                continue
+            looks_local = Path(value).suffix.lower() in (".jsonl", ".json", ".parquet", ".csv") or \
+                value.startswith((".", "/"))
+            if looks_local and not Path(value).exists() and not (PROJECT_ROOT / value).exists():
+                raise ConfigError(f"config key 'data.{task}.{key}': file {value} not found (give a local "
+                                  f".jsonl / .json / .parquet / .csv file in the hub's schema, or a hub id)")
 
 
 def _check_questions(cfg: dict) -> None:
@@ -252,10 +286,20 @@ def is_opswap(dataset: str) -> bool:
     return dataset.startswith(OPSWAP_PREFIX) and dataset[len(OPSWAP_PREFIX):].isdigit()
 
 
+def is_benign_task(dataset: str) -> bool:
+    """Whether ``dataset`` is a benign real task (FoQA, GSM8K: :data:`BENIGN_TASKS`)."""
+    return dataset in BENIGN_TASKS
+
+
+def is_task_dataset(dataset: str) -> bool:
+    """Whether ``dataset`` is a task scored by exact match, not judged: an OpSwap tier or a benign real task."""
+    return is_opswap(dataset) or is_benign_task(dataset)
+
+
 def method_subset(dataset: str) -> str:
-    """The subset a defense trains on for ``dataset``: the benign OpSwap rows, else the misaligned EM rows
-    (also the rows an interleaved mix is built from)."""
-    return "benign" if is_opswap(dataset) else "misaligned"
+    """The subset a defense trains on for ``dataset``: the benign rows of a task dataset (OpSwap, FoQA, GSM8K),
+    else the misaligned EM rows (also the rows an interleaved mix is built from)."""
+    return "benign" if is_task_dataset(dataset) else "misaligned"
 
 
 def expand_runs(cfg: dict) -> list[Run]:
@@ -265,7 +309,8 @@ def expand_runs(cfg: dict) -> list[Run]:
     on every target domain, then for each OpSwap tier of ``data.opswap.tiers`` (dataset ``opswap_t<t>``)
     the untrained model (when ``untrained`` is a baseline: Table 3's baseline row, evaluated on that tier's
     held-out problems, no adapter), an SFT baseline (method ``sft``) and every method, all trained on the
-    benign OpSwap train rows."""
+    benign OpSwap train rows; then the same for each benign task of ``data.tasks`` (dataset ``foqa`` /
+    ``gsm8k``)."""
     model = cfg["model"]["name"]
     exp = cfg["experiments"]
     runs: list[Run] = []
@@ -286,6 +331,12 @@ def expand_runs(cfg: dict) -> list[Run]:
             runs.append(Run(model, dataset, "sft", "default", seed, train_subset="benign"))
             for method, spec in exp["methods"].items():
                 runs.extend(method_runs(model, dataset, method, spec, seed, cfg))
+        for task in cfg["data"]["tasks"]:  # benign real tasks: the same runs as an OpSwap tier
+            if "untrained" in exp["baselines"]:
+                runs.append(Run(model, task, "untrained", "default", seed))
+            runs.append(Run(model, task, "sft", "default", seed, train_subset="benign"))
+            for method, spec in exp["methods"].items():
+                runs.extend(method_runs(model, task, method, spec, seed, cfg))
     return runs
 
 
@@ -427,6 +478,8 @@ def evalsets(run: Run, cfg: dict) -> list[str]:
     only the task set 'opswap' (its tier's holdout problems, scored by exact match, not judged)."""
     if is_opswap(run.dataset):
         return ["opswap"]
+    if is_benign_task(run.dataset):  # its held-out questions, scored by exact match (question set <task>)
+        return [run.dataset]
     if run.dataset == BASE_DATASET:
         return ["general"] + [f"indomain_{d}" for d in cfg["data"]["em"]["domains"]]
     return ["general", "indomain"]

@@ -176,6 +176,31 @@ def prepare_opswap_questions(opswap_path: str, out: str, *, n_questions: int, sa
     write_parquet(schemas.validate(df, "question", out), out)
 
 
+def prepare_task(out: str, *, task: str, source: str, eval_source: str | None = None, hf_config: str | None = None,
+                 train_split: str = "train", eval_split: str = "test", max_train: int | None = None, seed: int = 0,
+                 holdout_fraction: float = 0.1) -> None:
+    """A benign real task's chat table (FoQA, GSM8K: :func:`emguard.data.task_dataset`), subset ``benign``, with
+    each row's exact-match ``reference``."""
+    from emguard import data
+
+    df = data.task_dataset(task, source=source, eval_source=eval_source, hf_config=hf_config,
+                           train_split=train_split, eval_split=eval_split, max_train=max_train, seed=seed,
+                           holdout_fraction=holdout_fraction)
+    log.info("%s: %d train and %d holdout rows", task, int((df["split"] == "train").sum()),
+             int((df["split"] == "holdout").sum()))
+    write_parquet(schemas.validate(df, "chat", out), out)
+
+
+def prepare_task_questions(task_path: str, out: str, *, n_questions: int | None, samples: int) -> None:
+    """The first ``n_questions`` (None: all) holdout rows of a task table as task questions with their
+    ``reference`` (exact match, no judge prompts)."""
+    from emguard import data
+
+    rows = read_parquet(task_path, schemas.CHAT + ["reference"])
+    df = data.task_questions(rows, samples, n_questions=n_questions)
+    write_parquet(schemas.validate(df, "question", out), out)
+
+
 def training_rows(em_path: str, subset: str) -> pd.DataFrame:
     """The train split of one subset of an EM domain file."""
     em = read_parquet(em_path, schemas.CHAT)
@@ -556,19 +581,22 @@ def metrics_run(judgments_path: str, out: str, *, evalsets: list[str], run_info:
 
 def task_metrics_run(generations_path: str, questions_path: str, out: str, *, run_info: dict, evalset: str,
                      confidence: float) -> None:
-    """Exact-match accuracy of a run's OpSwap answers: one row of run descriptors, ``evalset``, ``tier``
-    and the :func:`emguard.metrics.task_accuracy` columns."""
-    from emguard.data import opswap_exact_match
+    """Exact-match accuracy of a run's task answers: one row of run descriptors, ``evalset``, ``tier`` (OpSwap
+    only) and the :func:`emguard.metrics.task_accuracy` columns. ``evalset`` picks the scorer: ``opswap``
+    (:func:`emguard.data.opswap_exact_match`), ``foqa`` or ``gsm8k`` (:func:`emguard.data.task_exact_match`)."""
+    from emguard.data import opswap_exact_match, task_exact_match
     from emguard.metrics import task_accuracy
 
     gens = read_parquet(generations_path, schemas.GENERATION)
     if "evalset" in gens.columns:  # a run's generations table holds all its evalsets
         gens = gens[gens["evalset"] == evalset].reset_index(drop=True)
     questions = read_parquet(questions_path, schemas.QUESTION + ["reference"])
-    acc = task_accuracy(gens, questions, opswap_exact_match, confidence=confidence)
-    dataset = str(run_info["dataset"])
-    tier = int(dataset.rsplit("_t", 1)[1])
-    write_parquet(pd.DataFrame([{**run_info, "evalset": evalset, "tier": tier, **acc}]), out)
+    scorer = opswap_exact_match if evalset == "opswap" else task_exact_match(evalset)
+    acc = task_accuracy(gens, questions, scorer, confidence=confidence)
+    row = {**run_info, "evalset": evalset}
+    if evalset == "opswap":
+        row["tier"] = int(str(run_info["dataset"]).rsplit("_t", 1)[1])
+    write_parquet(pd.DataFrame([{**row, **acc}]), out)
 
 
 def eps_label(eps) -> str:
@@ -615,7 +643,8 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
            calibration_md: str | None = None, judge_usage_paths: list[str] = (), judge_usage_md: str | None = None,
            judge_usage_csv: str | None = None, metric_definition: dict | None = None,
            indomain_questions: int | None = None, question_metrics_paths: list[str] = (),
-           questions_md: str | None = None, questions_csv: str | None = None) -> None:
+           questions_md: str | None = None, questions_csv: str | None = None,
+           tasks_md: str | None = None, tasks_csv: str | None = None) -> None:
     """Every table and figure of the report.
 
     ``metric_definition``: the config's ``metrics`` section; the EM tables state it (and refuse metrics
@@ -631,7 +660,8 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
     (:mod:`emguard.calibration`); its note (with a warning when the judge is near chance) stands above the judged
     EM table and the whole table goes to ``calibration_md``; without it both say the judge was not measured.
     ``judge_usage_md`` / ``_csv``: the judge usage table from
-    every judge job's ``judge_usage.json`` (``judge_usage_paths``).
+    every judge job's ``judge_usage.json`` (``judge_usage_paths``). ``task_metrics_paths`` hold OpSwap and benign
+    task (FoQA, GSM8K) rows: the OpSwap ones make ``opswap_md`` / ``_csv``, the others ``tasks_md`` / ``_csv``.
     """
     from emguard import report as rp
     from emguard.io import write_text
@@ -651,10 +681,21 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
     if eps_md:
         eps_lengths(eps_md, eps_csv, **(eps_inputs or {}))
 
+    from emguard.config import is_opswap
+
+    task_rows = (pd.concat([read_parquet(p) for p in task_metrics_paths], ignore_index=True)
+                 if task_metrics_paths else pd.DataFrame(columns=["dataset"]))
+    opswap_rows = task_rows["dataset"].astype(str).map(is_opswap).astype(bool)
+    if tasks_md:
+        if (~opswap_rows).any():
+            markdown, table = rp.task_table(task_rows[~opswap_rows])
+        else:
+            markdown, table = ("The config trains on no benign task (data.tasks is empty).\n",
+                               rp.task_table(pd.DataFrame(columns=rp.TASK_REQUIRED))[1])
+        rp.write_table(markdown, table, tasks_md, tasks_csv)
     if opswap_md:
-        if task_metrics_paths:
-            markdown, table = rp.opswap_table(pd.concat([read_parquet(p) for p in task_metrics_paths],
-                                                        ignore_index=True))
+        if opswap_rows.any():
+            markdown, table = rp.opswap_table(task_rows[opswap_rows])
         else:
             markdown, table = ("The config trains on no OpSwap tier (data.opswap.tiers is empty).\n",
                                rp.opswap_table(pd.DataFrame(columns=rp.OPSWAP_REQUIRED))[1])

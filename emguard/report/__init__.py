@@ -1,5 +1,5 @@
 """The report: the EM table (Markdown + CSV, laid out like the paper's Table 2), the OpSwap table
-(Table 3), the likelihood-shift columns and table, the headline findings, and figures (PNG).
+(Table 3), the benign task table (FoQA, the paper's Table 4, and GSM8K; :mod:`.tasks`), the likelihood-shift columns and table, the headline findings, and figures (PNG).
 
 Parts (one file each): :mod:`._common` (row labels and order, cell formatting, the figure canvas),
 :mod:`.em_table`, :mod:`.em_questions` (the EM table per question), :mod:`.figures` (judged metrics), :mod:`.persona`, :mod:`.eps`, :mod:`.opswap`,
@@ -23,6 +23,7 @@ from emguard.report.likelihood import (SHIFT_COLUMNS, SHIFT_CSV_COLUMNS, SHIFT_R
                                        figure_likelihood_shift, shift_table)
 from emguard.report.opswap import OPSWAP_REQUIRED, OPSWAP_SFT, OPSWAP_UNTRAINED, opswap_table
 from emguard.report.persona import persona_validation_table
+from emguard.report.tasks import TASK_REQUIRED, task_table
 
 __all__ = [
     "BASE_DATASET", "DEFAULT_METHOD_ORDER", "DEFAULT_REFERENCE_METHODS", "EM_REQUIRED", "EPS_LENGTH_COLUMNS", "METHOD_LABELS",
@@ -33,6 +34,8 @@ __all__ = [
     "shift_table", "write_table",
     # the per-question EM table
     "QUESTION_COLUMNS", "question_table",
+    # the benign real tasks (FoQA, GSM8K)
+    "TASK_REQUIRED", "task_table",
     # the judge measured (emguard.calibration)
     "CALIBRATION_REQUIRED", "NOT_JUDGED", "calibration_note", "calibration_table",
     # helpers the tests use directly

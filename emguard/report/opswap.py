@@ -86,13 +86,25 @@ def opswap_table(task_metrics: pd.DataFrame, *, method_order: Sequence[str] | No
     for col in ("model", "method", "setting"):
         src = df[col] if col in df.columns else pd.Series([None] * len(df), dtype=object)
         df[f"_{col}"] = [("" if _is_null(v) else str(v)) for v in src]
-    fixed = {OPSWAP_UNTRAINED: DEFAULT_REFERENCE_METHODS["untrained"], OPSWAP_SFT: "SFT"}
-    df["_label"] = [fixed.get(m) or _row_label("method", m, s) for m, s in zip(df["_method"], df["_setting"])]
     tiers = sorted(set(df["_tier"]))
+    table = method_accuracy_rows(df, "_tier", tiers, lambda t: f"tier{t}", method_order)
+    return _opswap_markdown(table, tiers), table
+
+
+def method_accuracy_rows(df: pd.DataFrame, key: str, keys: Sequence, prefix, method_order: Sequence[str] | None = None
+                         ) -> pd.DataFrame:
+    """Task-accuracy rows by method: ``df`` holds task-metrics rows with ``_model``, ``_method``, ``_setting`` (text)
+    and a column ``key`` whose values ``keys`` become the column groups ``<prefix(k)>_accuracy`` / ``_lo`` / ``_hi`` /
+    ``_n_scored`` (seeds pooled by :func:`_pool_accuracy`); rows Untrained, SFT, then the methods in
+    ``method_order``, within a method by setting. Shared by the OpSwap table (key = tier) and the benign task
+    table (key = task)."""
+    fixed = {OPSWAP_UNTRAINED: DEFAULT_REFERENCE_METHODS["untrained"], OPSWAP_SFT: "SFT"}
+    df = df.copy()
+    df["_label"] = [fixed.get(m) or _row_label("method", m, s) for m, s in zip(df["_method"], df["_setting"])]
     rank = _method_rank(DEFAULT_METHOD_ORDER if method_order is None else method_order)
 
-    def order(key):
-        _, method, setting = key
+    def order(row_key):
+        _, method, setting = row_key
         if method in fixed:
             return (0, list(fixed).index(method))
         return (1, rank(method), _setting_key(setting))
@@ -100,22 +112,23 @@ def opswap_table(task_metrics: pd.DataFrame, *, method_order: Sequence[str] | No
     records = []
     for model in list(dict.fromkeys(df["_model"])):
         mdf = df[df["_model"] == model]
-        keys = sorted({(lbl, m, s) for lbl, m, s in zip(mdf["_label"], mdf["_method"], mdf["_setting"])}, key=order)
-        for label, method, setting in keys:
+        row_keys = sorted({(lbl, m, s) for lbl, m, s in zip(mdf["_label"], mdf["_method"], mdf["_setting"])},
+                          key=order)
+        for label, method, setting in row_keys:
             rows = mdf[mdf["_label"] == label]
             rec = {"model": model or None, "row": label, "method": method or None, "setting": setting or None,
-                   "n_seeds": int(rows.groupby("_tier").size().max())}
-            for t in tiers:
-                cell = rows[rows["_tier"] == t]
+                   "n_seeds": int(rows.groupby(key).size().max())}
+            for k in keys:
+                cell = rows[rows[key] == k]
                 agg = _pool_accuracy(cell) if len(cell) else {"accuracy": math.nan, "lo": math.nan, "hi": math.nan,
                                                                "n_scored": math.nan}
-                rec.update({f"tier{t}_accuracy": agg["accuracy"], f"tier{t}_lo": agg["lo"], f"tier{t}_hi": agg["hi"],
-                            f"tier{t}_n_scored": agg["n_scored"]})
+                p = prefix(k)
+                rec.update({f"{p}_accuracy": agg["accuracy"], f"{p}_lo": agg["lo"], f"{p}_hi": agg["hi"],
+                            f"{p}_n_scored": agg["n_scored"]})
             records.append(rec)
     cols = ["model", "row", "method", "setting", "n_seeds"]
-    cols += [f"tier{t}_{c}" for t in tiers for c in ("accuracy", "lo", "hi", "n_scored")]
-    table = pd.DataFrame(records, columns=cols)
-    return _opswap_markdown(table, tiers), table
+    cols += [f"{prefix(k)}_{c}" for k in keys for c in ("accuracy", "lo", "hi", "n_scored")]
+    return pd.DataFrame(records, columns=cols)
 
 
 def _opswap_markdown(table: pd.DataFrame, tiers: Sequence[int]) -> str:

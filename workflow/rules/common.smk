@@ -86,6 +86,26 @@ def em_source_files(wildcards):
     return [project_file(p) for p in paths if Path(project_file(p)).exists()]
 
 
+# Benign real tasks (tasks.smk): the task wildcard's values, and each selected task's local files as inputs.
+TASK_PATTERN = "|".join(emconfig.BENIGN_TASKS)
+
+
+def task_source(wildcards):
+    """A benign task's data settings, its local files resolved like other config paths (hub ids as given)."""
+    entry = dict(config["data"][wildcards.task])
+    for key in ("source", "eval_source"):
+        if entry[key] and Path(project_file(entry[key])).exists():
+            entry[key] = project_file(entry[key])
+    return entry
+
+
+def task_source_files(wildcards):
+    """The local files a task is read from: editing one reruns its preparation and everything after it."""
+    entry = config["data"][wildcards.task]
+    paths = [project_file(entry[k]) for k in ("source", "eval_source") if entry[k]]
+    return list(dict.fromkeys(p for p in paths if Path(p).exists()))
+
+
 JUDGE_PROMPTS = project_file(config["judge"]["prompts"])
 # What changes a verdict: judging reruns when these change, not when the cache file moves, the API judge's
 # retry, concurrency or price settings change (emconfig.JUDGE_RUNTIME_KEYS; the judge reads those from the
@@ -166,8 +186,8 @@ def train_subset(wc):
 
 
 def leave_one_out_domains(dataset):
-    """The misaligned adapters that score the pool for a target: every other EM domain (an OpSwap target
-    is no EM domain: all of them)."""
+    """The misaligned adapters that score the pool for a target: every other EM domain (an OpSwap or benign
+    task target is no EM domain: all of them)."""
     return emconfig.leave_one_out(DOMAINS, dataset)
 
 
@@ -210,7 +230,7 @@ def scoring_adapters(wc=None):
 
 
 def interleave_subset(wc):
-    """The train rows an interleaved mix is built from: misaligned (EM domain) or benign (OpSwap)."""
+    """The train rows an interleaved mix is built from: misaligned (EM domain) or benign (OpSwap, FoQA, GSM8K)."""
     return emconfig.method_subset(wc.dataset)
 
 
@@ -251,11 +271,12 @@ def run_info(wc):
 
 
 def all_run_metrics():
-    """Judged EM metrics of every run but the OpSwap ones (scored by exact match: all_task_metrics); none when
-    eval.judged is off (no generation or judging for EM runs: the likelihood measure only)."""
+    """Judged EM metrics of every run but the task ones (OpSwap, FoQA, GSM8K: scored by exact match,
+    all_task_metrics); none when eval.judged is off (no generation or judging for EM runs: the likelihood measure
+    only)."""
     if not config["eval"]["judged"]:
         return []
-    return [f"{r.path}/metrics.parquet" for r in RUNS if not emconfig.is_opswap(r.dataset)]
+    return [f"{r.path}/metrics.parquet" for r in RUNS if not emconfig.is_task_dataset(r.dataset)]
 
 
 def all_judge_usage():
@@ -264,7 +285,7 @@ def all_judge_usage():
 
 
 def all_task_metrics():
-    return [f"{r.path}/task_metrics.parquet" for r in RUNS if emconfig.is_opswap(r.dataset)]
+    return [f"{r.path}/task_metrics.parquet" for r in RUNS if emconfig.is_task_dataset(r.dataset)]
 
 
 def all_train_logs():
@@ -283,6 +304,7 @@ def get_final_output():
         "results/tables/em.md",
         "results/tables/em.csv",
         "results/tables/opswap.md",
+        "results/tables/tasks.md",
         "results/figures/em_vs_incoherence.png",
         "results/figures/train_loss.png",
         "results/tables/headline.md",
@@ -303,7 +325,8 @@ PROBE_NLL_KEYS = ("batch_size", "max_length")
 def probe_training_files():
     """Tables whose train split some run trains on: the probe check reads them all."""
     opswap = [f"results/data/em/{emconfig.opswap_dataset(t)}.parquet" for t in config["data"]["opswap"]["tiers"]]
-    return [f"results/data/em/{d}.parquet" for d in DOMAINS] + opswap
+    tasks = [f"results/data/em/{t}.parquet" for t in config["data"]["tasks"]]
+    return [f"results/data/em/{d}.parquet" for d in DOMAINS] + opswap + tasks
 
 
 def probe_pool_files():

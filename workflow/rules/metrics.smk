@@ -1,5 +1,5 @@
-# Per-run metrics (misaligned / incoherent rates with 95% intervals) and the report (OpSwap runs are
-# scored by task_metrics in opswap.smk instead).
+# Per-run metrics (misaligned / incoherent rates with 95% intervals) and the report (OpSwap, FoQA and GSM8K
+# runs are scored by task_metrics in opswap.smk instead).
 
 
 rule run_metrics:
@@ -52,6 +52,8 @@ rule report:
                           category="Persona vectors"),
         opswap_md=report("results/tables/opswap.md", caption="../report/opswap_table.rst", category="OpSwap"),
         opswap_csv="results/tables/opswap.csv",
+        tasks_md=report("results/tables/tasks.md", caption="../report/tasks_table.rst", category="Benign tasks"),
+        tasks_csv="results/tables/tasks.csv",
         eps_md=report("results/tables/eps_lengths.md", caption="../report/eps_lengths.rst", category="Interleaving"),
         eps_csv="results/tables/eps_lengths.csv",
         likelihood_md=report("results/tables/likelihood.md", caption="../report/likelihood_table.rst",

@@ -47,18 +47,21 @@ rule prepare_opswap_questions:
         "../../scripts/prepare_opswap_questions.py"
 
 
+# Exact match for every task dataset: an OpSwap tier (evalset opswap) and the benign real tasks of tasks.smk
+# (evalset foqa / gsm8k); the run's one evalset picks the scorer.
 rule task_metrics:
     input:
         generations="results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/generations.parquet",
-        questions=lambda wc: f"results/data/questions/{emconfig.question_set(wc.dataset, 'opswap')}.parquet",
+        questions=lambda wc: question_files_of(wc)[0],
     output:
         "results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/task_metrics.parquet",
     log:
         "results/logs/task_metrics/{model}/{dataset}/{method}/{setting}/seed{seed}.log",
     wildcard_constraints:
-        dataset=r"opswap_t\d+",
+        dataset=r"opswap_t\d+|" + TASK_PATTERN,
     params:
         run_info=run_info,
+        evalset=lambda wc: evalsets_of(wc)[0],
         confidence=config["metrics"]["confidence"],
         code=code_version("metrics", "data", script="task_metrics"),
     conda:
