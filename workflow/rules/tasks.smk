@@ -23,7 +23,7 @@ rule prepare_task:
         source=task_source,
         seed=config["data"]["seed"],
         holdout_fraction=config["data"]["holdout_fraction"],
-        code=code_version("data"),
+        code=code_version("data", script="prepare_task"),
     conda:
         "../../envs/data.yaml"
     script:
@@ -42,7 +42,7 @@ rule prepare_task_questions:
     params:
         n_questions=lambda wc: config["eval"][wc.task]["n_questions"],
         samples=lambda wc: config["eval"][wc.task]["samples"],
-        code=code_version("data"),
+        code=code_version("data", script="prepare_task_questions"),
     conda:
         "../../envs/data.yaml"
     script:
