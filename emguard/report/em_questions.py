@@ -16,9 +16,9 @@ import pandas as pd
 
 from emguard.io import check_columns
 from emguard.metrics import MetricDefinition
-from emguard.report._common import (DEFAULT_METHOD_ORDER, REFERENCE_ROWS, _fmt_count, _fmt_rate, _method_rank,
-                                    _setting_key)
-from emguard.report.em_table import EM_REQUIRED, SEED_STATS, _prepare, aggregate_seeds, resolve_definition
+from emguard.report._common import DEFAULT_METHOD_ORDER, _fmt_count, _fmt_rate, _method_rank
+from emguard.report.em_table import (EM_REQUIRED, SEED_STATS, _prepare, aggregate_seeds, block_row_groups,
+                                     resolve_definition)
 
 #: columns of the per-question frame, in order
 QUESTION_COLUMNS = (
@@ -78,27 +78,8 @@ def question_table(question_metrics: pd.DataFrame, *, definition: MetricDefiniti
 
 
 def _block_records(model: str, block: str, rows: pd.DataFrame, base: pd.DataFrame, rank) -> list[dict]:
-    groups: dict[str, dict] = {}
-    for label, g in rows.groupby("_label", sort=False):
-        groups[label] = {"role": g["_role"].iloc[0], "method": g["_method"].iloc[0], "setting": g["_setting"].iloc[0],
-                         "parts": {k: p for k, p in g.groupby("_kind")}}
-    base_parts = {"general": base[base["_kind"] == "general"],
-                  "indomain": base[(base["_kind"] == "indomain") & (base["_block"] == block)]}
-    base_parts = {k: p for k, p in base_parts.items() if len(p)}
-    if base_parts:
-        entry = groups.setdefault("Untrained", {"role": "Untrained", "method": next(iter(base_parts.values()))["_method"].iloc[0],
-                                                "setting": "", "parts": {}})
-        for k, p in base_parts.items():
-            entry["parts"].setdefault(k, p)
-
-    def order(item):
-        label, g = item
-        if g["role"] in REFERENCE_ROWS:
-            return (0, REFERENCE_ROWS.index(g["role"]), (), label)
-        return (1, rank(g["method"]), _setting_key(g["setting"]), label)
-
     out = []
-    for label, g in sorted(groups.items(), key=order):
+    for label, g in block_row_groups(block, rows, base, rank):
         for kind, _ in _KINDS:
             part = g["parts"].get(kind)
             if part is None:

@@ -350,7 +350,9 @@ def em_table(metrics: pd.DataFrame, *, method_order: Sequence[str] | None = None
     return _markdown(table, shift_legend(shifts) if shifts is not None else None, intro), table
 
 
-def _block_records(model: str, block: str, rows: pd.DataFrame, base: pd.DataFrame, rank) -> list[dict]:
+def block_row_groups(block: str, rows: pd.DataFrame, base: pd.DataFrame, rank) -> list[tuple[str, dict]]:
+    """A table block's rows (label -> role, method, setting and its per-evalset metric ``parts``) in table order:
+    reference rows first, then methods by ``rank`` and setting; the untrained base run fills the Untrained row."""
     groups: dict[str, dict] = {}
     for label, g in rows.groupby("_label", sort=False):
         groups[label] = {"role": g["_role"].iloc[0], "method": g["_method"].iloc[0],
@@ -371,8 +373,12 @@ def _block_records(model: str, block: str, rows: pd.DataFrame, base: pd.DataFram
             return (0, REFERENCE_ROWS.index(g["role"]), (), label)
         return (1, rank(g["method"]), _setting_key(g["setting"]), label)
 
+    return sorted(groups.items(), key=order)
+
+
+def _block_records(model: str, block: str, rows: pd.DataFrame, base: pd.DataFrame, rank) -> list[dict]:
     out = []
-    for label, g in sorted(groups.items(), key=order):
+    for label, g in block_row_groups(block, rows, base, rank):
         rec = {"model": model or None, "dataset": block, "row": label, "role": g["role"],
                "method": g["method"] or None, "setting": g["setting"] or None,
                "n_seeds": max(len(p) for p in g["parts"].values())}
