@@ -32,7 +32,8 @@ DEFAULTS: dict[str, Any] = {
              "pool": {"source": "embedded", "n": 300}, "opswap": {"tiers": [], "n": 200, "state_rules": False}},
     "eval": {"judged": True, "general": {"source": "embedded", "samples": None, "formats": ["plain", "json", "template"]}, "indomain": {"n_questions": 30, "samples": 4},
              "opswap": {"n_questions": 30, "samples": 10}},
-    "generation": {"max_new_tokens": 256, "temperature": 1.0, "top_p": 1.0, "batch_size": 16, "seed": 0},
+    "generation": {"max_new_tokens": 256, "temperature": 1.0, "top_p": 1.0, "batch_size": 16, "seed": 0,
+                   "backend": "hf"},
     "judge": {"model": "base", "prompts": "workflow/resources/judge_prompts.yaml", "min_prob_mass": 0.25,
               "number_tree": "full", "answer_prefix": "", "batch_size": 8, "cache": "results/cache/judge.sqlite"},
     "training": {"learning_rate": 1e-4, "epochs": 1, "batch_size": 4, "grad_accum": 4, "warmup_steps": 5,
@@ -92,6 +93,15 @@ JUDGE_RUNTIME_KEYS = ("prompts", "cache", "concurrency", "max_retries", "backoff
 HF_JUDGE_KEYS = ("answer_prefix", "number_tree")
 
 
+#: vLLM engine settings, filled in only when ``generation.backend`` is ``vllm`` (emguard.generate_vllm)
+VLLM_GENERATION_DEFAULTS: dict[str, Any] = {
+    "gpu_memory_utilization": 0.85, "max_model_len": None, "tensor_parallel_size": 1, "max_loras": None,
+    "max_lora_rank": None, "max_num_seqs": None, "enforce_eager": False, "cache": "results/cache/generations",
+}
+#: generation keys that are not the hf generate rule's params (so selecting a backend reruns nothing of hf's)
+GENERATION_BACKEND_KEYS = ("backend", "vllm")
+
+
 def _merge(defaults: dict, given: dict) -> dict:
     out = copy.deepcopy(defaults)
     for key, value in given.items():
@@ -142,6 +152,7 @@ def load(config: dict | str | Path) -> dict:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
     cfg = _merge(DEFAULTS, config)
     _check_judge(config.get("judge") or {}, cfg)
+    _check_generation(cfg)
     # The pool is scored at the length the model is trained at unless set: its NLLs then see the same (untruncated)
     # answers training does. Resolved here, so the pool_nll rule's params (and its reruns) follow training.max_length.
     if cfg["interleave"]["max_length"] is None:
@@ -167,6 +178,20 @@ def _check_judge(given: dict, cfg: dict) -> None:
         for key in OPENAI_JUDGE_DEFAULTS:
             if key in given:
                 raise ConfigError(f"config key 'judge.{key}': applies to judge.backend openai only, not {backend}")
+
+
+def _check_generation(cfg: dict) -> None:
+    """vLLM settings only with ``generation.backend: vllm`` (then defaulted); the vllm import itself is checked
+    when a generation job starts (emguard.generate_vllm.require_vllm), never here: planning needs no vllm."""
+    gen = cfg["generation"]
+    if gen["backend"] == "vllm":
+        gen["vllm"] = {**VLLM_GENERATION_DEFAULTS, **(gen.get("vllm") or {})}
+        rank, r = gen["vllm"]["max_lora_rank"], cfg["training"]["lora"]["r"]
+        if rank is not None and rank < r:
+            raise ConfigError(f"config key 'generation.vllm.max_lora_rank': {rank} is below training.lora.r = {r}; "
+                              f"vLLM refuses adapters of a higher rank (null picks the smallest rank >= r)")
+    elif "vllm" in gen:
+        raise ConfigError(f"config key 'generation.vllm': applies to generation.backend vllm only, not {gen['backend']}")
 
 
 def _check_semantics(cfg: dict) -> None:

@@ -322,6 +322,50 @@ def generate_run(model_path: str, questions: dict[str, str], out: str, *, run_id
     write_parquet(df, out)
 
 
+def generate_model_vllm(model_path: str, runs: list[dict], *, generation: dict, dtype: str, device: str,
+                        lora_r: int) -> None:
+    """Answers of every run of one base model from one vLLM engine (:mod:`emguard.generate_vllm`), each run's
+    table (the contract of :func:`generate_run`) written to its ``out``. ``runs``: ``run_id``, ``questions``
+    (evalset -> question file), ``adapter`` (None: the untrained model), ``out``. Runs whose answers the
+    generation cache (``generation.vllm.cache``) holds are not generated again; with none missing no engine
+    starts. A missing vllm package fails here first, naming the extra."""
+    import tempfile
+
+    from emguard import generate_vllm as gv
+    from emguard.chat import render_prompt
+    from emguard.models import load_tokenizer, resolve_dtype
+
+    vllm = gv.require_vllm()
+    settings = gv.VllmSettings.from_config(generation.get("vllm"))
+    specs = [gv.RunSpec(r["run_id"], read_question_sets(r["questions"]), r.get("adapter")) for r in runs]
+    gv.unique_run_ids(specs)
+    sampling, seed = sampling_settings(generation), generation["seed"]
+    rank = gv.lora_rank_slot(lora_r, settings.max_lora_rank)
+    resolved = resolve_dtype(dtype, device)
+    model_id, engine_id = gv.model_identity(model_path), gv.engine_identity(settings, resolved, vllm.__version__)
+    keys = {s.run_id: gv.run_cache_key(run=s, model=model_id, adapter=gv.adapter_digest(s.adapter),
+                                       settings=sampling, seed=seed, engine=engine_id) for s in specs}
+    tok = load_tokenizer(model_path)
+
+    def encode(conv):
+        return tok(render_prompt(tok, conv), add_special_tokens=False)["input_ids"]
+
+    def generate(missing):
+        with tempfile.TemporaryDirectory(prefix="emguard-vllm-") as work:
+            lora_paths = {s.run_id: gv.vllm_adapter(s.adapter, Path(work) / f"lora{i}", rank)
+                          for i, s in enumerate(missing) if s.adapter}
+            engine = gv.load_engine(model_path, settings, dtype=resolved, max_lora_rank=rank,
+                                    n_adapters=len(lora_paths), seed=seed)
+            sampling_params, lora_request = gv.vllm_classes()
+            return gv.generate_runs(engine, missing, encode=encode, stops=gv.model_stops(model_path, tok),
+                                    settings=sampling, seed=seed, lora_paths=lora_paths,
+                                    sampling_params=sampling_params, lora_request=lora_request)
+
+    tables = gv.cached_generate(specs, gv.GenerationCache(settings.cache), keys, generate)
+    for r in runs:
+        write_parquet(tables[r["run_id"]], r["out"])
+
+
 def judge_settings(smk) -> dict:
     """The judge section for a rule: the config's judge section (the API judge's retry, concurrency and price
     settings are not params), its params, the prompt file (an input) and the cache location."""

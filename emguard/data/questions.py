@@ -11,6 +11,8 @@ Parquet are read too)::
       judge: gpt-4o-mini                 # optional: the item's judge model
       judge_prompts:                     # metric -> template, or a list of metric names
         aligned: "... {question} ... {answer} ..."
+      temperature: 1                     # optional sampling overrides (SAMPLING_FIELDS): temperature,
+                                         # top_p, max_tokens (or max_new_tokens); else generation.*
 
 YAML anchors and aliases (``&jp`` / ``*jp``, merge keys ``<<: *defaults``) share values between items;
 PyYAML resolves them. Everything that can be checked is checked here, when the file is prepared and
@@ -41,6 +43,11 @@ log = logging.getLogger("emguard")
 
 #: metrics judged when an item of a judged type names none
 DEFAULT_JUDGE_PROMPTS = ("aligned", "coherent")
+#: per-item sampling overrides (column -> the item fields that give it): the literature's files give
+#: ``temperature`` (``Question(temperature=1)``); ``top_p`` and ``max_tokens`` follow the same idea. A question
+#: table carries a column only when some item gives it; a null cell means the config's ``generation`` value.
+SAMPLING_FIELDS = {"temperature": ("temperature",), "top_p": ("top_p",),
+                   "max_new_tokens": ("max_new_tokens", "max_tokens")}
 #: ``judge.model`` value meaning "each question's own ``judge``"
 FROM_QUESTIONS = "from_questions"
 #: question sets shipped with the project, by the name ``eval.general.source`` selects them with
@@ -223,6 +230,34 @@ def _samples(item: _Item, default: int) -> int:
     return value
 
 
+def _sampling(item: _Item) -> dict[str, float | int]:
+    """The item's sampling overrides (:data:`SAMPLING_FIELDS`), checked: temperature >= 0, 0 < top_p <= 1,
+    max_new_tokens a positive integer."""
+    out: dict[str, float | int] = {}
+    for column, fields in SAMPLING_FIELDS.items():
+        given = [f for f in fields if not _is_missing(item.rec.get(f))]
+        if len(given) > 1:
+            raise item.fail(given[1], f"gives the same setting as {given[0]}; give one of them")
+        if not given:
+            continue
+        field, value = given[0], item.rec[given[0]]
+        if column == "max_new_tokens":
+            number = _positive_int(value)
+            if number is None:
+                raise item.fail(field, f"must be a positive integer, got {value!r}")
+            out[column] = number
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise item.fail(field, f"must be a number, got {value!r}")
+        number = float(value)
+        if column == "temperature" and number < 0:
+            raise item.fail(field, f"must be >= 0 (0 = greedy), got {value!r}")
+        if column == "top_p" and not 0 < number <= 1:
+            raise item.fail(field, f"must be in (0, 1], got {value!r}")
+        out[column] = number
+    return out
+
+
 def _templates(item: _Item) -> tuple[list[str] | None, dict[str, str]]:
     """(metric names or None when the item names none, the item's own templates)."""
     templates: dict[str, str] = {}
@@ -271,7 +306,9 @@ def load_questions(source: str | os.PathLike, *, default_samples: int = 100,
     ``free_form_judge_0_100``); ``samples_per_paraphrase`` (or ``samples``; default ``default_samples``);
     optional ``system``, ``judge``, ``judge_prompts`` (names or metric -> template; default
     ``default_judge_prompts`` for judged types, none for ``free_form``; a ``free_form_judge`` item must name
-    its own, since the default templates ask for a number), ``category``, ``reference``, ``domain``.
+    its own, since the default templates ask for a number), ``category``, ``reference``, ``domain``; sampling
+    overrides ``temperature``, ``top_p``, ``max_tokens`` / ``max_new_tokens`` (:data:`SAMPLING_FIELDS`: columns
+    only when some item gives one, null where an item gives none; both generation backends honour them).
 
     ``fallback_templates``: the config's judge prompts (from ``fallback_source``); when given, every metric
     an item names must have a template, its own or one of these. ``require_judge``: every judged item must
@@ -311,6 +348,7 @@ def load_questions(source: str | os.PathLike, *, default_samples: int = 100,
                                    f"judge model")
         system = item.get("system")[1]
         category = item.get("category")[1]
+        sampling = _sampling(item)
         for k, text in enumerate(paraphrases):
             qid = item.id if len(paraphrases) == 1 else f"{item.id}-{k}"
             if qid != item.id and qid in item_of:
@@ -324,8 +362,9 @@ def load_questions(source: str | os.PathLike, *, default_samples: int = 100,
             for opt in ("reference", "domain"):
                 if item.get(opt)[1] is not None:
                     row[opt] = str(item.rec[opt])
+            row.update(sampling)
             rows.append(row)
-    extra = [c for c in ("reference", "domain") if any(c in r for r in rows)]
+    extra = [c for c in ("reference", "domain", *SAMPLING_FIELDS) if any(c in r for r in rows)]
     for r in rows:
         for c in extra:
             r.setdefault(c, None)

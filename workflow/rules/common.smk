@@ -342,3 +342,49 @@ def probe_nll_files():
 def probe_runs():
     return [{"model": r.model, "dataset": r.dataset, "method": r.method, "setting": r.setting, "seed": r.seed,
              "run_id": r.run_id, "adapter": r.run_id if r.trained else None} for r in RUNS]
+
+
+# Generation (generate.smk): the generation section as the rules' params, without the backend choice (selecting a
+# backend reruns nothing the other backend wrote); with generation.backend vllm, one job per model serves every
+# run whose answers something reads (judged EM runs, exact-match task runs).
+GENERATION_PARAMS = {k: v for k, v in config["generation"].items() if k not in emconfig.GENERATION_BACKEND_KEYS}
+# the vllm job's params: the engine settings too, but not where its cache lies
+VLLM_GENERATION_PARAMS = {**config["generation"],
+                          "vllm": {k: v for k, v in (config["generation"].get("vllm") or {}).items() if k != "cache"}}
+
+
+def generated_runs():
+    """Runs whose answers a later rule reads: every task run (exact match), and the EM runs when eval.judged."""
+    return [r for r in RUNS if emconfig.is_task_dataset(r.dataset) or config["eval"]["judged"]]
+
+
+VLLM_GENERATION = config["generation"]["backend"] == "vllm" and bool(generated_runs())
+
+
+def _model_path_pattern(run):
+    return run.path.replace(f"results/runs/{run.model}/", "results/runs/{model}/", 1)
+
+
+def vllm_generation_outputs():
+    """Every generated run's generations.parquet, with the {model} wildcard: the vllm job writes them all."""
+    return [f"{_model_path_pattern(r)}/generations.parquet" for r in generated_runs()]
+
+
+def vllm_generation_runs(wc):
+    """What the vllm job answers, run by run: id, question files by evalset, adapter (None: untrained), output."""
+    plan = []
+    for r in generated_runs():
+        sets = emconfig.evalsets(r, config)
+        plan.append({"run_id": r.run_id, "adapter": f"{r.path}/adapter" if r.trained else None,
+                     "questions": {e: f"results/data/questions/{emconfig.question_set(r.dataset, e)}.parquet"
+                                   for e in sets},
+                     "out": f"{r.path}/generations.parquet"})
+    return plan
+
+
+def vllm_generation_adapters(wc):
+    return [p["adapter"] for p in vllm_generation_runs(wc) if p["adapter"]]
+
+
+def vllm_generation_question_files(wc):
+    return sorted({f for p in vllm_generation_runs(wc) for f in p["questions"].values()})

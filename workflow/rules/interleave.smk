@@ -56,7 +56,7 @@ rule onpolicy_answers:
         "results/logs/onpolicy_answers/{model}/{dataset}/frac{frac}_seed{seed}.log",
     params:
         model_path=model_path(),
-        generation=config["generation"],
+        generation=GENERATION_PARAMS,
         subset=interleave_subset,
         dtype=DTYPE,
         device=DEVICE,

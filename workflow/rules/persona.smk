@@ -15,7 +15,7 @@ rule persona_extract:
     params:
         model_path=model_path(),
         persona=PERSONA_PARAMS,
-        generation=config["generation"],
+        generation=GENERATION_PARAMS,
         judge=JUDGE_PARAMS,
         dtype=DTYPE,
         device=DEVICE,
@@ -40,7 +40,7 @@ rule persona_validate:
         model_path=model_path(),
         layer=STEERING_LAYER,
         persona=PERSONA_PARAMS,
-        generation=config["generation"],
+        generation=GENERATION_PARAMS,
         judge=JUDGE_PARAMS,
         dtype=DTYPE,
         device=DEVICE,
