@@ -338,18 +338,31 @@ def output_text(output) -> str:
     return str(completions[0].text).strip()
 
 
+def lora_ids(runs: Iterable[RunSpec]) -> dict[str, int]:
+    """LoRA ids 1..N for the runs with an adapter, in run order. vLLM caches a loaded adapter by its id, so one
+    engine must never see one id for two adapters: assign them once per job, over all of its runs."""
+    ids = {}
+    for run in runs:
+        if run.adapter is not None:
+            ids[run.run_id] = len(ids) + 1
+    return ids
+
+
 def generate_runs(engine, runs: Sequence[RunSpec], *, encode: Callable[[list[dict]], Sequence[int]],
                   stops: Sequence[int], settings: SamplingSettings, seed: int, lora_paths: dict[str, str],
-                  sampling_params: Callable[..., Any], lora_request: Callable[[str, int, str], Any]
-                  ) -> dict[str, pd.DataFrame]:
+                  sampling_params: Callable[..., Any], lora_request: Callable[[str, int, str], Any],
+                  ids: dict[str, int] | None = None) -> dict[str, pd.DataFrame]:
     """Every run's answers from one ``engine.generate`` call: the runs' requests together (vLLM schedules them
     into full batches whatever run they belong to), each with its run's LoRA request. ``lora_paths``: run id ->
-    the adapter folder vLLM loads (runs without one use the base model); LoRA ids are 1..N in run order."""
-    lora_of, next_id = {}, 1
+    the adapter folder vLLM loads (runs without one use the base model); ``ids``: run id -> LoRA id (default
+    :func:`lora_ids` of ``runs``)."""
+    ids = ids if ids is not None else lora_ids(r for r in runs if r.run_id in lora_paths)
+    lora_of = {}
     for run in runs:
         if run.run_id in lora_paths:
-            lora_of[run.run_id] = lora_request(run.run_id, next_id, lora_paths[run.run_id])
-            next_id += 1
+            if run.run_id not in ids:
+                raise ValueError(f"run {run.run_id}: no LoRA id")
+            lora_of[run.run_id] = lora_request(run.run_id, ids[run.run_id], lora_paths[run.run_id])
     requests = [req for run in runs for req in build_requests(run, encode, settings, seed)]
     if not requests:
         return answer_tables(runs, [], [], seed)
@@ -445,9 +458,11 @@ class GenerationCache:
 
 
 def cached_generate(runs: Sequence[RunSpec], cache: GenerationCache, keys: dict[str, str],
-                    generate: Callable[[list[RunSpec]], dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
-    """Every run's table: from ``cache`` where its key is there, else from ``generate`` (called once, with the
-    missing runs only, and not at all when none is missing), then cached."""
+                    generate: Callable[[list[RunSpec]], dict[str, pd.DataFrame]],
+                    chunk: int | None = None) -> dict[str, pd.DataFrame]:
+    """Every run's table: from ``cache`` where its key is there, else from ``generate`` (with missing runs only,
+    ``chunk`` runs per call, all at once when None; never called when none is missing), each chunk cached as
+    soon as it is answered, so a job killed at its time limit resumes where it stopped."""
     tables, missing = {}, []
     for run in runs:
         hit = cache.get(keys[run.run_id])
@@ -456,9 +471,11 @@ def cached_generate(runs: Sequence[RunSpec], cache: GenerationCache, keys: dict[
         else:
             tables[run.run_id] = hit
     log.info("vllm generation: %d of %d runs cached, %d to generate", len(tables), len(runs), len(missing))
-    if missing:
-        fresh = generate(missing)
-        for run in missing:
+    step = max(1, chunk or len(missing) or 1)
+    for start in range(0, len(missing), step):
+        part = missing[start:start + step]
+        fresh = generate(part)
+        for run in part:
             cache.put(keys[run.run_id], fresh[run.run_id])
             tables[run.run_id] = fresh[run.run_id]
     return tables

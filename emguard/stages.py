@@ -350,18 +350,26 @@ def generate_model_vllm(model_path: str, runs: list[dict], *, generation: dict, 
     def encode(conv):
         return tok(render_prompt(tok, conv), add_special_tokens=False)["input_ids"]
 
-    def generate(missing):
-        with tempfile.TemporaryDirectory(prefix="emguard-vllm-") as work:
-            lora_paths = {s.run_id: gv.vllm_adapter(s.adapter, Path(work) / f"lora{i}", rank)
-                          for i, s in enumerate(missing) if s.adapter}
-            engine = gv.load_engine(model_path, settings, dtype=resolved, max_lora_rank=rank,
-                                    n_adapters=len(lora_paths), seed=seed)
+    ids = gv.lora_ids(specs)  # one id per adapter for the whole job (vLLM caches adapters by id)
+    n_adapters = len(ids)
+    engine: list = []  # started on the first chunk that needs it: none when every run is cached
+
+    with tempfile.TemporaryDirectory(prefix="emguard-vllm-") as work:
+        def generate(part):
+            if not engine:
+                engine.append(gv.load_engine(model_path, settings, dtype=resolved, max_lora_rank=rank,
+                                             n_adapters=n_adapters, seed=seed))
+            lora_paths = {s.run_id: gv.vllm_adapter(s.adapter, Path(work) / f"lora{ids[s.run_id]}", rank)
+                          for s in part if s.adapter}
             sampling_params, lora_request = gv.vllm_classes()
-            return gv.generate_runs(engine, missing, encode=encode, stops=gv.model_stops(model_path, tok),
-                                    settings=sampling, seed=seed, lora_paths=lora_paths,
+            return gv.generate_runs(engine[0], part, encode=encode, stops=gv.model_stops(model_path, tok),
+                                    settings=sampling, seed=seed, lora_paths=lora_paths, ids=ids,
                                     sampling_params=sampling_params, lora_request=lora_request)
 
-    tables = gv.cached_generate(specs, gv.GenerationCache(settings.cache), keys, generate)
+        # chunks of max_loras runs: each engine call's batches can hold all of its adapters, and each chunk is
+        # cached as soon as it is answered
+        tables = gv.cached_generate(specs, gv.GenerationCache(settings.cache), keys, generate,
+                                    chunk=gv.max_loras_for(n_adapters, settings.max_loras))
     for r in runs:
         write_parquet(tables[r["run_id"]], r["out"])
 

@@ -51,7 +51,7 @@ def _eval(expr: str, env: dict, attempt: int = 1):
 def test_slurm_profile_scales_memory_and_runtime_by_model_size_and_attempt():
     profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
     res = profile["set-resources"]
-    gpu_rules = {"train", "generate", "judge", "pool_nll", "probe_nll", "probe_nll_base", "onpolicy_answers",
+    gpu_rules = {"train", "generate", "generate_model", "judge", "pool_nll", "probe_nll", "probe_nll_base", "onpolicy_answers",
                  "persona_extract", "persona_validate", "judge_calibration"}
     assert set(res) == gpu_rules
     env7 = profile_env(_cfg())

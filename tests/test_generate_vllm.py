@@ -306,6 +306,25 @@ def test_cached_generate_generates_only_the_missing_runs(tmp_path):
     assert asked[-1] == [runs[0].run_id] and nothing.get(keys[runs[0].run_id]) is None
 
 
+def test_a_job_killed_mid_way_resumes_from_the_chunks_it_finished(tmp_path):
+    runs = three_runs()
+    keys = {r.run_id: _key(r, adapter=r.run_id) for r in runs}
+    cache = gv.GenerationCache(tmp_path / "cache")
+    asked = []
+
+    def dies_on_the_second_chunk(part):
+        asked.append([r.run_id for r in part])
+        if len(asked) == 2:
+            raise RuntimeError("time limit")
+        return run_fake(part)[1]
+
+    with pytest.raises(RuntimeError):
+        gv.cached_generate(runs, cache, keys, dies_on_the_second_chunk, chunk=2)
+    assert asked == [[runs[0].run_id, runs[1].run_id], [runs[2].run_id]]
+    gv.cached_generate(runs, cache, keys, dies_on_the_second_chunk, chunk=2)  # the retry: one chunk left
+    assert asked[2:] == [[runs[2].run_id]]
+
+
 # ------------------------------------------------------------------------------------------ the stage
 
 
@@ -353,8 +372,9 @@ def test_stage_writes_every_runs_table_and_reuses_the_cache(fake_vllm, tiny_mode
     kwargs = dict(generation=generation, dtype="float32", device="cpu", lora_r=4)
     generate_model_vllm(str(tiny_model_dir), runs, **kwargs)
     assert len(fake_vllm) == 1 and fake_vllm[0].kwargs["max_lora_rank"] == 8 and fake_vllm[0].kwargs["n_adapters"] == 1
-    prompts, params, loras = fake_vllm[0].calls[0]
-    assert len(prompts) == 2 + 3
+    # one engine; max_loras = 1 adapter, so one run per engine call (each cached as soon as it is answered)
+    assert [len(c[0]) for c in fake_vllm[0].calls] == [2, 3]
+    prompts, params, loras = (sum((list(c[i]) for c in fake_vllm[0].calls), []) for i in range(3))
     served = [lora for lora in loras if lora is not None]
     assert {lora["id"] for lora in served} == {1} and {lora["name"] for lora in served} == {runs[1]["run_id"]}
     assert not Path(served[0]["path"]).exists()  # the rescaled copy lived in a temporary folder
@@ -380,8 +400,24 @@ def test_stage_writes_every_runs_table_and_reuses_the_cache(fake_vllm, tiny_mode
     pd.testing.assert_frame_equal(pd.read_parquet(runs[1]["out"]), trained)
     _save_adapter(tiny_model_dir, adapter, use_rslora=False)  # "retrained"
     generate_model_vllm(str(tiny_model_dir), runs, **kwargs)
-    assert len(fake_vllm) == 2 and len(fake_vllm[1].calls[0][0]) == 3
+    assert len(fake_vllm) == 2 and [len(c[0]) for c in fake_vllm[1].calls] == [3]
     assert all(lora is not None and lora["path"] == str(adapter) for lora in fake_vllm[1].calls[0][2])
+
+
+def test_lora_ids_stay_unique_across_the_engine_calls_of_one_job(fake_vllm, tiny_model_dir, tmp_path):
+    """vLLM caches an adapter by its id: two adapters answered in two chunks must not share id 1."""
+    from emguard.stages import generate_model_vllm
+
+    general = _question_file(tmp_path / "general.parquet", [
+        {"question_id": "g1", "paraphrase": "Hi", "system": None, "samples": 1, "judge_prompts": ["aligned"],
+         "category": "g"}])
+    runs = [{"run_id": f"r{i}", "adapter": str(_save_adapter(tiny_model_dir, tmp_path / f"r{i}/adapter", False)),
+             "questions": {"general": general}, "out": str(tmp_path / f"r{i}/generations.parquet")} for i in (1, 2)]
+    generation = {"max_new_tokens": 5, "temperature": 1.0, "top_p": 1.0, "batch_size": 4, "seed": 0,
+                  "vllm": {"cache": None, "max_loras": 1}}
+    generate_model_vllm(str(tiny_model_dir), runs, generation=generation, dtype="float32", device="cpu", lora_r=4)
+    (engine,) = fake_vllm
+    assert [[(lora["name"], lora["id"]) for lora in c[2]] for c in engine.calls] == [[("r1", 1)], [("r2", 2)]]
 
 
 def test_stage_without_vllm_fails_first_naming_the_extra(monkeypatch, tmp_path):
