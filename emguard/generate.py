@@ -19,7 +19,7 @@ template's end-of-turn marker; special tokens are stripped from the returned tex
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -32,7 +32,7 @@ from emguard.schemas import GENERATION
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_turn|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 
 
-@dataclass(frozen=True)
+@dataclass
 class SamplingSettings:
     max_new_tokens: int = 256
     temperature: float = 1.0  # 0 = greedy
@@ -174,24 +174,6 @@ def _nullable_str(value) -> str | None:
     return str(value)
 
 
-#: question columns that override a :class:`SamplingSettings` field for that question (the question file's
-#: ``temperature``, ``top_p``, ``max_tokens``; see ``emguard.data.questions.SAMPLING_FIELDS``)
-SAMPLING_COLUMNS = ("temperature", "top_p", "max_new_tokens")
-
-
-def question_sampling(row, settings: SamplingSettings) -> SamplingSettings:
-    """``settings`` with the question's own sampling values (non-null :data:`SAMPLING_COLUMNS` of ``row``, a
-    namedtuple or mapping) in place of the config's."""
-    get = row.get if isinstance(row, dict) else (lambda c, d=None: getattr(row, c, d))
-    given = {}
-    for col in SAMPLING_COLUMNS:
-        value = get(col, None)
-        if value is None or (isinstance(value, float) and value != value):
-            continue
-        given[col] = int(value) if col == "max_new_tokens" else float(value)
-    return replace(settings, **given) if given else settings
-
-
 def generate_for_questions(model, tokenizer, questions: pd.DataFrame, *, run_id: str,
                            settings: SamplingSettings | None = None, seed: int = 0, checkpoint: str = "final",
                            system_prompt: str | None = None) -> pd.DataFrame:
@@ -200,16 +182,14 @@ def generate_for_questions(model, tokenizer, questions: pd.DataFrame, *, run_id:
     A question's own ``system`` (when not null) is its system prompt; otherwise ``system_prompt``
     (``None``: no system message). With an ``evalset`` column (several question sets answered in one
     call, so one model load and full batches serve all of a run's sets), ``question_id`` need only be
-    unique within its evalset, and every answer row carries its ``evalset``. A question's own sampling
-    values (:func:`question_sampling`) replace ``settings`` for its answers: questions are sampled in groups
-    of equal settings, each group with ``seed`` (one group, as before, when no question gives any).
+    unique within its evalset, and every answer row carries its ``evalset``.
     """
     settings = settings or SamplingSettings()
     for col in ("question_id", "paraphrase", "system", "samples"):
         if col not in questions.columns:
             raise InputError(f"questions table: missing column {col!r}")
     has_evalset = "evalset" in questions.columns
-    convs, keys, groups = [], [], {}
+    convs, keys = [], []
     for row in questions.itertuples(index=False):
         n = int(row.samples)
         if n < 0:
@@ -217,15 +197,10 @@ def generate_for_questions(model, tokenizer, questions: pd.DataFrame, *, run_id:
         system = _nullable_str(row.system)
         conv = question_conversation(str(row.paraphrase), system if system is not None else system_prompt)
         evalset = str(row.evalset) if has_evalset else None
-        group = groups.setdefault(question_sampling(row, settings), [])
         for k in range(n):
-            group.append(len(convs))
             convs.append(conv)
             keys.append((evalset, str(row.question_id), k))
-    answers: list[str | None] = [None] * len(convs)
-    for group_settings, members in groups.items():
-        for i, ans in zip(members, sample(model, tokenizer, [convs[i] for i in members], group_settings, seed)):
-            answers[i] = ans
+    answers = sample(model, tokenizer, convs, settings, seed)
     rows = [
         {"run_id": run_id, "question_id": qid, "sample_idx": k, "prompt_messages": conv, "answer": ans,
          "seed": int(seed), "checkpoint": checkpoint, **({"evalset": evalset} if has_evalset else {})}

@@ -27,7 +27,7 @@ How the answers relate to the hf backend's (:mod:`emguard.generate`):
   ``generation.seed``); the answers still differ with the adapter. vLLM's sampler is not the hf backend's, so
   the two backends' answers to one seed differ; each is reproducible on its own.
 * **Sampling**: ``generation.temperature`` / ``top_p`` / ``max_new_tokens``, replaced per question by the
-  question file's own values (:func:`emguard.generate.question_sampling`); ``temperature: 0`` is greedy, and
+  question file's own values (:func:`emguard.sampling.question_sampling`); ``temperature: 0`` is greedy, and
   identical greedy requests (same run, prompt and length) are generated once.
 * **Cache** (:class:`GenerationCache`): one answer table per run, keyed by :func:`run_cache_key` (the base
   model, the adapter's content, the run's questions, the sampling settings, the seed and the engine's
@@ -50,7 +50,8 @@ from typing import Any, Callable, Iterable, Sequence
 import pandas as pd
 
 from emguard.errors import ConfigError, InputError
-from emguard.generate import SAMPLING_COLUMNS, SamplingSettings, question_conversation, question_sampling
+from emguard.generate import SamplingSettings, question_conversation
+from emguard.sampling import SAMPLING_COLUMNS, question_sampling
 from emguard.schemas import GENERATION
 
 log = logging.getLogger("emguard")

@@ -314,12 +314,26 @@ def generate_run(model_path: str, questions: dict[str, str], out: str, *, run_id
     from emguard.generate import generate_for_questions
     from emguard.models import load_tokenizer
 
+    from emguard.sampling import sampling_groups
+
     table = read_question_sets(questions)
     model = _inference_model(model_path, dtype, device, adapter)
     tok = load_tokenizer(model_path)
-    df = generate_for_questions(model, tok, table, run_id=run_id, settings=sampling_settings(generation),
-                                seed=generation["seed"], checkpoint=checkpoint)
+    # questions with their own sampling values (the question file's temperature, top_p, max_tokens) are answered
+    # in groups of equal settings, each seeded alike; without any, one group: the whole table at once
+    parts = [generate_for_questions(model, tok, table.iloc[rows], run_id=run_id, settings=settings,
+                                    seed=generation["seed"], checkpoint=checkpoint)
+             for settings, rows in sampling_groups(table, sampling_settings(generation))]
+    df = parts[0] if len(parts) == 1 else _in_question_order(pd.concat(parts, ignore_index=True), table)
     write_parquet(df, out)
+
+
+def _in_question_order(df: pd.DataFrame, questions: pd.DataFrame) -> pd.DataFrame:
+    """Answer rows in the question table's order (then sample index), as one call would have written them."""
+    position = {(e, q): i for i, (e, q) in enumerate(zip(questions["evalset"], questions["question_id"]))}
+    order = [position[(e, q)] for e, q in zip(df["evalset"], df["question_id"])]
+    return df.assign(_order=order).sort_values(["_order", "sample_idx"], kind="stable").drop(columns="_order") \
+        .reset_index(drop=True)
 
 
 def generate_model_vllm(model_path: str, runs: list[dict], *, generation: dict, dtype: str, device: str,

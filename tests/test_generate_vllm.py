@@ -349,7 +349,8 @@ def _question_file(path: Path, rows) -> str:
     from emguard.data._util import question_frame
     from emguard.io import write_parquet
 
-    write_parquet(question_frame(rows, str(path)), path)
+    extra = [c for c in ("temperature", "top_p", "max_new_tokens") if any(c in r for r in rows)]
+    write_parquet(question_frame(rows, str(path), extra=extra), path)
     return str(path)
 
 
@@ -514,24 +515,35 @@ def test_question_files_give_sampling_overrides_checked_at_load(tmp_path):
             load_questions(path)
 
 
-def test_hf_backend_honours_a_questions_own_length_limit(tiny_model_dir):
-    from emguard.generate import generate_for_questions, question_sampling
-    from emguard.models import load_model, load_tokenizer
+def test_hf_backend_honours_a_questions_own_length_limit(tiny_model_dir, tmp_path, monkeypatch):
+    from emguard import stages
+    from emguard.models import load_model
+    from emguard.sampling import question_sampling, sampling_groups
 
     settings = SamplingSettings(max_new_tokens=8, temperature=0.0, batch_size=4)
     assert question_sampling({"max_new_tokens": 2.0, "temperature": float("nan")}, settings) == \
         SamplingSettings(max_new_tokens=2, temperature=0.0, batch_size=4)
-    model, tok = load_model(tiny_model_dir, device="cpu"), load_tokenizer(tiny_model_dir)
+    model = load_model(tiny_model_dir, device="cpu")
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():  # larger random weights: answers that are not just whitespace
         for p in model.parameters():
             if p.dim() >= 2:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    qs = pd.DataFrame([{"question_id": "short", "paraphrase": "Rate 5", "system": None, "samples": 1,
-                        "max_new_tokens": 1},
-                       {"question_id": "long", "paraphrase": "Rate 5", "system": None, "samples": 1,
-                        "max_new_tokens": None}])
-    df = generate_for_questions(model, tok, qs, run_id="r", settings=settings, seed=0).set_index("question_id")
-    n_tokens = {q: len(tok(df.answer[q], add_special_tokens=False)["input_ids"]) for q in ("short", "long")}
-    assert n_tokens["short"] <= 1 < n_tokens["long"]
-    assert df.answer["long"].startswith(df.answer["short"])  # greedy: the same answer, cut at one token
+    monkeypatch.setattr(stages, "_inference_model", lambda *a, **k: model)
+    rows = [{"question_id": q, "paraphrase": "Rate 5", "system": None, "samples": 1, "judge_prompts": ["aligned"],
+             "category": "c", "max_new_tokens": n} for q, n in (("short", 1), ("long", None), ("short2", 1))]
+    path = _question_file(tmp_path / "q.parquet", rows)
+    assert [len(g[1]) for g in sampling_groups(pd.read_parquet(path), settings)] == [2, 1]
+    out = tmp_path / "gen.parquet"
+    generation = {"max_new_tokens": 8, "temperature": 0.0, "top_p": 1.0, "batch_size": 4, "seed": 0}
+    stages.generate_run(str(tiny_model_dir), {"general": path}, str(out), run_id="r", generation=generation,
+                        dtype="float32", device="cpu")
+    df = pd.read_parquet(out)
+    assert list(df.question_id) == ["short", "long", "short2"]  # the question order, whatever the groups
+    answers = df.set_index("question_id").answer
+    from emguard.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    n_tokens = {q: len(tok(answers[q], add_special_tokens=False)["input_ids"]) for q in answers.index}
+    assert n_tokens["short"] <= 1 < n_tokens["long"] and answers["short"] == answers["short2"]
+    assert answers["long"].startswith(answers["short"])  # greedy: the same answer, cut at one token

@@ -20,7 +20,7 @@ rule generate:
         generation=GENERATION_PARAMS,
         dtype=DTYPE,
         device=DEVICE,
-        code=code_version("generate", "models", "chat", script="generate"),
+        code=code_version("generate", "sampling", "models", "chat", script="generate"),
     conda:
         "../../envs/eval.yaml"
     script:
@@ -50,7 +50,7 @@ if VLLM_GENERATION:
             lora_r=config["training"]["lora"]["r"],
             dtype=DTYPE,
             device=DEVICE,
-            code=code_version("generate", "generate_vllm", "models", "chat", script="generate_vllm"),
+            code=code_version("generate", "sampling", "generate_vllm", "models", "chat", script="generate_vllm"),
         conda:
             "../../envs/vllm.yaml"
         script:
