@@ -1,7 +1,8 @@
 """Answers of every run of one base model from one vLLM engine (``generation.backend: vllm``).
 
-Written against vLLM 0.26+ (the first releases that require transformers 5, as emguard does; checked against
-the 0.33 API): ``vllm.LLM(model, enable_lora=True, max_lora_rank, max_loras, ...)``, ``LLM.generate(prompts,
+Written against the documented offline API of vLLM 0.26+ (0.26 is the first release that requires transformers 5,
+as emguard does; 0.33 is the newest at the time of writing; not run here, as this machine has neither a GPU nor
+vllm): ``vllm.LLM(model, enable_lora=True, max_lora_rank, max_loras, ...)``, ``LLM.generate(prompts,
 sampling_params, *, use_tqdm, lora_request)`` with one ``SamplingParams`` and one ``LoRARequest`` (or None)
 per prompt, ``SamplingParams(temperature, top_p, max_tokens, seed, stop_token_ids)`` and
 ``vllm.lora.request.LoRARequest(lora_name, lora_int_id, lora_path)``. Nothing here imports vllm at module
@@ -221,7 +222,7 @@ def vllm_adapter(adapter_dir: str | Path, work_dir: str | Path, max_rank: int) -
 # ----------------------------------------------------------------------------------------- requests
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RunSpec:
     """One run to answer: its questions (all evalsets, an ``evalset`` column) and adapter (None: untrained)."""
 
@@ -387,8 +388,8 @@ def file_digest(path: Path, h=None):
 
 
 def adapter_digest(adapter_dir: str | Path | None) -> str | None:
-    """sha256 over an adapter folder's files (names and bytes, sorted; checkpoints/ and logs left out): what
-    the adapter is, wherever it lies. None for no adapter."""
+    """sha256 over an adapter folder's files (relative names and bytes, sorted): what the adapter is, wherever it
+    lies. None for no adapter."""
     if adapter_dir is None:
         return None
     root = Path(adapter_dir)
