@@ -313,7 +313,6 @@ def generate_run(model_path: str, questions: dict[str, str], out: str, *, run_id
     ``evalset`` column: one process, one model load and full batches per run instead of one job per set."""
     from emguard.generate import generate_for_questions
     from emguard.models import load_tokenizer
-
     from emguard.sampling import sampling_groups
 
     table = read_question_sets(questions)
@@ -360,6 +359,7 @@ def generate_model_vllm(model_path: str, runs: list[dict], *, generation: dict, 
     keys = {s.run_id: gv.run_cache_key(run=s, model=model_id, adapter=gv.adapter_digest(s.adapter),
                                        settings=sampling, seed=seed, engine=engine_id) for s in specs}
     tok = load_tokenizer(model_path)
+    stops = gv.model_stops(model_path, tok)
 
     def encode(conv):
         return tok(render_prompt(tok, conv), add_special_tokens=False)["input_ids"]
@@ -376,7 +376,7 @@ def generate_model_vllm(model_path: str, runs: list[dict], *, generation: dict, 
             lora_paths = {s.run_id: gv.vllm_adapter(s.adapter, Path(work) / f"lora{ids[s.run_id]}", rank)
                           for s in part if s.adapter}
             sampling_params, lora_request = gv.vllm_classes()
-            return gv.generate_runs(engine[0], part, encode=encode, stops=gv.model_stops(model_path, tok),
+            return gv.generate_runs(engine[0], part, encode=encode, stops=stops,
                                     settings=sampling, seed=seed, lora_paths=lora_paths, ids=ids,
                                     sampling_params=sampling_params, lora_request=lora_request)
 
