@@ -1,8 +1,9 @@
 """Answers of every run of one base model from one vLLM engine (``generation.backend: vllm``).
 
 Written against the documented offline API of vLLM 0.26+ (0.26 is the first release that requires transformers 5,
-as emguard does; 0.33 is the newest at the time of writing; not run here, as this machine has neither a GPU nor
-vllm): ``vllm.LLM(model, enable_lora=True, max_lora_rank, max_loras, ...)``, ``LLM.generate(prompts,
+as emguard does) and checked against the source of 0.33.0, the newest release at the time of writing (never run
+here: this machine has neither a GPU nor vllm): ``vllm.LLM(model, enable_lora=True, max_lora_rank, max_loras,
+...)``, ``LLM.generate(prompts,
 sampling_params, *, use_tqdm, lora_request)`` with one ``SamplingParams`` and one ``LoRARequest`` (or None)
 per prompt, ``SamplingParams(temperature, top_p, max_tokens, seed, stop_token_ids)`` and
 ``vllm.lora.request.LoRARequest(lora_name, lora_int_id, lora_path)``. Nothing here imports vllm at module
@@ -16,8 +17,9 @@ How the answers relate to the hf backend's (:mod:`emguard.generate`):
   stop ids (:func:`emguard.generate.stop_token_ids`) and are decoded without special tokens, stripped.
 * **Adapters**: the base model is loaded once; each trained run's adapter is a ``LoRARequest`` (name = run id,
   ids 1..N in the order the runs are given), the untrained run has none. **rs-LoRA**: PEFT scales an rs-LoRA
-  update by alpha / sqrt(r), plain LoRA by alpha / r. Rather than trusting each vLLM release to read
-  ``use_rslora`` from ``adapter_config.json``, :func:`vllm_adapter` writes a temporary copy whose ``lora_B``
+  update by alpha / sqrt(r), plain LoRA by alpha / r. vLLM 0.33 reads ``use_rslora`` from ``adapter_config.json``
+  (``vllm.lora.peft_helper.PEFTHelper``); rather than depend on every release in the extra's range doing so,
+  :func:`vllm_adapter` writes a temporary copy whose ``lora_B``
   weights are multiplied by sqrt(r) and whose config says ``use_rslora: false``: any vLLM then applies
   alpha / r * sqrt(r) * B A = alpha / sqrt(r) * B A, the trained update (:func:`rslora_factor`). Plain LoRA
   adapters are served as they are.
@@ -152,8 +154,9 @@ def read_adapter_config(adapter_dir: str | Path) -> dict:
 
 
 def check_servable(config: dict, where: str, max_rank: int) -> None:
-    """What vLLM cannot serve exactly, refused before the engine loads: another PEFT method, DoRA, per-module
-    ranks or alphas (vLLM scales every module of an adapter alike), a rank above the engine's."""
+    """What this backend cannot serve exactly, refused before the engine loads: another PEFT method, DoRA (vLLM
+    has none), per-module ranks or alphas (the rs-LoRA rescaling uses the adapter's one r; emguard's training
+    writes none), a rank above the engine's."""
     peft_type = str(config.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
         raise InputError(f"{where}: key peft_type: {config.get('peft_type')!r}; vLLM serves LoRA adapters only")
@@ -161,8 +164,8 @@ def check_servable(config: dict, where: str, max_rank: int) -> None:
         raise InputError(f"{where}: key use_dora: DoRA adapters are not served by vLLM; use generation.backend: hf")
     for key in ("rank_pattern", "alpha_pattern"):
         if config.get(key):
-            raise InputError(f"{where}: key {key}: per-module values are not served by vLLM (one scale per adapter); "
-                             f"use generation.backend: hf")
+            raise InputError(f"{where}: key {key}: per-module ranks or alphas are not handled by the vllm backend "
+                             f"(its rs-LoRA rescaling uses one r per adapter); use generation.backend: hf")
     for key in ("r", "lora_alpha"):
         value = config.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
