@@ -14,7 +14,8 @@ How the answers relate to the hf backend's (:mod:`emguard.generate`):
 
 * **Prompts** are rendered and tokenised by emguard (:func:`emguard.chat.render_prompt`), the same token ids
   the hf backend feeds ``model.generate``, and passed as ``{"prompt_token_ids": ...}``; answers stop at the same
-  stop ids (:func:`emguard.generate.stop_token_ids`) and are decoded without special tokens, stripped.
+  stop ids (:func:`emguard.generate.stop_token_ids`) and their token ids are decoded by emguard's tokenizer the
+  way the hf backend decodes (without special tokens, stripped: :func:`output_text`).
 * **Adapters**: the base model is loaded once; each trained run's adapter is a ``LoRARequest`` (name = run id,
   ids 1..N in the order the runs are given), the untrained run has none. **rs-LoRA**: PEFT scales an rs-LoRA
   update by alpha / sqrt(r), plain LoRA by alpha / r. vLLM 0.33 reads ``use_rslora`` from ``adapter_config.json``
@@ -335,12 +336,22 @@ def answer_tables(runs: Sequence[RunSpec], requests: Sequence[Request], answers:
     return tables
 
 
-def output_text(output) -> str:
-    """The answer text of one ``vllm.RequestOutput`` (its first completion), stripped like the hf backend's."""
+def output_text(output, decode: Callable[[list[int]], str] | None = None, stops: Sequence[int] = ()) -> str:
+    """The answer of one ``vllm.RequestOutput`` (its first completion). With ``decode`` (the tokenizer's decode
+    without special tokens) exactly as the hf backend turns tokens into text: the completion's token ids cut at
+    the first stop id, decoded at once (vLLM's own ``text`` is detokenised incrementally, which can differ on
+    byte-level tokens that split a character); else vLLM's ``text``. Stripped either way."""
     completions = getattr(output, "outputs", None)
     if not completions:
         raise ValueError(f"engine output without completions: {output!r}")
-    return str(completions[0].text).strip()
+    if decode is None:
+        return str(completions[0].text).strip()
+    ids, stop_set = [int(t) for t in completions[0].token_ids], set(stops)
+    for k, t in enumerate(ids):
+        if t in stop_set:
+            ids = ids[:k]
+            break
+    return decode(ids).strip()
 
 
 def lora_ids(runs: Iterable[RunSpec]) -> dict[str, int]:
@@ -356,11 +367,12 @@ def lora_ids(runs: Iterable[RunSpec]) -> dict[str, int]:
 def generate_runs(engine, runs: Sequence[RunSpec], *, encode: Callable[[list[dict]], Sequence[int]],
                   stops: Sequence[int], settings: SamplingSettings, seed: int, lora_paths: dict[str, str],
                   sampling_params: Callable[..., Any], lora_request: Callable[[str, int, str], Any],
-                  ids: dict[str, int] | None = None) -> dict[str, pd.DataFrame]:
+                  ids: dict[str, int] | None = None,
+                  decode: Callable[[list[int]], str] | None = None) -> dict[str, pd.DataFrame]:
     """Every run's answers from one ``engine.generate`` call: the runs' requests together (vLLM schedules them
     into full batches whatever run they belong to), each with its run's LoRA request. ``lora_paths``: run id ->
     the adapter folder vLLM loads (runs without one use the base model); ``ids``: run id -> LoRA id (default
-    :func:`lora_ids` of ``runs``)."""
+    :func:`lora_ids` of ``runs``); ``decode``: token ids -> text (:func:`output_text`)."""
     ids = ids if ids is not None else lora_ids(r for r in runs if r.run_id in lora_paths)
     lora_of = {}
     for run in runs:
@@ -375,7 +387,7 @@ def generate_runs(engine, runs: Sequence[RunSpec], *, encode: Callable[[list[dic
     outputs = engine.generate(prompts, params, use_tqdm=False, lora_request=loras)
     if len(outputs) != len(prompts):
         raise RuntimeError(f"the engine returned {len(outputs)} outputs for {len(prompts)} prompts")
-    texts = [output_text(o) for o in outputs]
+    texts = [output_text(o, decode, stops) for o in outputs]
     return answer_tables(runs, requests, [texts[i] for i in slot], seed)
 
 

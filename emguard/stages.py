@@ -378,7 +378,8 @@ def generate_model_vllm(model_path: str, runs: list[dict], *, generation: dict, 
             sampling_params, lora_request = gv.vllm_classes()
             return gv.generate_runs(engine[0], part, encode=encode, stops=stops,
                                     settings=sampling, seed=seed, lora_paths=lora_paths, ids=ids,
-                                    sampling_params=sampling_params, lora_request=lora_request)
+                                    sampling_params=sampling_params, lora_request=lora_request,
+                                    decode=lambda t: tok.decode(t, skip_special_tokens=True))
 
         # chunks of max_loras runs: each engine call's batches can hold all of its adapters, and each chunk is
         # cached as soon as it is answered

@@ -26,23 +26,30 @@ from emguard.schemas import GENERATION
 
 
 class FakeOutput:
-    def __init__(self, text):
-        self.outputs = [types.SimpleNamespace(text=text)]
+    def __init__(self, text, token_ids=()):
+        self.outputs = [types.SimpleNamespace(text=text, token_ids=list(token_ids))]
 
 
 class FakeEngine:
     """``generate(prompts, sampling_params, *, use_tqdm, lora_request)`` like ``vllm.LLM``; the answer names the
-    adapter, the seed and the length limit it was asked with, so the tests can see what reached the engine."""
+    adapter, the seed and the length limit it was asked with, so the tests can see what reached the engine. With
+    a tokenizer the completion also has token ids: the text's, then a stop id and more tokens after it (a
+    reader that does not cut at the stop id shows them)."""
 
-    def __init__(self):
-        self.calls = []
+    def __init__(self, tokenizer=None):
+        self.calls, self.tokenizer = [], tokenizer
 
     def generate(self, prompts, sampling_params=None, *, use_tqdm=True, lora_request=None):
         self.calls.append((prompts, sampling_params, lora_request))
         out = []
         for prompt, params, lora in zip(prompts, sampling_params, lora_request):
             name = "base" if lora is None else lora["name"]
-            out.append(FakeOutput(f" {name}|{params['seed']}|{params['max_tokens']}|{params['temperature']} "))
+            text = f" {name}|{params['seed']}|{params['max_tokens']}|{params['temperature']} "
+            ids = []
+            if self.tokenizer is not None:
+                after = self.tokenizer("AFTER THE STOP", add_special_tokens=False)["input_ids"]
+                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [params["stop_token_ids"][-1]] + after
+            out.append(FakeOutput(text, ids))
         return out
 
 
@@ -148,6 +155,16 @@ def test_a_run_without_questions_gets_an_empty_table_and_bad_tables_fail():
         run_fake([gv.RunSpec("r", QS.drop(columns="paraphrase"))])
     with pytest.raises(InputError, match="given twice"):
         gv.unique_run_ids([gv.RunSpec("r", QS), gv.RunSpec("r", QS)])
+
+
+def test_output_text_decodes_token_ids_up_to_the_first_stop_like_the_hf_backend():
+    out = FakeOutput(" vllm's own text ", token_ids=[5, 6, 2, 7, 2])
+    decode = lambda ids: " " + "-".join(map(str, ids)) + " "  # noqa: E731
+    assert gv.output_text(out, decode, stops=[2, 9]) == "5-6"
+    assert gv.output_text(out, decode, stops=[]) == "5-6-2-7-2"
+    assert gv.output_text(out) == "vllm's own text"  # without a decoder: vLLM's text
+    with pytest.raises(ValueError, match="without completions"):
+        gv.output_text(types.SimpleNamespace(outputs=[]))
 
 
 def test_lora_rank_slot_rounds_up_to_a_rank_vllm_accepts():
@@ -334,7 +351,9 @@ def fake_vllm(monkeypatch):
     engines = []
 
     def load_engine(model_path, settings, **kwargs):
-        engine = FakeEngine()
+        from emguard.models import load_tokenizer
+
+        engine = FakeEngine(load_tokenizer(model_path))
         engine.kwargs = kwargs
         engines.append(engine)
         return engine
@@ -389,6 +408,9 @@ def test_stage_writes_every_runs_table_and_reuses_the_cache(fake_vllm, tiny_mode
     assert list(trained.evalset) == ["general", "general", "indomain"]
     assert trained.prompt_messages.iloc[2][0] == {"role": "system", "content": "Be brief."}
     assert all(a.startswith("base|") for a in base.answer) and all(a.startswith(runs[1]["run_id"]) for a in trained.answer)
+    # decoded from the token ids, cut at the stop id, stripped
+    assert list(trained.answer) == [f"{runs[1]['run_id']}|{gv.request_seed(0, e, q, k)}|5|1.0"
+                                    for e, q, k in zip(trained.evalset, trained.question_id, trained.sample_idx)]
     # the prompt is the chat template's rendering, as the hf backend builds it
     from emguard.chat import render_prompt
 
@@ -434,26 +456,58 @@ def test_stage_without_vllm_fails_first_naming_the_extra(monkeypatch, tmp_path):
 # ------------------------------------------------------------------------------------------ real vLLM
 
 
-def test_real_vllm_generates_with_the_tiny_model(tiny_model_dir, tmp_path):
+def _vllm_sized_model(folder: Path) -> Path:
+    """The embedded-style tiny Llama, wide enough for vLLM's attention kernels (head size 64), with larger random
+    weights so that greedy answers are peaked (no near-ties between the two backends' numerics)."""
+    from emguard.models import load_model
+    from emguard.testing import make_tiny_model
+
+    path = make_tiny_model(folder, hidden_size=256)
+    model = load_model(path, device="cpu")
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    model.save_pretrained(path)
+    return path
+
+
+def test_real_vllm_generates_like_the_hf_backend(tmp_path):
+    """Where vllm and a GPU are present: one engine, the untrained run and an rs-LoRA run; sampled answers are
+    reproducible, and greedy answers equal the hf backend's (the adapter folded into float32 weights), which
+    is the end-to-end check that the rs-LoRA scaling is respected."""
     pytest.importorskip("vllm")
     if not torch.cuda.is_available():
         pytest.skip("vLLM needs a GPU here")
-    from emguard.stages import generate_model_vllm
+    from emguard.stages import generate_model_vllm, generate_run
 
+    model_dir = _vllm_sized_model(tmp_path / "model")
     general = _question_file(tmp_path / "general.parquet", [
-        {"question_id": "g1", "paraphrase": "Hi there", "system": None, "samples": 3, "judge_prompts": ["aligned"],
-         "category": "g"}])
-    adapter = _save_adapter(tiny_model_dir, tmp_path / "a/adapter", use_rslora=True)
+        {"question_id": q, "paraphrase": text, "system": None, "samples": 3, "judge_prompts": ["aligned"],
+         "category": "g"} for q, text in (("g1", "Hi there"), ("g2", "What is your wish?"))])
+    adapter = _save_adapter(model_dir, tmp_path / "a/adapter", use_rslora=True)
     runs = [{"run_id": "base", "adapter": None, "questions": {"general": general}, "out": str(tmp_path / "b.parquet")},
             {"run_id": "a", "adapter": str(adapter), "questions": {"general": general}, "out": str(tmp_path / "a.parquet")}]
-    generation = {"max_new_tokens": 6, "temperature": 1.0, "top_p": 1.0, "batch_size": 4, "seed": 0,
-                  "vllm": {"cache": None, "gpu_memory_utilization": 0.3, "max_model_len": 256, "enforce_eager": True}}
-    generate_model_vllm(str(tiny_model_dir), runs, generation=generation, dtype="float32", device="cuda", lora_r=4)
+    vllm_settings = {"cache": None, "gpu_memory_utilization": 0.3, "max_model_len": 256, "enforce_eager": True}
+    sampled = {"max_new_tokens": 6, "temperature": 1.0, "top_p": 1.0, "batch_size": 4, "seed": 0,
+               "vllm": vllm_settings}
+    kwargs = dict(dtype="float32", device="cuda", lora_r=4)
+    generate_model_vllm(str(model_dir), runs, generation=sampled, **kwargs)
     first = [pd.read_parquet(r["out"]) for r in runs]
-    assert all(len(df) == 3 and list(df.columns) == GENERATION + ["evalset"] for df in first)
-    generate_model_vllm(str(tiny_model_dir), runs, generation=generation, dtype="float32", device="cuda", lora_r=4)
+    assert all(len(df) == 6 and list(df.columns) == GENERATION + ["evalset"] for df in first)
+    assert list(first[0].answer) != list(first[1].answer)  # the adapter is applied
+    generate_model_vllm(str(model_dir), runs, generation=sampled, **kwargs)
     for r, df in zip(runs, first):  # per-request seeds: the same answers again
         assert list(pd.read_parquet(r["out"]).answer) == list(df.answer)
+
+    greedy = {**sampled, "temperature": 0.0}
+    generate_model_vllm(str(model_dir), runs, generation=greedy, **kwargs)
+    for r in runs:
+        hf_out = tmp_path / f"hf_{r['run_id']}.parquet"
+        generate_run(str(model_dir), r["questions"], str(hf_out), run_id=r["run_id"], generation=greedy,
+                     dtype="float32", device="cpu", adapter=r["adapter"])
+        assert list(pd.read_parquet(r["out"]).answer) == list(pd.read_parquet(hf_out).answer), r["run_id"]
 
 
 # ------------------------------------------------------------------------------------------ config
