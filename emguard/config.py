@@ -266,6 +266,9 @@ def _check_questions(cfg: dict) -> None:
     if cfg["judge"].get("model") == FROM_QUESTIONS and path is None:
         raise ConfigError(f"config key 'judge.model': {FROM_QUESTIONS} uses each question's own judge, but "
                           f"eval.general.source is embedded (its questions name no judge); use a question file")
+    if cfg["judge"].get("model") == FROM_QUESTIONS and not cfg["judge"].get("default_model"):
+        raise ConfigError(f"config key 'judge.default_model': needed with judge.model {FROM_QUESTIONS}: the built-in "
+                          f"in-domain sets, persona extraction and the judge calibration name no judge of their own")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ import logging
 import math
 import re
 import shutil
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -438,11 +439,25 @@ def questions_identity(questions: pd.DataFrame) -> list:
     return [[_nullable(v) for v in row] for row in questions[cols].itertuples(index=False, name=None)]
 
 
+def code_identity() -> str:
+    """A hash of the emguard code an answer depends on (this module, generation, sampling and chat rendering): an
+    edit that changes answers then misses the cache instead of serving tables the old code wrote."""
+    import emguard.chat
+    import emguard.generate
+    import emguard.sampling
+
+    h = hashlib.sha256()
+    for module in (sys.modules[__name__], emguard.generate, emguard.sampling, emguard.chat):
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def run_cache_key(*, run: RunSpec, model: dict, adapter: str | None, settings: SamplingSettings, seed: int,
                   engine: dict) -> str:
     """The cache key of one run's answer table: everything that changes an answer (run id, base model, adapter
-    content, questions, sampling settings and seed, the engine's identity) and :data:`CACHE_FORMAT`."""
-    payload = {"format": CACHE_FORMAT, "run_id": run.run_id, "checkpoint": run.checkpoint, "model": model,
+    content, questions, sampling settings and seed, the engine's identity), :data:`CACHE_FORMAT` and the
+    generation code (:func:`code_identity`)."""
+    payload = {"format": CACHE_FORMAT, "code": code_identity(), "run_id": run.run_id, "checkpoint": run.checkpoint, "model": model,
                "adapter": adapter, "questions": questions_identity(run.questions),
                "sampling": {"max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature,
                             "top_p": settings.top_p}, "seed": int(seed), "engine": engine}

@@ -420,7 +420,7 @@ def judge_calibration_stage(set_path: str, out_items: str, out_summary: str, *, 
     """
     from emguard import calibration as cal
     from emguard.judge import JudgeCache, load_judge_prompts
-    from emguard.judge.build import judge_usage_record, load_judge
+    from emguard.judge.build import load_judge
 
     items = cal.subsample(cal.load_calibration_set(set_path), calibration.get("max_items"), calibration.get("seed", 0))
     templates = load_judge_prompts(judge_cfg["prompts"])
@@ -429,7 +429,7 @@ def judge_calibration_stage(set_path: str, out_items: str, out_summary: str, *, 
         judged = cal.judge_items(items, judge, templates, cache, templates_where=str(judge_cfg["prompts"]))
     summary = cal.summarise(judged, n_bootstrap=calibration["bootstrap"], confidence=confidence,
                             seed=calibration.get("seed", 0))
-    log.info("judge calibration usage: %s", judge_usage_record(judge))
+    _log_judge_usage(judge, "judge calibration")
     for r in summary.itertuples(index=False):
         log.info("judge calibration: %s AUROC %.3f [%.3f, %.3f] on %d/%d items (%d missing): %s", r.metric, r.auroc,
                  r.auroc_lo, r.auroc_hi, r.n_positive, r.n_negative, r.n_missing, r.verdict)
@@ -597,11 +597,13 @@ def persona_extract(model_path: str, trait_path: str, out_vectors: str, out_roll
 
     model, tok, trait, judge, cache, sampling, coherence = _persona_setup(
         model_path, trait_path, persona, generation, judge_cfg, dtype, device)
-    vectors, rollouts, meta = pv.extract(
-        model, tok, trait, judge, cache=cache, sampling=sampling, seed=generation["seed"],
-        n_samples=persona["n_samples"], coherence_template=coherence, trait_threshold=persona["trait_threshold"],
-        coherence_threshold=persona["coherence_threshold"], min_pairs=persona["min_pairs"],
-        fallback=persona["fallback"], model_name=model_name)
+    with cache:
+        vectors, rollouts, meta = pv.extract(
+            model, tok, trait, judge, cache=cache, sampling=sampling, seed=generation["seed"],
+            n_samples=persona["n_samples"], coherence_template=coherence, trait_threshold=persona["trait_threshold"],
+            coherence_threshold=persona["coherence_threshold"], min_pairs=persona["min_pairs"],
+            fallback=persona["fallback"], model_name=model_name)
+    _log_judge_usage(judge, "persona extraction")
     write_parquet(rollouts, out_rollouts)
     pv.save_vectors(out_vectors, vectors, meta)
 
@@ -614,12 +616,21 @@ def persona_validate(model_path: str, trait_path: str, vectors_path: str, out: s
     model, tok, trait, judge, cache, sampling, coherence = _persona_setup(
         model_path, trait_path, persona, generation, judge_cfg, dtype, device)
     vectors, _ = pv.load_vectors(vectors_path)
-    table = pv.validate_steering(
-        model, tok, vectors, layer, persona["validation_alpha"],
-        pv.pick_validation_questions(trait, persona["validation_questions"]), judge, cache=cache,
-        sampling=sampling, seed=generation["seed"], trait_template=trait.judge_prompt,
-        coherence_template=coherence, trait_name=trait.name)
+    with cache:
+        table = pv.validate_steering(
+            model, tok, vectors, layer, persona["validation_alpha"],
+            pv.pick_validation_questions(trait, persona["validation_questions"]), judge, cache=cache,
+            sampling=sampling, seed=generation["seed"], trait_template=trait.judge_prompt,
+            coherence_template=coherence, trait_name=trait.name)
+    _log_judge_usage(judge, "persona validation")
     write_parquet(table, out)
+
+
+def _log_judge_usage(judge, what: str) -> None:
+    """The judge's calls, cache hits, tokens and cost in the job's log (an API judge's spend on this stage)."""
+    from emguard.judge.build import judge_usage_record
+
+    log.info("judge usage (%s): %s", what, judge_usage_record(judge))
 
 
 # --------------------------------------------------------------------------------------------------

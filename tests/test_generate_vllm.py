@@ -288,6 +288,14 @@ def test_cache_key_changes_with_everything_that_changes_an_answer():
     assert len({key, *changed}) == len(changed) + 1
 
 
+def test_cache_key_changes_with_the_generation_code(monkeypatch):
+    """An edit to the code that writes answers misses the cache instead of serving the old code's tables."""
+    run = gv.RunSpec("r", QS, "/x")
+    key = _key(run)
+    monkeypatch.setattr(gv, "code_identity", lambda: "edited")
+    assert _key(run) != key
+
+
 def test_adapter_digest_follows_content(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for folder, weight in ((a, b"123"), (b, b"123")):

@@ -192,9 +192,15 @@ def test_from_questions_judges_each_question_with_its_files_judge(tmp_path):
                                                                                     ("judge-b", 2, True)]
         qs.loc[1, "judge"] = None
         qs.to_parquet(tmp_path / "questions.parquet")
-        with pytest.raises(InputError, match="1 question.*name no judge: general/b"):
+        with pytest.raises(InputError, match="1 question.*name no judge.*default_model.*general/b"):
             judge_run(str(tmp_path / "generations.parquet"), {"general": str(tmp_path / "questions.parquet")},
                       str(tmp_path / "j2.parquet"), **kw)
+        # a question naming no judge (a built-in in-domain set) goes to judge.default_model
+        kw["judge_cfg"] = {**cfg, "default_model": "judge-a", "cache": str(tmp_path / "judge2.sqlite")}
+        server.models.clear()
+        judge_run(str(tmp_path / "generations.parquet"), {"general": str(tmp_path / "questions.parquet")},
+                  str(tmp_path / "j3.parquet"), **kw)
+        assert set(server.models.values()) == {"judge-a"} and len(server.models) == 4
 
 
 def test_killed_mid_run_a_rerun_repeats_no_paid_call(tmp_path):

@@ -287,6 +287,10 @@ def test_config_checks_the_question_source_and_from_questions(tmp_path):
     with pytest.raises(ConfigError, match=r"judge\.model.*embedded"):
         emconfig.load(cfg)
     cfg["eval"]["general"]["source"] = "expanded"
+    # the in-domain sets, persona and the calibration name no judge: a fallback judge is required
+    with pytest.raises(ConfigError, match=r"judge\.default_model"):
+        emconfig.load(cfg)
+    cfg["judge"]["default_model"] = "base"
     assert emconfig.load(cfg)["judge"]["model"] == "from_questions"
     cfg["eval"]["general"]["samples"] = 0
     with pytest.raises(ConfigError, match=r"eval\.general\.samples"):

@@ -24,6 +24,8 @@ def load_judge(judge_cfg: dict, base_model_path: str, dtype: str, device: str, *
     before any work).
 
     ``loaded`` = (model, tokenizer) of the base model, reused when the judge is the base model."""
+    if judge_cfg.get("model") == FROM_QUESTIONS:  # a stage judging items of its own: the fallback judge
+        judge_cfg = {**judge_cfg, "model": _default_model(judge_cfg)}
     if judge_cfg.get("backend", "hf") == "openai":
         from emguard.judge.openai import DEFAULT_BASE_URL, OpenAIJudge
 
@@ -61,21 +63,32 @@ def judge_usage_record(judge, run_id: str | None = None) -> dict:
 
 
 
-def judges_by_question(table: pd.DataFrame, judge_cfg: dict, base_model_path: str, dtype: str, device: str) -> dict:
-    """``judge.model: from_questions``: one judge per model named in the questions' ``judge`` column (every
-    question needs one: checked before any judge is built or called)."""
+def _default_model(judge_cfg: dict) -> str:
+    from emguard.errors import ConfigError
+
+    name = judge_cfg.get("default_model")
+    if not name:
+        raise ConfigError(f"config key 'judge.default_model': needed with judge.model {FROM_QUESTIONS} for what "
+                          "names no judge of its own")
+    return str(name)
+
+
+def with_judges(table: pd.DataFrame, judge_cfg: dict) -> pd.DataFrame:
+    """``judge.model: from_questions``: the question table with every question's judge, ``judge.default_model``
+    where the question names none (the built-in in-domain sets); without a default, a question naming none is an
+    error listing them, raised before any judge is built or called."""
     from emguard.errors import InputError
 
-    if "judge" not in table.columns:
-        raise InputError("judge.model is 'from_questions' but the question tables have no 'judge' column (the "
-                         "question files name no judge)")
-    named = table["judge"].map(lambda v: isinstance(v, str) and bool(v.strip()))
+    judges = table["judge"] if "judge" in table.columns else pd.Series(None, index=table.index, dtype=object)
+    named = judges.map(lambda v: isinstance(v, str) and bool(v.strip()))
     if not named.all():
-        missing = table.loc[~named, ["evalset", "question_id"]].drop_duplicates()
-        listed = ", ".join(f"{e}/{q}" for e, q in missing.itertuples(index=False, name=None))
-        raise InputError(f"judge.model is 'from_questions' but {len(missing)} question(s) name no judge: {listed}")
-    return {name: load_judge({**judge_cfg, "model": name}, base_model_path, dtype, device)
-            for name in sorted(table["judge"].unique())}
+        if not judge_cfg.get("default_model"):
+            missing = table.loc[~named, ["evalset", "question_id"]].drop_duplicates()
+            listed = ", ".join(f"{e}/{q}" for e, q in missing.itertuples(index=False, name=None))
+            raise InputError(f"judge.model is 'from_questions' but {len(missing)} question(s) name no judge and "
+                             f"judge.default_model is not set: {listed}")
+        judges = judges.where(named, judge_cfg["default_model"])
+    return table.assign(judge=judges)
 
 
 def judge_tables(gens: pd.DataFrame, table: pd.DataFrame, judge_cfg: dict, base_model_path: str, dtype: str,
@@ -90,7 +103,9 @@ def judge_tables(gens: pd.DataFrame, table: pd.DataFrame, judge_cfg: dict, base_
 
     prompts = load_judge_prompts(judge_cfg["prompts"])
     if judge_cfg.get("model") == FROM_QUESTIONS:
-        judges = judges_by_question(table, judge_cfg, base_model_path, dtype, device)
+        table = with_judges(table, judge_cfg)
+        judges = {name: load_judge({**judge_cfg, "model": name}, base_model_path, dtype, device)
+                  for name in sorted(table["judge"].unique())}
     else:
         judges = {None: load_judge(judge_cfg, base_model_path, dtype, device)}
     cache = JudgeCache(judge_cfg["cache"])

@@ -74,7 +74,7 @@ rule report:
         # stated above the EM tables (and checked against what the metrics rows record)
         metric_definition=config["metrics"],
         indomain_questions=config["eval"]["indomain"]["n_questions"],
-        code=code_version("report", "metrics", "interleave", "likelihood", script="report"),
+        code=code_version("report", "metrics", "interleave", "likelihood", "calibration", "config", script="report"),
     conda:
         "../../envs/data.yaml"
     script:
