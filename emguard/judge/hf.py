@@ -53,21 +53,11 @@ from typing import Sequence
 
 import torch
 
+from emguard.kv_prefix import cache_arg, expanded_cache, prefix_states, shared_prefix_length  # noqa: F401
 from emguard.judge.core import (N_VALUES, SPECIAL_ANSWERS, JudgeOutput, JudgeUsage, ScoreResult, _identity,
                                 offered_answers)
 
 _DIGITS = frozenset("0123456789")
-
-
-def shared_prefix_length(encoded: Sequence[Sequence[int]]) -> int:
-    """Length of the token prefix common to every sequence, leaving each at least one token of its own."""
-    if not encoded:
-        return 0
-    first, limit = encoded[0], min(len(e) for e in encoded) - 1
-    n = 0
-    while n < limit and all(e[n] == first[n] for e in encoded):
-        n += 1
-    return max(n, 0)
 
 
 #: ``number_tree`` settings: which integers get a node of their own (see the module docstring)
@@ -202,19 +192,10 @@ class HFJudge:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @torch.inference_mode()
-    def _prefix_cache(self, prefix: list[int]):
-        """Key/value states of the token prefix every prompt of a call shares (one forward pass, batch 1)."""
-        out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
-        return getattr(out, "cache", None) or out.past_key_values
-
     @functools.cached_property
     def _cache_arg(self) -> str:
         """The forward pass's name for a key/value cache (read once: it is looked up for every batch)."""
-        import inspect
-
-        params = inspect.signature(self.model.forward).parameters
-        return "cache" if "cache" in params else "past_key_values"
+        return cache_arg(self.model)
 
     def _shared_prefix(self, encoded: list[list[int]]):
         """(length, key/value states) of the prefix these prompts share, or (0, None).
@@ -230,16 +211,9 @@ class HFJudge:
         if n < self.min_shared_prefix or len(encoded) < 2:  # a lone prompt gains nothing from a separate pass
             return 0, None
         tokens = list(encoded[0][:n])
-        cache = self._prefix_cache(tokens)
+        cache = prefix_states(self.model, tokens)
         self._prefix_memo = (tokens, cache)
         return n, cache
-
-    def _expanded_cache(self, prefix_cache, b: int):
-        """A fresh cache holding the shared prefix for ``b`` rows (the forward pass appends to it in place)."""
-        from transformers import DynamicCache
-
-        data = [(layer.keys.expand(b, -1, -1, -1), layer.values.expand(b, -1, -1, -1)) for layer in prefix_cache.layers]
-        return DynamicCache(ddp_cache_data=data, config=self.model.config)
 
     @torch.inference_mode()
     def _batch_distribution(self, batch_ids: list[list[int]], prefix_cache=None, n_prefix: int = 0
@@ -290,7 +264,7 @@ class HFJudge:
 
         extra = {}
         if n_prefix:  # transformers >= 5.2x names the argument ``cache`` (``past_key_values`` is deprecated)
-            extra[self._cache_arg] = self._expanded_cache(prefix_cache, b)
+            extra[self._cache_arg] = expanded_cache(self.model, prefix_cache, b)
         out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
                          use_cache=bool(n_prefix), logits_to_keep=n_tree + 1, **extra)
         logits = out.logits[:, -(n_tree + 1):, :]  # [B, 1 + n_tree, V]: last prompt token, then tree nodes

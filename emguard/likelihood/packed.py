@@ -21,12 +21,12 @@ score the rows one by one.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
+from emguard import kv_prefix
 from emguard.chat import IGNORE_INDEX, Encoded
 
 #: a shared prefix shorter than this is not worth a separate forward pass
@@ -72,14 +72,7 @@ def group_encoded(encoded: Sequence[Encoded], group_size: int) -> list[PromptGro
 def shared_prefix_length(groups: Sequence[PromptGroup]) -> int:
     """Tokens every group's prompt starts with, leaving each prompt at least one token of its own (its last
     token's logits predict the answers, so it must be in the row)."""
-    if not groups:
-        return 0
-    first = groups[0].prompt
-    limit = min(len(g.prompt) for g in groups) - 1
-    n = 0
-    while n < limit and all(g.prompt[n] == first[n] for g in groups):
-        n += 1
-    return n
+    return kv_prefix.shared_prefix_length([g.prompt for g in groups])
 
 
 def supports_packing(model) -> bool:
@@ -87,28 +80,6 @@ def supports_packing(model) -> bool:
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     impl = str(getattr(getattr(inner, "config", None), "_attn_implementation", None) or "sdpa")
     return "flash" not in impl
-
-
-def _cache_arg(model) -> str:
-    """The forward pass's name for a key/value cache (transformers >= 5.2x: ``cache``; before: past_key_values)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
-
-
-def _prefix_states(model, prefix: list[int]):
-    import torch
-
-    device = next(model.parameters()).device
-    out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
-    return getattr(out, "cache", None) or out.past_key_values
-
-
-def _expanded(model, states, b: int):
-    """A fresh cache holding the shared prefix for ``b`` rows (the forward pass appends to it in place)."""
-    from transformers import DynamicCache
-
-    data = [(layer.keys.expand(b, -1, -1, -1), layer.values.expand(b, -1, -1, -1)) for layer in states.layers]
-    return DynamicCache(ddp_cache_data=data, config=model.config)
 
 
 def _batch(model, groups: Sequence[PromptGroup], pad_id: int, n_prefix: int, states) -> list[np.ndarray]:
@@ -147,7 +118,7 @@ def _batch(model, groups: Sequence[PromptGroup], pad_id: int, n_prefix: int, sta
     mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(dtype).min)
 
     device = next(model.parameters()).device
-    extra = {_cache_arg(model): _expanded(model, states, b)} if n_prefix else {}
+    extra = {kv_prefix.cache_arg(model): kv_prefix.expanded_cache(model, states, b)} if n_prefix else {}
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
                    use_cache=bool(n_prefix), logits_to_keep=keep.to(device), **extra).logits
     if logits.dim() == 3:  # a model that ignores boolean logits_to_keep returns every position
@@ -190,7 +161,7 @@ def packed_answer_nll(model, groups: Sequence[PromptGroup], pad_id: int, *, batc
         n_prefix = 0
     out = np.full((len(groups), size), np.nan)
     with torch.inference_mode():
-        states = _prefix_states(model, groups[0].prompt[:n_prefix]) if n_prefix else None
+        states = kv_prefix.prefix_states(model, groups[0].prompt[:n_prefix]) if n_prefix else None
         for idx in length_sorted_batches([g.width for g in groups], batch_size, max_padding):
             for i, sums in zip(idx, _batch(model, [groups[i] for i in idx], pad_id, n_prefix, states)):
                 out[i] = sums / np.array([len(a) for a in groups[i].answers])

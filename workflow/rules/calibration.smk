@@ -20,7 +20,7 @@ rule judge_calibration:
         confidence=config["metrics"]["confidence"],
         dtype=DTYPE,
         device=DEVICE,
-        code=code_version("judge", "data/questions", "calibration", "models", script="judge_calibration"),
+        code=code_version("judge", "kv_prefix", "data/questions", "calibration", "models", script="judge_calibration"),
     conda:
         "../../envs/eval.yaml"
     script:

@@ -21,7 +21,7 @@ rule judge:
         judge=JUDGE_PARAMS,
         dtype=DTYPE,
         device=DEVICE,
-        code=code_version("judge", "data/questions", "models", script="judge"),
+        code=code_version("judge", "kv_prefix", "data/questions", "models", script="judge"),
     conda:
         "../../envs/eval.yaml"
     script:

@@ -19,7 +19,7 @@ rule persona_extract:
         judge=JUDGE_PARAMS,
         dtype=DTYPE,
         device=DEVICE,
-        code=code_version("persona", "generate", "judge", "data/questions", "models", "chat", script="persona_extract"),
+        code=code_version("persona", "generate", "judge", "kv_prefix", "data/questions", "models", "chat", script="persona_extract"),
     conda:
         "../../envs/train.yaml"
     script:
@@ -44,7 +44,7 @@ rule persona_validate:
         judge=JUDGE_PARAMS,
         dtype=DTYPE,
         device=DEVICE,
-        code=code_version("persona", "generate", "judge", "data/questions", "models", "chat", "steering", script="persona_validate"),
+        code=code_version("persona", "generate", "judge", "kv_prefix", "data/questions", "models", "chat", "steering", script="persona_validate"),
     conda:
         "../../envs/train.yaml"
     script:

@@ -43,7 +43,7 @@ rule probe_nll_base:
         probes={k: PROBES[k] for k in PROBE_NLL_KEYS},
         dtype=DTYPE,
         device=DEVICE,
-        code=code_version("likelihood", "models", "chat", script="probe_nll"),
+        code=code_version("likelihood", "kv_prefix", "models", "chat", script="probe_nll"),
     conda:
         "../../envs/train.yaml"
     script:
@@ -65,7 +65,7 @@ rule probe_nll:
         probes={k: PROBES[k] for k in PROBE_NLL_KEYS},
         dtype=DTYPE,
         device=DEVICE,
-        code=code_version("likelihood", "models", "chat", script="probe_nll"),
+        code=code_version("likelihood", "kv_prefix", "models", "chat", script="probe_nll"),
     conda:
         "../../envs/train.yaml"
     script:
