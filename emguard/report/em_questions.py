@@ -18,7 +18,7 @@ from emguard.io import check_columns
 from emguard.metrics import MetricDefinition
 from emguard.report._common import DEFAULT_METHOD_ORDER, _fmt_count, _fmt_rate, _method_rank
 from emguard.report.em_table import (EM_REQUIRED, SEED_STATS, _prepare, aggregate_seeds, block_row_groups,
-                                     resolve_definition)
+                                     resolve_definition, table_blocks)
 
 #: columns of the per-question frame, in order
 QUESTION_COLUMNS = (
@@ -64,15 +64,9 @@ def question_table(question_metrics: pd.DataFrame, *, definition: MetricDefiniti
     _, definition_text = resolve_definition(question_metrics, definition, "question metrics table")
     df = _prepare(question_metrics, checkpoint=checkpoint, reference_methods=reference_methods)
     rank = _method_rank(DEFAULT_METHOD_ORDER if method_order is None else method_order)
-    ds_order = {d: i for i, d in enumerate(dataset_order or ())}
-
     records = []
-    for model in list(dict.fromkeys(df["_model"])):
-        mdf = df[df["_model"] == model]
-        trained, base = mdf[~mdf["_base"]], mdf[mdf["_base"]]
-        blocks = set(trained["_block"].dropna()) or set(base["_block"].dropna())
-        for block in sorted(blocks, key=lambda d: (0, ds_order[d], "") if d in ds_order else (1, 0, d)):
-            records += _block_records(model, block, trained[trained["_block"] == block], base, rank)
+    for model, block, rows, base in table_blocks(df, dataset_order):
+        records += _block_records(model, block, rows, base, rank)
     table = pd.DataFrame(records, columns=list(QUESTION_COLUMNS))
     return _markdown(table, definition_text), table
 

@@ -328,17 +328,9 @@ def em_table(metrics: pd.DataFrame, *, method_order: Sequence[str] | None = None
     _, definition_text = resolve_definition(metrics, definition)
     df = _prepare(metrics, checkpoint=checkpoint, reference_methods=reference_methods)
     rank = _method_rank(DEFAULT_METHOD_ORDER if method_order is None else method_order)
-    ds_order = {d: i for i, d in enumerate(dataset_order or ())}
-
     records = []
-    for model in list(dict.fromkeys(df["_model"])):
-        mdf = df[df["_model"] == model]
-        trained = mdf[~mdf["_base"]]
-        blocks = set(trained["_block"].dropna()) or set(mdf.loc[mdf["_base"], "_block"].dropna())
-        blocks = sorted(blocks, key=lambda d: (0, ds_order[d], "") if d in ds_order else (1, 0, d))
-        base = mdf[mdf["_base"]]
-        for block in blocks:
-            records.extend(_block_records(model, block, trained[trained["_block"] == block], base, rank))
+    for model, block, rows, base in table_blocks(df, dataset_order):
+        records.extend(_block_records(model, block, rows, base, rank))
 
     cols = ["model", "dataset", "row", "role", "method", "setting", "n_seeds"]
     for kind in ("general", "indomain"):
@@ -348,6 +340,19 @@ def em_table(metrics: pd.DataFrame, *, method_order: Sequence[str] | None = None
         table = add_shift_columns(table, shifts, reference_methods=reference_methods)
     intro = [definition_text] + [n for n in [indomain_note(table, indomain_questions)] if n]
     return _markdown(table, shift_legend(shifts) if shifts is not None else None, intro), table
+
+
+def table_blocks(df: pd.DataFrame, dataset_order: Sequence[str] | None = None):
+    """(model, block, the block's trained rows, the model's untrained rows) of a prepared metrics frame, models in
+    order of appearance, blocks (datasets) in ``dataset_order`` and then by name; a model with only untrained rows
+    gets the untrained rows' blocks."""
+    ds_order = {d: i for i, d in enumerate(dataset_order or ())}
+    for model in list(dict.fromkeys(df["_model"])):
+        mdf = df[df["_model"] == model]
+        trained, base = mdf[~mdf["_base"]], mdf[mdf["_base"]]
+        blocks = set(trained["_block"].dropna()) or set(base["_block"].dropna())
+        for block in sorted(blocks, key=lambda d: (0, ds_order[d], "") if d in ds_order else (1, 0, d)):
+            yield model, block, trained[trained["_block"] == block], base
 
 
 def block_row_groups(block: str, rows: pd.DataFrame, base: pd.DataFrame, rank) -> list[tuple[str, dict]]:
