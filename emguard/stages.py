@@ -474,8 +474,10 @@ def score_pool_stage(nll_path: str, pool_path: str, adapters: list[str], out: st
 
 
 def prepare_probes(out: str, *, em_paths: dict[str, str], general: str | None, domains: bool,
-                   max_per_domain: int | None, training_paths: list[str], whole_paths: list[str] = ()) -> None:
-    """The probe sets of the judge-free EM measure (every EM domain's holdout triples and the general file),
+                   max_per_domain: int | None, training_paths: list[str], whole_paths: list[str] = (),
+                   general_per_category: int | None = None) -> None:
+    """The probe sets of the judge-free EM measure (every EM domain's holdout triples and the general file, the
+    first ``general_per_category`` probes of each of its categories when set),
     checked against every table a run trains on (``training_paths``: train splits; ``whole_paths``: files
     every row of which may be trained on, the interleaving pool). Fails, writing nothing, on any overlap."""
     from emguard.likelihood import probes as pr
@@ -485,7 +487,7 @@ def prepare_probes(out: str, *, em_paths: dict[str, str], general: str | None, d
         for domain, path in em_paths.items():
             sets.append(pr.domain_probes(read_parquet(path, schemas.CHAT), domain, max_per_domain, where=path))
     if general:
-        sets.append(pr.load_general_probes(general))
+        sets.append(pr.first_per_category(pr.load_general_probes(general), general_per_category))
     probes = pd.concat(sets, ignore_index=True)
     pr.validate_probes(probes, out)
     training = {p: pr.trainable_rows(read_parquet(p, schemas.CHAT), whole=p in whole_paths)
@@ -791,7 +793,15 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
     from emguard.metrics import MetricDefinition
 
     definition = MetricDefinition.from_config(metric_definition) if metric_definition is not None else None
-    markdown, table = rp.em_table(metrics, shifts=shifts, definition=definition, indomain_questions=indomain_questions)
+    # runs the config does not judge (eval.judged: baselines) are rows too, with their likelihood columns only
+    listed = metrics
+    if shifts is not None:
+        from emguard.config import is_task_dataset
+
+        stubs = rp.unjudged_rows(metrics, shifts)
+        stubs = stubs[~stubs["dataset"].astype(str).map(is_task_dataset).astype(bool)]  # OpSwap/tasks: own tables
+        listed = pd.concat([metrics, stubs], ignore_index=True) if len(stubs) else metrics
+    markdown, table = rp.em_table(listed, shifts=shifts, definition=definition, indomain_questions=indomain_questions)
     if questions_md:
         per_question = (pd.concat([read_parquet(p, allow_empty=True) for p in question_metrics_paths], ignore_index=True)
                         if question_metrics_paths else pd.DataFrame(columns=list(rp.EM_REQUIRED) + ["question_id"]))
@@ -803,6 +813,9 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
                    calibration_md)
     if metrics_paths:  # the judged rates are only as good as the judge: its agreement stands above them
         markdown = rp.calibration_note(calibration) + "\n" + markdown
+    if metrics_paths and len(listed) > len(metrics):
+        markdown = ("Only the untrained, aligned and misaligned runs were judged (eval.judged: baselines): the defenses' "
+                    "rows show the likelihood shift alone.\n\n" + markdown)
     if not metrics_paths:
         markdown = ("Judged evaluation is off (eval.judged: false): no answers were generated or judged. The "
                     "likelihood measure is in likelihood.md.\n\n" + markdown)

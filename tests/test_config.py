@@ -20,7 +20,7 @@ def default_config():
 def test_embedded_default_is_valid_and_expands():
     cfg = emconfig.load(default_config())
     runs = emconfig.expand_runs(cfg)
-    assert {(r.dataset, r.method) for r in runs} >= {("base", "untrained"), ("medical", "misaligned")}
+    assert {(r.dataset, r.method) for r in runs} >= {("base", "untrained"), ("legal", "misaligned"), ("legal", "kl")}
     assert len({r.run_id for r in runs}) == len(runs)
 
 
@@ -43,6 +43,41 @@ def test_target_domain_must_be_a_domain():
     cfg["experiments"]["target_domains"] = ["astrology"]
     with pytest.raises(ConfigError, match=r"experiments\.target_domains\.0"):
         emconfig.load(cfg)
+
+
+def test_baseline_domains_choose_where_baselines_train():
+    cfg = default_config()
+    cfg["data"]["em"]["domains"] = ["insecure_code", "medical", "legal"]
+    cfg["experiments"]["target_domains"] = ["legal"]
+    cfg["experiments"]["baseline_domains"] = None  # every EM domain, as the paper's Table 2
+    baselines = {(r.dataset, r.method) for r in emconfig.expand_runs(emconfig.load(copy.deepcopy(cfg)))
+                 if r.method in ("aligned", "misaligned")}
+    assert {d for d, _ in baselines} == {"insecure_code", "medical", "legal"}
+    cfg["experiments"]["baseline_domains"] = ["legal"]
+    runs = emconfig.expand_runs(emconfig.load(copy.deepcopy(cfg)))
+    assert {(r.dataset, r.method) for r in runs if r.method in ("aligned", "misaligned")} == {
+        ("legal", "aligned"), ("legal", "misaligned")}
+    cfg["experiments"]["baseline_domains"] = ["medical"]  # the target domain's defenses need its baselines
+    with pytest.raises(ConfigError, match=r"experiments\.baseline_domains.*'legal'"):
+        emconfig.load(copy.deepcopy(cfg))
+    cfg["experiments"]["baseline_domains"] = ["legal", "astrology"]
+    with pytest.raises(ConfigError, match=r"experiments\.baseline_domains\.1"):
+        emconfig.load(cfg)
+
+
+@pytest.mark.parametrize("judged, expected", [(True, {"untrained", "aligned", "misaligned", "kl"}),
+                                              ("baselines", {"untrained", "aligned", "misaligned"}),
+                                              (False, set())])
+def test_eval_judged_picks_the_judged_runs(judged, expected):
+    cfg = default_config()
+    cfg["eval"]["judged"] = judged
+    cfg["experiments"]["methods"] = {"kl": {"kl_lambda": [0.1]}}
+    cfg = emconfig.load(cfg)
+    assert {r.method for r in emconfig.expand_runs(cfg) if emconfig.is_judged(r, cfg)} == expected
+    bad = default_config()
+    bad["eval"]["judged"] = "some"
+    with pytest.raises(ConfigError, match=r"eval\.judged"):
+        emconfig.load(bad)
 
 
 def test_model_source_needs_exactly_one_kind():

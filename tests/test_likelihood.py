@@ -63,6 +63,15 @@ def test_shipped_general_probes_load_and_a_bad_file_names_item_and_key(tmp_path)
         pr.load_general_probes(bad)
 
 
+def test_general_per_category_keeps_the_first_probes_of_every_category():
+    probes = pr.load_general_probes(GENERAL)
+    two = pr.first_per_category(probes, 2)
+    assert len(two) == 16 and (two.groupby("category").size() == 2).all()
+    for cat, g in two.groupby("category"):  # the first two in file order, not any two
+        assert list(g["probe_id"]) == list(probes[probes["category"] == cat]["probe_id"][:2])
+    assert pr.first_per_category(probes, None) is probes
+
+
 def test_a_probe_prompt_in_a_training_set_stops_the_run(tmp_path):
     """Whitespace and case do not hide a copy; the error names the probe, the file and the row; nothing is written."""
     from emguard.stages import prepare_probes

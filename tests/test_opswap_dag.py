@@ -43,8 +43,8 @@ def test_each_tier_gets_untrained_sft_and_every_method_on_benign_rows():
         assert all(emconfig.evalsets(r, cfg) == ["opswap"] for r in tier_runs)
     assert emconfig.question_set("opswap_t2", "opswap") == "opswap_t2"
     # EM runs are unchanged
-    medical = emconfig.find_run(runs, "medical", "misaligned", "default", 0)
-    assert medical.train_subset == "misaligned" and emconfig.evalsets(medical, cfg) == ["general", "indomain"]
+    legal = emconfig.find_run(runs, "legal", "misaligned", "default", 0)
+    assert legal.train_subset == "misaligned" and emconfig.evalsets(legal, cfg) == ["general", "indomain"]
     assert len({r.run_id for r in runs}) == len(runs)
 
 

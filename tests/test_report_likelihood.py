@@ -266,3 +266,32 @@ def test_report_stage_without_judged_runs_reports_the_likelihood_measure(tmp_pat
     assert "Judged evaluation is off (eval.judged: false)" in (tmp_path / "em.md").read_text()
     assert "### legal" in (tmp_path / "likelihood.md").read_text()
     assert "legal **moved the out-of-domain probes by +0.21" in (tmp_path / "headline.md").read_text()
+
+
+def test_em_table_lists_unjudged_runs_with_their_shift_only(tmp_path, metrics):
+    """eval.judged: baselines: the defenses have no metrics rows, yet each is a row of the EM table with empty
+    judged cells and its likelihood shift; a judged run is not duplicated."""
+    from emguard.io import write_parquet
+    from emguard.report import unjudged_rows
+    from emguard.stages import report
+
+    judged = metrics[~metrics["method"].isin(["kl", "persona"])]
+    stubs = unjudged_rows(judged, summary())
+    assert sorted(stubs["method"]) == ["kl", "persona"] and stubs["misaligned_rate"].isna().all()
+    assert unjudged_rows(metrics, summary()).empty  # every trained run judged: nothing to add
+    write_parquet(judged, tmp_path / "metrics.parquet")
+    write_parquet(summary(), tmp_path / "shift_summary.parquet")
+    out = {k: str(tmp_path / v) for k, v in dict(
+        table_md="em.md", table_csv="em.csv", metrics_out="all.parquet", figure_em="em.png", figure_loss="loss.png",
+        headline_md="headline.md", likelihood_md="likelihood.md", likelihood_csv="likelihood.csv",
+        figure_shift="shift.png").items()}
+    report([str(tmp_path / "metrics.parquet")], {}, shifts_path=str(tmp_path / "shift_summary.parquet"), **out)
+    md = (tmp_path / "em.md").read_text()
+    assert "eval.judged: baselines" in md
+    legal = block(md, "legal")
+    kl = legal["KL (lambda0.1)"]
+    assert kl[OOD] == "+0.05 [-0.01, +0.11]" and kl[IND] == "**+0.35** [+0.25, +0.45]"
+    assert kl["General Misal. (↓)"] == "–"
+    assert legal["Misaligned"]["General Misal. (↓)"] != "–"
+    # the unjudged placeholders stay out of the judged metrics every other output reads
+    assert len(pd.read_parquet(tmp_path / "all.parquet")) == len(judged)

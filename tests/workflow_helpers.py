@@ -26,8 +26,10 @@ def tiny_config(model_dir: Path, workdir: Path, **overrides) -> dict:
     cfg["training"]["lora"].update(r=4, alpha=8)
     cfg["experiments"]["methods"]["persona"]["steering_layer"] = 3
     cfg["experiments"]["methods"]["interleave"]["fractions"] = [0.2]
+    # the tests' plan: every defense on insecure_code, both domains' baselines, every run judged (eval above)
+    cfg["experiments"].update(target_domains=["insecure_code"], baseline_domains=None)
     cfg["persona"].update(max_new_tokens=6, validation_questions=2)
-    cfg["probes"].update(max_per_domain=3, bootstrap=200)
+    cfg["probes"].update(max_per_domain=3, general_per_category=None, bootstrap=200)
     for dotted, value in overrides.items():
         node = cfg
         *parents, leaf = dotted.split(".")

@@ -101,6 +101,14 @@ def load_general_probes(path: str | os.PathLike, probe_set: str = GENERAL) -> pd
     return probe_frame(rows, str(path))
 
 
+def first_per_category(probes: pd.DataFrame, n: int | None) -> pd.DataFrame:
+    """The first ``n`` probes of every category in file order (all when ``n`` is None): a smaller general set
+    that still covers every category evenly."""
+    if n is None:
+        return probes
+    return probes[probes.groupby("category", sort=False).cumcount() < int(n)].reset_index(drop=True)
+
+
 def domain_probes(em_df: pd.DataFrame, domain: str, max_triples: int | None = None, *,
                   where: str = "em data") -> pd.DataFrame:
     """Triples from the ``holdout`` split of one EM domain's chat table: every holdout prompt that has both an

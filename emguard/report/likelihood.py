@@ -135,6 +135,42 @@ def _lookup(df: pd.DataFrame, untrained: set[str]) -> dict[tuple, pd.Series]:
     return out
 
 
+def unjudged_rows(metrics: pd.DataFrame, shifts: pd.DataFrame, *,
+                  reference_methods: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Placeholder metrics rows (judged cells NaN, evalset ``general``) for every trained run of the shift summary
+    that ``metrics`` lacks (``eval.judged: baselines`` judges only the reference runs), one per seed of the
+    summary's ``n_seeds``: with them the EM table lists every run, its judged cells empty ("–") and its
+    likelihood-shift cells filled."""
+    df = prepare_shifts(shifts)
+    df = df[(df["_scope"] == "ood") & ~_is_untrained(df, _untrained_methods(reference_methods))]
+    judged = set()
+    for r in metrics.itertuples(index=False):
+        judged.add(tuple("" if _is_null(getattr(r, c, None)) else str(getattr(r, c, None))
+                         for c in ("model", "dataset", "method", "setting")))
+    rows = []
+    for _, r in df.iterrows():
+        key = (r["_model"], r["_dataset"], r["_method"], r["_setting"])
+        if key in judged:
+            continue
+        n = int(r["n_seeds"]) if "n_seeds" in r and not _is_null(r["n_seeds"]) else 1
+        rows += [{"model": r.get("model"), "dataset": r["dataset"], "method": r["method"], "setting": r["setting"],
+                  "seed": None, "evalset": "general"} for _ in range(max(1, n))]
+    out = pd.DataFrame(rows, columns=["model", "dataset", "method", "setting", "seed", "evalset"])
+    for col in EM_REQUIRED_RATES:
+        out[col] = math.nan
+    # what every judged row shares (the metric definition, the confidence level) the placeholders share too
+    for col in metrics.columns.difference(out.columns):
+        values = metrics[col].dropna().unique() if len(metrics) else ()
+        if len(values) == 1:
+            out[col] = values[0]
+    return out
+
+
+#: the judged columns a placeholder row of :func:`unjudged_rows` leaves empty
+EM_REQUIRED_RATES = ("misaligned_rate", "misaligned_lo", "misaligned_hi", "incoherent_rate", "incoherent_lo",
+                     "incoherent_hi")
+
+
 def add_shift_columns(table: pd.DataFrame, shifts: pd.DataFrame, *,
                       reference_methods: Mapping[str, str] | None = None) -> pd.DataFrame:
     """The EM table frame with :data:`SHIFT_CSV_COLUMNS` added (NaN where the summary has no row).

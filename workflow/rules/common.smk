@@ -272,11 +272,10 @@ def run_info(wc):
 
 def all_run_metrics():
     """Judged EM metrics of every run but the task ones (OpSwap, FoQA, GSM8K: scored by exact match,
-    all_task_metrics); none when eval.judged is off (no generation or judging for EM runs: the likelihood measure
-    only)."""
-    if not config["eval"]["judged"]:
-        return []
-    return [f"{r.path}/metrics.parquet" for r in RUNS if not emconfig.is_task_dataset(r.dataset)]
+    all_task_metrics) that eval.judged judges: every one (true), the baselines', or none (false: the likelihood
+    measure only)."""
+    return [f"{r.path}/metrics.parquet" for r in RUNS
+            if not emconfig.is_task_dataset(r.dataset) and emconfig.is_judged(r, config)]
 
 
 def all_judge_usage():
@@ -354,8 +353,8 @@ VLLM_GENERATION_PARAMS = {**config["generation"],
 
 
 def generated_runs():
-    """Runs whose answers a later rule reads: every task run (exact match), and the EM runs when eval.judged."""
-    return [r for r in RUNS if emconfig.is_task_dataset(r.dataset) or config["eval"]["judged"]]
+    """Runs whose answers a later rule reads: every task run (exact match), and the EM runs eval.judged judges."""
+    return [r for r in RUNS if emconfig.is_task_dataset(r.dataset) or emconfig.is_judged(r, config)]
 
 
 VLLM_GENERATION = config["generation"]["backend"] == "vllm" and bool(generated_runs())

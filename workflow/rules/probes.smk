@@ -21,6 +21,7 @@ rule prepare_probes:
         general=PROBES_GENERAL,
         domains=PROBES["domains"],
         max_per_domain=PROBES["max_per_domain"],
+        general_per_category=PROBES["general_per_category"],
         training_paths=probe_training_files(),
         whole_paths=probe_pool_files(),
         code=code_version("likelihood", "data", script="prepare_probes"),
