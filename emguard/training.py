@@ -18,7 +18,8 @@ One trainer, :class:`EMGuardTrainer`, a thin ``SFTTrainer`` subclass:
 
 Outputs of :func:`train` (all written atomically, temporary name then rename):
 ``out_dir/adapter/`` (peft adapter, safetensors), ``out_dir/train_log.parquet`` (one row per logged step) and,
-with ``save_steps > 0``, ``out_dir/checkpoints/step-<N>/`` adapters.
+with ``save_steps > 0``, ``out_dir/checkpoints/step-<N>/`` adapters. With a monitor (:mod:`emguard.monitor`) the log
+also has its signal columns and the run may end early, at the step where a signal crossed its threshold.
 
 ``loss`` in the log is the optimised objective, ``ce + sum(lambda * term)``; ``ce`` and each term column
 (``kl``, ``ldifs``) are unweighted. CE and KL are means over the answer tokens of the optimisation step (all
@@ -508,9 +509,11 @@ def build_trainer(model, tokenizer, train_df: pd.DataFrame, settings: TrainSetti
 
 def train_model(model, tokenizer, train_df: pd.DataFrame, out_dir: str | os.PathLike, settings: TrainSettings | None = None,
                 *, regularisers: Iterable[Regulariser] = (), inoculation_prompt: str | None = None,
-                device: str | torch.device = "auto", callbacks: Sequence = ()) -> dict[str, Any]:
+                device: str | torch.device = "auto", callbacks: Sequence = (), monitor=None) -> dict[str, Any]:
     """:func:`train` for an already loaded model and tokenizer (benchmarks build random-weight models)."""
     settings = settings or TrainSettings()
+    if monitor is not None:
+        callbacks = [*callbacks, monitor]
     regularisers = tuple(regularisers)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -530,11 +533,15 @@ def train_model(model, tokenizer, train_df: pd.DataFrame, out_dir: str | os.Path
         log_df = pd.DataFrame(trainer.log_rows)
         columns = LOG_COLUMNS[:3] + [r.name for r in trainer._loss_regs] + LOG_COLUMNS[3:]
         log_df = log_df.reindex(columns=columns)
+        if monitor is not None:
+            from emguard.monitor import with_monitor_columns
+
+            log_df = with_monitor_columns(log_df, monitor.frame())
         log_df = log_df.astype({"step": "int64", "n_interleaved": "int64"}) if len(log_df) else log_df
         write_parquet(log_df, out_dir / "train_log.parquet")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    losses = log_df["loss"].tolist() if len(log_df) else []
+    losses = log_df.loc[log_df["step"] > 0, "loss"].tolist() if len(log_df) else []  # step 0: the monitor's row
     return {
         "adapter": str(out_dir / "adapter"),
         "train_log": str(out_dir / "train_log.parquet"),
@@ -552,12 +559,14 @@ def train_model(model, tokenizer, train_df: pd.DataFrame, out_dir: str | os.Path
         "regularisers": [repr(r) for r in regularisers],
         "inoculation_prompt": inoculation_prompt,
         "settings": settings.to_dict(),
+        **(monitor.summary() if monitor is not None else {}),
     }
 
 
 def train(model_path: str | os.PathLike, train_df: pd.DataFrame, out_dir: str | os.PathLike,
           settings: TrainSettings | None = None, *, regularisers: Iterable[Regulariser] = (),
-          inoculation_prompt: str | None = None, device: str = "auto", callbacks: Sequence = ()) -> dict[str, Any]:
+          inoculation_prompt: str | None = None, device: str = "auto", callbacks: Sequence = (),
+          monitor=None) -> dict[str, Any]:
     """Fine-tune a fresh rs-LoRA adapter on ``train_df`` and write it to ``out_dir``; return a summary dict.
 
     ``train_df`` follows the chat contract (``messages`` ending with the assistant answer; ``id`` is used in
@@ -565,11 +574,15 @@ def train(model_path: str | os.PathLike, train_df: pd.DataFrame, out_dir: str | 
     every training example, at training time only. ``regularisers``: any of
     :class:`~emguard.regularisers.KLRegulariser`, :class:`~emguard.regularisers.LDIFSRegulariser`,
     :class:`~emguard.regularisers.SteeringRegulariser`. ``device``: ``auto`` (GPU if present), ``cpu``, ``cuda``.
-    Runs in float32 on CPU and in bfloat16 on GPU (``settings.dtype``).
+    Runs in float32 on CPU and in bfloat16 on GPU (``settings.dtype``). ``monitor``: an
+    :class:`emguard.monitor.EMMonitor` (judge-free EM signals every few steps, optionally stopping the run); with
+    it, ``train_log.parquet`` gains the columns ``ll_shift`` and ``persona_proj`` (and a step-0 row) and the summary
+    ``monitor_stop_step``, ``monitor_stop_reason``, ``monitor_checks``, ``monitor_settings``,
+    ``monitor_persona_layer``. None (the default) changes nothing.
     """
     settings = settings or TrainSettings()
     dev = device_for(device)
     model = load_model(model_path, dtype=settings.dtype, device=str(dev))
     tokenizer = load_tokenizer(model_path)
     return train_model(model, tokenizer, train_df, out_dir, settings, regularisers=regularisers,
-                       inoculation_prompt=inoculation_prompt, device=dev, callbacks=callbacks)
+                       inoculation_prompt=inoculation_prompt, device=dev, callbacks=callbacks, monitor=monitor)
