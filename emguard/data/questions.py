@@ -51,7 +51,8 @@ SAMPLING_FIELDS = {"temperature": ("temperature",), "top_p": ("top_p",),
 #: ``judge.model`` value meaning "each question's own ``judge``"
 FROM_QUESTIONS = "from_questions"
 #: question sets shipped with the project, by the name ``eval.general.source`` selects them with
-NAMED_SETS = {"expanded": "workflow/resources/questions/general_expanded.yaml"}
+NAMED_SETS = {"expanded": "workflow/resources/questions/general_expanded.yaml",
+              "adversarial": "workflow/resources/questions/adversarial.yaml"}
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # a format-style placeholder: {name} or {} / {0}; literal braces such as JSON examples are not placeholders
