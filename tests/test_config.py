@@ -191,7 +191,7 @@ def test_paper_config_runs_both_ldifs_variants_on_its_grid():
 
 
 def test_embedded_default_names_its_normalised_ldifs_variant():
-    (run,) = [r for r in _ldifs_runs(default_config()) if r.dataset == "insecure_code"]
+    (run,) = [r for r in _ldifs_runs(default_config()) if r.dataset == "legal"]
     assert run.setting == "lambda1_unit_mean_final"
     reg = _ldifs_regulariser(run, 30)
     assert (reg.layers, reg.feature_norm, reg.reduction) == ((5, 10, 15, 20, 25, 30), "unit", "mean")
