@@ -724,7 +724,8 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
            judge_usage_csv: str | None = None, metric_definition: dict | None = None,
            indomain_questions: int | None = None, question_metrics_paths: list[str] = (),
            questions_md: str | None = None, questions_csv: str | None = None,
-           tasks_md: str | None = None, tasks_csv: str | None = None) -> None:
+           tasks_md: str | None = None, tasks_csv: str | None = None, consistency_md: str | None = None,
+           consistency_csv: str | None = None, em_runs: list[dict] | None = None) -> None:
     """Every table and figure of the report.
 
     ``metric_definition``: the config's ``metrics`` section; the EM tables state it (and refuse metrics
@@ -742,6 +743,9 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
     ``judge_usage_md`` / ``_csv``: the judge usage table from
     every judge job's ``judge_usage.json`` (``judge_usage_paths``). ``task_metrics_paths`` hold OpSwap and benign
     task (FoQA, GSM8K) rows: the OpSwap ones make ``opswap_md`` / ``_csv``, the others ``tasks_md`` / ``_csv``.
+    ``consistency_md`` / ``_csv``: EM consistency across seeds (:func:`emguard.report.consistency_table`) at
+    ``metric_definition``'s ``em_threshold``, listing every EM run of ``em_runs`` (the config's plan, judged or
+    not); the headline states its verdicts.
     """
     from emguard import report as rp
     from emguard.io import write_text
@@ -827,9 +831,17 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
         rp.write_table(*rp.shift_table(some), likelihood_md, likelihood_csv)
     if figure_shift:
         rp.figure_likelihood_shift(some, figure_shift)
+    consistency = None
+    if consistency_md:
+        from emguard.config import DEFAULTS
+
+        threshold = (metric_definition or {}).get("em_threshold", DEFAULTS["metrics"]["em_threshold"])
+        consistency_text, consistency = rp.consistency_table(metrics, threshold=threshold, runs=em_runs)
+        rp.write_table(consistency_text, consistency, consistency_md, consistency_csv)
     if headline_md:
         conf = pd.to_numeric(metrics["confidence"], errors="coerce").dropna() if "confidence" in metrics else ()
-        headline = rp.headline_findings(metrics, shifts, confidence=float(conf.iloc[0]) if len(conf) else 0.95)
+        headline = rp.headline_findings(metrics, shifts, confidence=float(conf.iloc[0]) if len(conf) else 0.95,
+                                        consistency=consistency)
         if metrics_paths:  # the front page's judged sentence needs the judge's agreement next to it too
             headline += f"- {rp.calibration_note(calibration).strip()}\n"
         write_text(headline, headline_md)
