@@ -520,14 +520,33 @@ def probe_shifts_stage(nll_paths: list[str], out_shifts: str, out_summary: str, 
                        probes: dict, confidence: float) -> None:
     """Per-run likelihood shifts (in-domain, each out-of-domain set, their aggregate) and excess over the
     Aligned run, with bootstrap intervals; and their across-seed summary. ``nll_paths``: the probe NLL
-    tables, the untrained model's and every run's."""
+    tables, the untrained model's and every run's.
+
+    With a learning-rate grid (settings tagged ``_lr<v>``, :func:`emguard.config.setting_lr`) each rate's runs
+    are measured apart, with the untrained model, so a run's excess and ``vs_misaligned`` are taken against the
+    Aligned and Misaligned runs of its own rate; the untrained model's rows are written once."""
+    from emguard.config import setting_lr
     from emguard.likelihood.probes import PROBE_NLL
     from emguard.likelihood.shift import run_shifts
 
     paths = list(nll_paths)
     nll = pd.concat([read_parquet(p, PROBE_NLL) for p in paths], ignore_index=True)
-    shifts, summary = run_shifts(nll, runs, n_bootstrap=probes["bootstrap"], confidence=confidence,
-                                 seed=probes["seed"], where=paths[0] if len(paths) == 1 else f"{len(paths)} probe NLL tables")
+    kw = dict(n_bootstrap=probes["bootstrap"], confidence=confidence, seed=probes["seed"],
+              where=paths[0] if len(paths) == 1 else f"{len(paths)} probe NLL tables")
+    by_rate: dict = {}
+    for r in runs:
+        by_rate.setdefault(setting_lr(str(r["setting"])), []).append(r)
+    untagged = by_rate.pop(None, [])
+    if len(by_rate) <= 1:
+        shifts, summary = run_shifts(nll, runs, **kw)
+    else:
+        shared = {r["run_id"] for r in untagged}
+        parts = [run_shifts(nll, untagged + rate_runs, **kw) for rate_runs in by_rate.values()]
+        shifts = pd.concat([parts[0][0]] + [p[~p["run_id"].isin(shared)] for p, _ in parts[1:]], ignore_index=True)
+        keys = {(r["model"], r["dataset"], r["method"], r["setting"]) for r in untagged}
+        summary = pd.concat([parts[0][1]] + [s[[k not in keys for k in zip(s["model"], s["dataset"], s["method"],
+                                                                             s["setting"])]]
+                                             for _, s in parts[1:]], ignore_index=True)
     write_parquet(shifts, out_shifts)
     write_parquet(summary, out_summary)
 

@@ -193,3 +193,52 @@ def test_two_rates_plan_two_train_jobs_per_run_at_their_rates(dry_runs):
     assert "results/tables/em_consistency.md" in report["output"]
     listed = {(r["method"], r["setting"], r["lr"]) for r in report["params"]["em_runs"]}
     assert ("misaligned", "lr2e-05", 2e-5) in listed and ("untrained", "default", None) in listed
+
+
+# ---------------------------------------------------------------------------------------- likelihood shifts
+
+def _nll_rows(adapter, probe_set, margin, n=4):
+    import pandas as pd
+
+    return pd.DataFrame({"adapter": adapter, "probe_set": probe_set, "probe_id": [f"p{i}" for i in range(n)],
+                         "nll_aligned": 2.0 + margin, "nll_misaligned": 2.0, "n_aligned_tokens": 5,
+                         "n_misaligned_tokens": 5})
+
+
+def test_probe_shifts_pair_each_rate_with_its_own_aligned_and_misaligned_runs(tmp_path):
+    """Excess over Aligned and vs_misaligned compare runs of one learning rate, the untrained model once."""
+    import pandas as pd
+
+    from emguard.io import read_parquet, write_parquet
+    from emguard.stages import probe_shifts_stage
+
+    # general-set margins (the untrained model's: 0): aligned / misaligned / KL at each rate
+    margins = {"lr1e-05": {"aligned": 0.1, "misaligned": 0.3, "kl": 0.2},
+               "lr0.0001": {"aligned": 0.5, "misaligned": 1.5, "kl": 0.7}}
+    runs = [{"model": "m", "dataset": "base", "method": "untrained", "setting": "default", "seed": 0,
+             "run_id": "m/base/untrained/default/seed0", "adapter": None}]
+    tables = [_nll_rows("base", "legal", 0.0), _nll_rows("base", "general", 0.0)]
+    for rate, by_method in margins.items():
+        for method, margin in by_method.items():
+            setting = rate if method != "kl" else f"lambda0.1_{rate}"
+            run_id = f"m/legal/{method}/{setting}/seed0"
+            runs.append({"model": "m", "dataset": "legal", "method": method, "setting": setting, "seed": 0,
+                         "run_id": run_id, "adapter": run_id})
+            tables += [_nll_rows(run_id, "legal", 1.0), _nll_rows(run_id, "general", margin)]
+    nll_path = tmp_path / "nll.parquet"
+    write_parquet(pd.concat(tables, ignore_index=True), nll_path)
+    out, summary_out = tmp_path / "shifts.parquet", tmp_path / "summary.parquet"
+    probe_shifts_stage([str(nll_path)], str(out), str(summary_out), runs=runs, probes={"bootstrap": 50, "seed": 0},
+                       confidence=0.95)
+    shifts = read_parquet(out)
+    ood = shifts[shifts["scope"] == "ood"].set_index(["method", "setting"])
+    for rate, m in margins.items():
+        mis, kl = ood.loc[("misaligned", rate)], ood.loc[("kl", f"lambda0.1_{rate}")]
+        assert mis["excess"] == pytest.approx(m["misaligned"] - m["aligned"])
+        assert kl["vs_misaligned"] == pytest.approx(m["kl"] - m["misaligned"])
+    # the untrained model's rows once, in both tables
+    assert shifts[["run_id", "probe_set"]].duplicated().sum() == 0
+    assert len(shifts[shifts["method"] == "untrained"]) == 3  # legal, general and ood
+    summary = read_parquet(summary_out)
+    assert summary[["method", "setting", "probe_set"]].duplicated().sum() == 0
+    assert set(summary["setting"]) == {"default", "lr1e-05", "lr0.0001", "lambda0.1_lr1e-05", "lambda0.1_lr0.0001"}
