@@ -104,6 +104,16 @@ def test_em_threshold_is_checked_and_not_a_run_metrics_param():
     assert emconfig.REPORT_ONLY_METRIC_KEYS == ("em_threshold",)
 
 
+def test_the_grid_config_expands_to_rates_times_seeds():
+    cfg = emconfig.load(ROOT / "configs" / "lr-seed-grid-qwen2.5-7b.yaml")
+    runs = emconfig.expand_runs(cfg)
+    trained = [r for r in runs if r.trained]
+    # 3 seeds x 2 rates x 2 domains x (aligned, misaligned), and the untrained model once per seed
+    assert len(trained) == 24 and len(runs) == 27
+    assert {(r.setting, r.learning_rate) for r in trained} == {("lr1e-05", 1e-5), ("lr0.0001", 1e-4)}
+    assert cfg["metrics"]["em_threshold"] == 5
+
+
 def test_lr_setting_round_trip():
     assert emconfig.lr_setting("default", 1e-5) == "lr1e-05"
     assert emconfig.lr_setting("lambda0.1_forward", 2e-4) == "lambda0.1_forward_lr0.0002"
