@@ -20,6 +20,7 @@ from workflow_helpers import ROOT, tiny_config, write_config
 
 def default_config(**experiments):
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cfg["experiments"].pop("learning_rates", None)
     cfg["experiments"].update(experiments)
     return cfg
 
@@ -164,6 +165,7 @@ def dry_runs(tmp_path_factory):
     cfg = tiny_config(workdir / "no-model-needed", workdir)
     cfg["experiments"]["methods"] = {"kl": {"kl_lambda": [0.1]},
                                      "interleave": {"variants": ["plus"], "fractions": [0.2]}}
+    cfg["experiments"].pop("learning_rates", None)  # the config without the key, as before the grid existed
     lr = cfg["training"]["learning_rate"]
     one, two = copy.deepcopy(cfg), copy.deepcopy(cfg)
     one["experiments"]["learning_rates"] = [lr]
