@@ -520,14 +520,33 @@ def probe_shifts_stage(nll_paths: list[str], out_shifts: str, out_summary: str, 
                        probes: dict, confidence: float) -> None:
     """Per-run likelihood shifts (in-domain, each out-of-domain set, their aggregate) and excess over the
     Aligned run, with bootstrap intervals; and their across-seed summary. ``nll_paths``: the probe NLL
-    tables, the untrained model's and every run's."""
+    tables, the untrained model's and every run's.
+
+    With a learning-rate grid (settings tagged ``_lr<v>``, :func:`emguard.config.setting_lr`) each rate's runs
+    are measured apart, with the untrained model, so a run's excess and ``vs_misaligned`` are taken against the
+    Aligned and Misaligned runs of its own rate; the untrained model's rows are written once."""
+    from emguard.config import setting_lr
     from emguard.likelihood.probes import PROBE_NLL
     from emguard.likelihood.shift import run_shifts
 
     paths = list(nll_paths)
     nll = pd.concat([read_parquet(p, PROBE_NLL) for p in paths], ignore_index=True)
-    shifts, summary = run_shifts(nll, runs, n_bootstrap=probes["bootstrap"], confidence=confidence,
-                                 seed=probes["seed"], where=paths[0] if len(paths) == 1 else f"{len(paths)} probe NLL tables")
+    kw = dict(n_bootstrap=probes["bootstrap"], confidence=confidence, seed=probes["seed"],
+              where=paths[0] if len(paths) == 1 else f"{len(paths)} probe NLL tables")
+    by_rate: dict = {}
+    for r in runs:
+        by_rate.setdefault(setting_lr(str(r["setting"])), []).append(r)
+    untagged = by_rate.pop(None, [])
+    if len(by_rate) <= 1:
+        shifts, summary = run_shifts(nll, runs, **kw)
+    else:
+        shared = {r["run_id"] for r in untagged}
+        parts = [run_shifts(nll, untagged + rate_runs, **kw) for rate_runs in by_rate.values()]
+        shifts = pd.concat([parts[0][0]] + [p[~p["run_id"].isin(shared)] for p, _ in parts[1:]], ignore_index=True)
+        keys = {(r["model"], r["dataset"], r["method"], r["setting"]) for r in untagged}
+        summary = pd.concat([parts[0][1]] + [s[[k not in keys for k in zip(s["model"], s["dataset"], s["method"],
+                                                                             s["setting"])]]
+                                             for _, s in parts[1:]], ignore_index=True)
     write_parquet(shifts, out_shifts)
     write_parquet(summary, out_summary)
 
@@ -724,7 +743,8 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
            judge_usage_csv: str | None = None, metric_definition: dict | None = None,
            indomain_questions: int | None = None, question_metrics_paths: list[str] = (),
            questions_md: str | None = None, questions_csv: str | None = None,
-           tasks_md: str | None = None, tasks_csv: str | None = None) -> None:
+           tasks_md: str | None = None, tasks_csv: str | None = None, consistency_md: str | None = None,
+           consistency_csv: str | None = None, em_runs: list[dict] | None = None) -> None:
     """Every table and figure of the report.
 
     ``metric_definition``: the config's ``metrics`` section; the EM tables state it (and refuse metrics
@@ -742,6 +762,9 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
     ``judge_usage_md`` / ``_csv``: the judge usage table from
     every judge job's ``judge_usage.json`` (``judge_usage_paths``). ``task_metrics_paths`` hold OpSwap and benign
     task (FoQA, GSM8K) rows: the OpSwap ones make ``opswap_md`` / ``_csv``, the others ``tasks_md`` / ``_csv``.
+    ``consistency_md`` / ``_csv``: EM consistency across seeds (:func:`emguard.report.consistency_table`) at
+    ``metric_definition``'s ``em_threshold``, listing every EM run of ``em_runs`` (the config's plan, judged or
+    not); the headline states its verdicts.
     """
     from emguard import report as rp
     from emguard.io import write_text
@@ -827,9 +850,17 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
         rp.write_table(*rp.shift_table(some), likelihood_md, likelihood_csv)
     if figure_shift:
         rp.figure_likelihood_shift(some, figure_shift)
+    consistency = None
+    if consistency_md:
+        from emguard.config import DEFAULTS
+
+        threshold = (metric_definition or {}).get("em_threshold", DEFAULTS["metrics"]["em_threshold"])
+        consistency_text, consistency = rp.consistency_table(metrics, threshold=threshold, runs=em_runs)
+        rp.write_table(consistency_text, consistency, consistency_md, consistency_csv)
     if headline_md:
         conf = pd.to_numeric(metrics["confidence"], errors="coerce").dropna() if "confidence" in metrics else ()
-        headline = rp.headline_findings(metrics, shifts, confidence=float(conf.iloc[0]) if len(conf) else 0.95)
+        headline = rp.headline_findings(metrics, shifts, confidence=float(conf.iloc[0]) if len(conf) else 0.95,
+                                        consistency=consistency)
         if metrics_paths:  # the front page's judged sentence needs the judge's agreement next to it too
             headline += f"- {rp.calibration_note(calibration).strip()}\n"
         write_text(headline, headline_md)

@@ -4,8 +4,8 @@
 Parts (one file each): :mod:`._common` (row labels and order, cell formatting, the figure canvas),
 :mod:`.em_table`, :mod:`.em_questions` (the EM table per question), :mod:`.figures` (judged metrics), :mod:`.persona`, :mod:`.eps`, :mod:`.opswap`,
 :mod:`.likelihood` (judge-free shift columns, table and figure), :mod:`.headline`, :mod:`.calibration`
-(the judge's agreement with labelled answers, stated next to every judged EM table) and :mod:`.judge_usage`
-(what judging cost). Everything a
+(the judge's agreement with labelled answers, stated next to every judged EM table), :mod:`.judge_usage`
+(what judging cost) and :mod:`.consistency` (EM consistency across seeds). Everything a
 caller uses is re-exported here, so ``from emguard import report as rp; rp.em_table(...)`` works.
 """
 
@@ -13,6 +13,7 @@ from emguard.report._common import (BASE_DATASET, DEFAULT_METHOD_ORDER, DEFAULT_
                                     REFERENCE_ROWS, _family_name, _fmt_count, _fmt_rate, _is_null, _method_rank,
                                     _row_label, _setting_key, _split_setting, write_table)
 from emguard.report.calibration import CALIBRATION_REQUIRED, NOT_JUDGED, calibration_note, calibration_table
+from emguard.report.consistency import CONSISTENCY_TABLE_COLUMNS, consistency_table
 from emguard.report.em_questions import QUESTION_COLUMNS, question_table
 from emguard.report.em_table import EM_REQUIRED, TABLE_COLUMNS, em_table, emphasis
 from emguard.report.eps import EPS_LENGTH_COLUMNS, NO_SCORED_VARIANT, eps_length_table
@@ -32,6 +33,8 @@ __all__ = [
     "add_shift_columns", "unjudged_rows", "em_table", "emphasis", "eps_length_table", "figure_em_vs_incoherence",
     "figure_likelihood_shift", "figure_train_loss", "headline_findings", "judge_usage_table", "opswap_table", "persona_validation_table",
     "shift_table", "write_table",
+    # EM consistency across seeds
+    "CONSISTENCY_TABLE_COLUMNS", "consistency_table",
     # the per-question EM table
     "QUESTION_COLUMNS", "question_table",
     # the benign real tasks (FoQA, GSM8K)

@@ -26,6 +26,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from emguard.config import setting_lr
 from emguard.errors import InputError
 from emguard.io import check_columns
 from emguard.metrics import MetricDefinition, seed_interval, wilson_interval
@@ -397,18 +398,30 @@ def _block_records(model: str, block: str, rows: pd.DataFrame, base: pd.DataFram
 def emphasis(block: pd.DataFrame) -> dict[tuple[int, str], set[str]]:
     """Emphasis flags for one block of the tidy table: ``{(row index, rate column): {"bold", ...}}``.
 
-    Rules as documented in :func:`em_table`; only rows with ``role == "method"`` get flags.
+    Rules as documented in :func:`em_table`; only rows with ``role == "method"`` get flags. With several
+    Misaligned rows (a learning-rate grid), a defense is compared with the one of its learning rate
+    (:func:`emguard.config.setting_lr`).
     """
     flags: dict[tuple[int, str], set[str]] = {}
     methods = block[block["role"] == "method"]
     baseline = block[block["role"] == "Misaligned"]
+    # with a learning-rate grid, one Misaligned row per rate: a defense is compared with the one of its rate
+    base_lr = [setting_lr(str(s or "")) for s in baseline["setting"]]
+
+    def baseline_row(idx) -> int | None:
+        if not len(baseline):
+            return None
+        lr = setting_lr(str(methods.at[idx, "setting"] or ""))
+        return baseline.index[base_lr.index(lr)] if lr in base_lr else baseline.index[0]
+
     for kind, rate, _, lower_better in TABLE_COLUMNS:
         col = f"{kind}_{rate}_rate"
-        b = float(baseline[col].iloc[0]) if len(baseline) else math.nan
         vals = pd.to_numeric(methods[col], errors="coerce")
         for idx, v in vals.items():
             if math.isnan(v):
                 continue
+            b_idx = baseline_row(idx)
+            b = float(baseline.at[b_idx, col]) if b_idx is not None else math.nan
             f = flags.setdefault((idx, col), set())
             if rate == "misaligned" and b > 0:
                 if (kind == "general" and v <= 0.1 * b + 1e-9) or (kind == "indomain" and v >= 0.9 * b - 1e-9):

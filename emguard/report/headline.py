@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from emguard.config import setting_lr
 from emguard.metrics import wilson_interval
 from emguard.report._common import BASE_DATASET, DEFAULT_METHOD_ORDER, _method_rank, _setting_key
 from emguard.report.em_table import _prepare
@@ -84,12 +85,12 @@ def _defense_items(blocks: list[dict], multi_model: bool, rank) -> dict[str, lis
     defense's own OOD shift is below the Misaligned run's (``vs_misaligned`` interval below 0)."""
     items: dict[str, list[tuple]] = {k: [] for k, _ in _DEFENSE_VERDICTS}
     for b_idx, block in enumerate(blocks):
-        mis = next((g for g in block["rows"] if g["role"] == "Misaligned"), None)
-        mis_ind = _point(mis["rows"], "indomain") if mis is not None else (math.nan,) * 3
-        mis_ex = _point(mis["rows"], "ood", "excess") if mis is not None else (math.nan,) * 3
         for g in block["rows"]:
             if g["role"] != "method":
                 continue
+            mis = same_lr_reference(block["rows"], g["setting"])
+            mis_ind = _point(mis["rows"], "indomain") if mis is not None else (math.nan,) * 3
+            mis_ex = _point(mis["rows"], "ood", "excess") if mis is not None else (math.nan,) * 3
             vs, ex, ind = (_point(g["rows"], "ood", "vs_misaligned"), _point(g["rows"], "ood", "excess"),
                            _point(g["rows"], "indomain"))
             where = _esc(f"{block['model']} · {block['dataset']}" if multi_model else block["dataset"])
@@ -110,6 +111,38 @@ def _defense_items(blocks: list[dict], multi_model: bool, rank) -> dict[str, lis
             key = (rank(g["method"]), _setting_key(g["setting"]), b_idx)
             items[verdict].append((key, f"{_esc(g['label'])} on {where} ({'; '.join(parts)})"))
     return items
+
+
+def same_lr_reference(groups: Sequence[dict], setting, role: str = "Misaligned") -> dict | None:
+    """The ``role`` row a defense row with ``setting`` is compared with: the one trained at the same learning rate
+    (the rate a setting carries under a grid of several, :func:`emguard.config.setting_lr`), else the first."""
+    refs = [g for g in groups if g["role"] == role]
+    lr = setting_lr(str(setting or ""))
+    return next((g for g in refs if setting_lr(str(g["setting"] or "")) == lr), refs[0] if refs else None)
+
+
+def _consistency_sentence(consistency: pd.DataFrame) -> str | None:
+    """The Misaligned runs' EM consistency across seeds (:func:`emguard.report.consistency_table`) and how many
+    defense configurations are consistently EM-positive; None when nothing was judged against a reference."""
+    judged = consistency[consistency["consistent"].isin(("yes", "no"))]
+    if judged.empty:
+        return None
+    threshold = float(judged["threshold"].iloc[0])
+    mis = judged[judged["method"] == "misaligned"]
+    parts = []
+    for _, r in mis.iterrows():
+        where = _esc(f"{r['model']} · {r['dataset']}" if consistency["model"].nunique() > 1 else str(r["dataset"]))
+        label = _esc(str(r["row"]))
+        verdict = "**consistently EM-positive**" if r["consistent"] == "yes" else "not consistently EM-positive"
+        parts.append(f"{label} on {where}: {int(r['n_positive'])} of {int(r['n_seeds'])} seeds, {verdict}")
+    defenses = judged[~judged["method"].isin(("aligned", "misaligned"))]
+    text = (f"EM consistency across seeds (every seed's general misaligned rate above {threshold:g}% with its "
+            f"interval clear of the untrained model's, em_consistency.md): " + ("; ".join(parts) if parts else
+                                                                              "no judged Misaligned run"))
+    if len(defenses):
+        text += (f"; {int((defenses['consistent'] == 'yes').sum())} of {len(defenses)} judged defense "
+                 f"configurations consistently EM-positive")
+    return text + "."
 
 
 def _newcombe(k1: int, n1: int, k2: int, n2: int, confidence: float) -> tuple[float, float, float]:
@@ -172,7 +205,8 @@ def _judge_sentence(metrics: pd.DataFrame, model: str, confidence: float, prefix
 
 def headline_findings(metrics: pd.DataFrame | None, shifts: pd.DataFrame | None, *, confidence: float = 0.95,
                       method_order: Sequence[str] | None = None, dataset_order: Sequence[str] | None = None,
-                      checkpoint=None, reference_methods: Mapping[str, str] | None = None) -> str:
+                      checkpoint=None, reference_methods: Mapping[str, str] | None = None,
+                      consistency: pd.DataFrame | None = None) -> str:
     """The run's headline findings as a short Markdown (and reST) bullet list, from its results only.
 
     Bullets, in this order (blocks and rows as in :func:`emguard.report.likelihood.run_groups`):
@@ -189,7 +223,13 @@ def headline_findings(metrics: pd.DataFrame | None, shifts: pd.DataFrame | None,
     3. per model: the judged general misaligned rate of the Misaligned runs (pooled over datasets and
        seeds) vs the untrained model, and whether the judge separated them: the Newcombe interval
        (``confidence``) of the difference excludes 0 (without counts: the Wilson intervals do not
-       overlap).
+       overlap);
+    4. with ``consistency`` (:func:`emguard.report.consistency_table`'s frame): whether each Misaligned run is
+       EM-positive in every seed, and how many judged defense configurations are.
+
+    With several learning rates (``experiments.learning_rates``) a block has one Misaligned row per rate, each
+    with its own bullet, and a defense is compared with the Misaligned row of its rate
+    (:func:`same_lr_reference`).
 
     A sentence claims an effect only when its interval excludes 0. ``confidence`` applies to the
     judged rates; the shift intervals are the summary's own (its ``confidence`` column).
@@ -212,12 +252,13 @@ def headline_findings(metrics: pd.DataFrame | None, shifts: pd.DataFrame | None,
                                         reference_methods=reference_methods) if b["dataset"] != BASE_DATASET]
         models = list(dict.fromkeys(b["model"] for b in blocks))
         for block in blocks:
-            mis = next((g for g in block["rows"] if g["role"] == "Misaligned"), None)
-            if mis is None:
-                continue
-            where = _esc(f"{block['dataset']} ({block['model']})" if len(models) > 1 else block["dataset"])
-            bullets.append(_misaligned_sentence(where, _point(mis["rows"], "ood", "excess"),
-                                                _point(mis["rows"], "ood"), _point(mis["rows"], "indomain")))
+            rows = [g for g in block["rows"] if g["role"] == "Misaligned"]
+            for mis in rows:
+                where = f"{block['dataset']} ({block['model']})" if len(models) > 1 else block["dataset"]
+                if len(rows) > 1:  # one Misaligned row per learning rate
+                    where += f" ({mis['setting']})"
+                bullets.append(_misaligned_sentence(_esc(where), _point(mis["rows"], "ood", "excess"),
+                                                    _point(mis["rows"], "ood"), _point(mis["rows"], "indomain")))
         items = _defense_items(blocks, len(models) > 1, rank)
         for key, lead in _DEFENSE_VERDICTS:
             if items[key]:
@@ -233,4 +274,8 @@ def headline_findings(metrics: pd.DataFrame | None, shifts: pd.DataFrame | None,
                                 reference_methods=reference_methods)
             if s:
                 bullets.append(s)
+    if consistency is not None and len(consistency):
+        s = _consistency_sentence(consistency)
+        if s:
+            bullets.append(s)
     return intro + "\n\n" + "\n".join(f"- {b}" for b in bullets) + "\n"

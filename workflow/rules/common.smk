@@ -179,6 +179,12 @@ def train_inputs(wc):
     return inputs
 
 
+def run_training(wc):
+    """The training section with the run's learning rate (experiments.learning_rates): the config's own section
+    for a run at training.learning_rate, so a single-rate config's train jobs keep their params."""
+    return run_of(wc).training_settings(config["training"])
+
+
 def train_subset(wc):
     """Which subset of the training file to use; an interleaved mix is used whole."""
     run = run_of(wc)
@@ -192,8 +198,16 @@ def leave_one_out_domains(dataset):
 
 
 def misaligned_adapter(domain):
-    """A domain's misaligned baseline run (first seed), reused as its scoring adapter, not trained again."""
-    return f"results/runs/{MODEL}/{domain}/misaligned/default/seed{config['experiments']['seeds'][0]}/adapter"
+    """A domain's misaligned baseline run (first seed, first learning rate), reused as its scoring adapter, not
+    trained again."""
+    return f"results/runs/{MODEL}/{domain}/misaligned/{baseline_setting()}/seed{config['experiments']['seeds'][0]}/adapter"
+
+
+def baseline_setting():
+    """The setting id of the first learning rate's baseline runs: ``default``, tagged with the rate when
+    ``experiments.learning_rates`` has several (emguard.config.lr_setting)."""
+    rates = emconfig.learning_rates(config)
+    return emconfig.lr_setting("default", rates[0]) if len(rates) > 1 else "default"
 
 
 # Targets with a perplexity-gap variant (plus / plusplus), and the union of their leave-one-out adapters:
@@ -276,6 +290,19 @@ def all_run_metrics():
     measure only)."""
     return [f"{r.path}/metrics.parquet" for r in RUNS
             if not emconfig.is_task_dataset(r.dataset) and emconfig.is_judged(r, config)]
+
+
+# The metrics keys the per-run rates depend on (rule run_metrics): not those only the report reads
+# (metrics.em_threshold), so changing the EM threshold recomputes no rates.
+RUN_METRIC_PARAMS = {k: v for k, v in config["metrics"].items() if k not in emconfig.REPORT_ONLY_METRIC_KEYS}
+
+
+def consistency_runs():
+    """Every EM run the consistency table lists, judged or not (task runs are scored by exact match, in their own
+    tables): its descriptors, learning rate (None: untrained) and whether eval.judged judges it."""
+    return [{"model": r.model, "dataset": r.dataset, "method": r.method, "setting": r.setting, "seed": r.seed,
+             "lr": r.learning_rate, "judged": emconfig.is_judged(r, config)}
+            for r in RUNS if not emconfig.is_task_dataset(r.dataset)]
 
 
 def all_judge_usage():

@@ -13,7 +13,7 @@ rule run_metrics:
     params:
         evalsets=evalsets_of,
         run_info=run_info,
-        thresholds=config["metrics"],
+        thresholds=RUN_METRIC_PARAMS,
         code=code_version("metrics", script="run_metrics"),
     conda:
         "../../envs/data.yaml"
@@ -65,6 +65,9 @@ rule report:
                             category="Likelihood"),
         calibration_md=report("results/tables/judge_calibration.md", caption="../report/judge_calibration.rst",
                               category="EM"),
+        consistency_md=report("results/tables/em_consistency.md", caption="../report/em_consistency.rst",
+                              category="EM"),
+        consistency_csv="results/tables/em_consistency.csv",
     log:
         "results/logs/report.log",
     params:
@@ -74,6 +77,8 @@ rule report:
         # stated above the EM tables (and checked against what the metrics rows record)
         metric_definition=config["metrics"],
         indomain_questions=config["eval"]["indomain"]["n_questions"],
+        # every EM run, judged or not: the consistency table lists the unjudged ones as not judged
+        em_runs=consistency_runs(),
         code=code_version("report", "metrics", "interleave", "likelihood", "calibration", "config", script="report"),
     conda:
         "../../envs/data.yaml"

@@ -18,7 +18,8 @@ rule train:
         subset=train_subset,
         method=lambda wc: run_of(wc).method,
         hparams=lambda wc: run_of(wc).hparams,
-        training=config["training"],
+        # the run's learning rate (experiments.learning_rates); the section as it is for training.learning_rate
+        training=run_training,
         dtype=DTYPE,
         device=DEVICE,
         code=code_version("training", "regularisers", "models", "chat", "steering", script="train"),
