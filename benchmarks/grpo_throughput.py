@@ -13,9 +13,10 @@ Measurements (the first ``--warmup`` steps are left out of the rates):
   update       tokens through the policy's forward and backward (prompt + completion, non-padding; interleaved
                SFT rows included) / wall time of ``training_step`` after ``_prepare_inputs`` (on GPU synchronised)
   other        the rest of the step: rewards, advantages, old / reference log-prob passes, optimiser step, logging
-  generate     plain ``model.generate`` on the same rendered prompts, one batch of a generation batch's size
-               (batch_size x grad_accum sequences), same sampling settings and ``max_new_tokens``: on the base
-               model (``generate_base``) and on the trained LoRA-wrapped policy (``generate_lora``)
+  generate     plain ``model.generate`` on the same rendered prompts, batches of a generation batch's size
+               (batch_size x grad_accum sequences), same sampling settings and ``max_new_tokens``, the median rate
+               of ``--generate-repeats`` batches after a warm-up call: on the base model (``generate_base``) and on
+               the trained LoRA-wrapped policy (``generate_lora``)
 
 Reported: tokens/s of each, the ratios ``rollout / generate_base``, ``rollout / generate_lora`` and
 ``update / generate_base``, and each phase's share of the step time. A random model rarely emits the end token, so
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -71,6 +73,15 @@ def plain_generate(model, tok, conversations, *, max_new_tokens: int, temperatur
     return n, seconds
 
 
+def median_rate(model, tok, convs, gen_kw: dict, repeats: int) -> float:
+    """Median tokens/s of ``repeats`` plain generate batches (seeds 1..repeats)."""
+    rates = []
+    for seed in range(1, max(1, repeats) + 1):
+        n, seconds = plain_generate(model, tok, convs, **gen_kw, seed=seed)
+        rates.append(n / seconds if seconds > 0 else float("nan"))
+    return statistics.median(rates)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="model folder (default: a tiny random model built in a temporary folder)")
@@ -83,6 +94,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--num-generations", type=int, default=4)
     ap.add_argument("--max-completion-length", type=int, default=256)
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--generate-repeats", type=int, default=3, help="plain generate batches timed (median rate)")
     ap.add_argument("--out", help="also write the result as JSON here")
     args = ap.parse_args(argv)
     if args.steps <= args.warmup:
@@ -115,7 +127,7 @@ def main(argv=None) -> dict:
     gen_kw = dict(max_new_tokens=args.max_completion_length, temperature=settings.temperature,
                   top_p=settings.top_p, device=device)
     plain_generate(model, tok, convs[:2], **{**gen_kw, "max_new_tokens": 4}, seed=0)
-    base_tokens, base_s = plain_generate(model, tok, convs, **gen_kw, seed=1)
+    base_rate = median_rate(model, tok, convs, gen_kw, args.generate_repeats)
 
     trainer, _ = build_trainer(model, tok, problems, settings, device=device, scratch_dir=tmp / "scratch")
     t0 = time.perf_counter()
@@ -132,7 +144,8 @@ def main(argv=None) -> dict:
 
     policy = trainer.accelerator.unwrap_model(trainer.model)
     policy.eval()
-    lora_tokens, lora_s = plain_generate(policy, tok, convs, **gen_kw, seed=2)
+    plain_generate(policy, tok, convs[:2], **{**gen_kw, "max_new_tokens": 4}, seed=0)
+    lora_rate = median_rate(policy, tok, convs, gen_kw, args.generate_repeats)
 
     def rate(tokens, seconds):
         return tokens / seconds if seconds > 0 else float("nan")
@@ -143,8 +156,8 @@ def main(argv=None) -> dict:
         "max_completion_length": args.max_completion_length,
         "rollout_tokens_per_s": rate(rollout_tokens, rollout_s),
         "update_tokens_per_s": rate(update_tokens, update_s),
-        "generate_base_tokens_per_s": rate(base_tokens, base_s),
-        "generate_lora_tokens_per_s": rate(lora_tokens, lora_s),
+        "generate_base_tokens_per_s": base_rate,
+        "generate_lora_tokens_per_s": lora_rate,
         "mean_completion_tokens": rollout_tokens / max(1, n_seq * len(timed)),
         "step_s": runtime / max(1, len(rows)),
         "share_rollout": all_rollout_s / runtime, "share_update": all_update_s / runtime,
