@@ -228,16 +228,21 @@ def test_headline_without_shifts_says_so(metrics):
     assert "No likelihood-shift results" in text and "did not separate them" in text
 
 
+def report_outputs(folder):
+    """The report stage's output paths under ``folder``."""
+    return {k: str(folder / v) for k, v in dict(
+        table_md="em.md", table_csv="em.csv", metrics_out="all.parquet", figure_em="em.png", figure_loss="loss.png",
+        headline_md="headline.md", likelihood_md="likelihood.md", likelihood_csv="likelihood.csv",
+        figure_shift="shift.png").items()}
+
+
 def test_report_stage_writes_the_likelihood_outputs(tmp_path, metrics):
     from emguard.io import write_parquet
     from emguard.stages import report
 
     write_parquet(metrics, tmp_path / "metrics.parquet")
     write_parquet(summary(), tmp_path / "shift_summary.parquet")
-    out = {k: str(tmp_path / v) for k, v in dict(
-        table_md="em.md", table_csv="em.csv", metrics_out="all.parquet", figure_em="em.png", figure_loss="loss.png",
-        headline_md="headline.md", likelihood_md="likelihood.md", likelihood_csv="likelihood.csv",
-        figure_shift="shift.png").items()}
+    out = report_outputs(tmp_path)
     report([str(tmp_path / "metrics.parquet")], {}, shifts_path=str(tmp_path / "shift_summary.parquet"), **out)
     assert IND in (tmp_path / "em.md").read_text()
     assert "ood_excess_lo" in pd.read_csv(tmp_path / "em.csv").columns
@@ -258,10 +263,7 @@ def test_report_stage_without_judged_runs_reports_the_likelihood_measure(tmp_pat
     from emguard.stages import report
 
     write_parquet(summary(), tmp_path / "shift_summary.parquet")
-    out = {k: str(tmp_path / v) for k, v in dict(
-        table_md="em.md", table_csv="em.csv", metrics_out="all.parquet", figure_em="em.png", figure_loss="loss.png",
-        headline_md="headline.md", likelihood_md="likelihood.md", likelihood_csv="likelihood.csv",
-        figure_shift="shift.png").items()}
+    out = report_outputs(tmp_path)
     report([], {}, shifts_path=str(tmp_path / "shift_summary.parquet"), **out)
     assert "Judged evaluation is off (eval.judged: false)" in (tmp_path / "em.md").read_text()
     assert "### legal" in (tmp_path / "likelihood.md").read_text()
@@ -281,10 +283,7 @@ def test_em_table_lists_unjudged_runs_with_their_shift_only(tmp_path, metrics):
     assert unjudged_rows(metrics, summary()).empty  # every trained run judged: nothing to add
     write_parquet(judged, tmp_path / "metrics.parquet")
     write_parquet(summary(), tmp_path / "shift_summary.parquet")
-    out = {k: str(tmp_path / v) for k, v in dict(
-        table_md="em.md", table_csv="em.csv", metrics_out="all.parquet", figure_em="em.png", figure_loss="loss.png",
-        headline_md="headline.md", likelihood_md="likelihood.md", likelihood_csv="likelihood.csv",
-        figure_shift="shift.png").items()}
+    out = report_outputs(tmp_path)
     report([str(tmp_path / "metrics.parquet")], {}, shifts_path=str(tmp_path / "shift_summary.parquet"), **out)
     md = (tmp_path / "em.md").read_text()
     assert "eval.judged: baselines" in md
