@@ -16,4 +16,7 @@ run_stage(snakemake, report, metrics_paths=list(i.metrics), train_logs=snakemake
           judge_usage_csv=o.get("judge_usage_csv"), metric_definition=snakemake.params.metric_definition,
           indomain_questions=snakemake.params.indomain_questions,
           question_metrics_paths=list(i.get("question_metrics", [])), questions_md=o.get("questions_md"),
-          questions_csv=o.get("questions_csv"), tasks_md=o.get("tasks_md"), tasks_csv=o.get("tasks_csv"))
+          questions_csv=o.get("questions_csv"), tasks_md=o.get("tasks_md"), tasks_csv=o.get("tasks_csv"),
+          curve_paths=list(i.get("curves", [])), emergence=snakemake.params.emergence,
+          emergence_md=o.get("emergence_md"), emergence_csv=o.get("emergence_csv"),
+          figure_emergence=o.get("figure_emergence"))
