@@ -367,3 +367,13 @@ def test_stages_turn_checkpoints_into_a_curve(tiny_model_dir, tmp_path):
                                       run_info={**RUN}, steps=[1, 2], task_paths=task_paths,
                                       probe_paths=probe_paths[1:], probes={"bootstrap": 100, "seed": 0},
                                       confidence=0.95)
+
+
+def test_no_onset_is_claimed_when_the_untrained_model_has_no_interval():
+    """A judge that scored none of the untrained model's answers leaves no bar to clear: the run's row gives the
+    convergence step and says the onset is not measured, instead of failing the report."""
+    late = curve(0, [1, 2, 3, 30], [2.0, 1.40, 1.39, 1.38])
+    md, table = emergence_table([late], BASE_METRICS.assign(misaligned_hi=np.nan), convergence_tolerance=0.05,
+                                onset_threshold=5.0)
+    assert table["convergence_step"].tolist() == [20] and table["onset_step"].isna().all()
+    assert "not measured" in md and "have no EM onset measured" in md and "EM onset in" not in md

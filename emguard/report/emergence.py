@@ -18,6 +18,7 @@ import pandas as pd
 
 from emguard import dynamics
 from emguard.checkpoints import EXACT_MATCH, HIGHER_IS_BETTER, HOLDOUT_NLL
+from emguard.errors import InputError
 from emguard.io import check_columns
 from emguard.report._common import _SERIES_COLORS, _empty_axes, _new_figure, _save_png
 
@@ -64,30 +65,34 @@ def emergence_rows(curves: pd.DataFrame, metrics: pd.DataFrame | None, *, conver
 
     ``curves``: every run's checkpoint curve, concatenated. ``metrics``: the final metrics rows of the judged
     runs, the untrained model's among them (``dataset == "base"``, evalset ``general``): its upper bound is the
-    bar an EM onset must clear (:func:`emguard.dynamics.base_upper_bounds`)."""
+    bar an EM onset must clear (:func:`emguard.dynamics.base_upper_bounds`). A judged run whose untrained model
+    has no such bound (no scored general answer) gets the convergence step only, ``base_hi`` NaN, and stays out
+    of the summary."""
     check_columns(curves, ("run_id", *_GROUP, "seed", "step", "judged", "task_metric_name", "task_metric"), where)
     parts = []
-    judged = curves[curves["judged"].astype(bool)]
-    summary = None
-    base_hi = dynamics.base_upper_bounds(metrics, where="final metrics") if len(judged) else None
+    judged = curves["judged"].astype(bool)
+    base_hi = _base_bounds(metrics) if judged.any() else {}
+    # judged, but the untrained model has no interval (no scored general answer): no onset can clear it
+    measurable = judged & curves["model"].map(lambda m: not math.isnan(base_hi.get(m, math.nan)))
     for name in (HOLDOUT_NLL, EXACT_MATCH):
-        part = judged[judged["task_metric_name"] == name]
+        part = curves[measurable & (curves["task_metric_name"] == name)]
         if len(part):
             rows, _ = dynamics.emergence_table(part.drop(columns=["task_metric_name"]), metric="task_metric",
                                                higher_is_better=HIGHER_IS_BETTER[name],
                                                tolerance=convergence_tolerance, threshold=onset_threshold,
                                                base_hi=base_hi, where=where)
             parts.append(rows.assign(task_metric_name=name, judged=True))
-        part = curves[~curves["judged"].astype(bool) & (curves["task_metric_name"] == name)]
-        if len(part):
-            parts.append(_unjudged_rows(part, metric_name=name, tolerance=convergence_tolerance, where=where)
-                         .assign(task_metric_name=name, judged=False))
+        for flag in (True, False):
+            part = curves[~measurable & (judged == flag) & (curves["task_metric_name"] == name)]
+            if len(part):
+                parts.append(_unjudged_rows(part, metric_name=name, tolerance=convergence_tolerance, where=where)
+                             .assign(task_metric_name=name, judged=flag))
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     out = out.reindex(columns=list(EMERGENCE_CSV_COLUMNS))
     for col in ("em_at_stop_lo", "em_at_stop_hi", "em_final_hi"):
         out[col] = math.nan
     for i, r in out.iterrows():
-        if r["judged"]:
+        if r["judged"] and not pd.isna(r["base_hi"]):
             out.at[i, "em_at_stop_lo"] = _rate_at(curves, r["run_id"], r["early_stop_step"], "misaligned_lo")
             out.at[i, "em_at_stop_hi"] = _rate_at(curves, r["run_id"], r["early_stop_step"], "misaligned_hi")
             out.at[i, "em_final_hi"] = _rate_at(curves, r["run_id"], r["final_step"], "misaligned_hi")
@@ -95,9 +100,19 @@ def emergence_rows(curves: pd.DataFrame, metrics: pd.DataFrame | None, *, conver
                 "early_stop_step"):
         out[col] = pd.array(out[col], dtype="Int64")
     out = out.sort_values(["model", "dataset", "method", "setting", "seed"], kind="stable").reset_index(drop=True)
-    if out["judged"].astype(bool).any():
-        summary = dynamics.emergence_summary(out[out["judged"].astype(bool)])
+    onset_measured = out["base_hi"].notna()
+    summary = dynamics.emergence_summary(out[onset_measured]) if onset_measured.any() else None
     return out, summary
+
+
+def _base_bounds(metrics: pd.DataFrame | None) -> dict:
+    """The untrained model's upper bound per model (NaN where it has no scored answer); {} without its rows."""
+    if metrics is None or metrics.empty:
+        return {}
+    try:
+        return dynamics.base_upper_bounds(metrics, where="final metrics")
+    except InputError:  # no untrained-model rows: the config check (emguard.checkpoints) makes this rare
+        return {}
 
 
 def _step(v) -> str:
@@ -146,12 +161,13 @@ def emergence_table(curves: Sequence[pd.DataFrame] | pd.DataFrame | None, metric
               "| EM at stop | EM final | Task at stop | Task final | Retained |")
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     for _, r in rows.iterrows():
-        judged = bool(r["judged"])
+        judged = bool(r["judged"]) and not pd.isna(r["base_hi"])
         name = r["task_metric_name"]
         lines.append("| " + " | ".join([
             str(r["dataset"]), str(r["method"]), str(r["setting"]), str(r["seed"]), name,
             _step(r["n_checkpoints"]), _step(r["convergence_step"]),
-            _step(r["onset_step"]) if judged else "not judged", _step(r["gap"]) if judged else "–",
+            _step(r["onset_step"]) if judged else ("not measured" if r["judged"] else "not judged"),
+            _step(r["gap"]) if judged else "–",
             _step(r["early_stop_step"]) if judged else "–",
             _rate(r["em_at_stop"], r["em_at_stop_lo"], r["em_at_stop_hi"]) if judged else "–",
             _rate(r["em_final"], r["em_final_lo"], r["em_final_hi"]) if judged else "–",
@@ -165,10 +181,16 @@ def _sentences(rows: pd.DataFrame, summary: dict | None, threshold: float, confi
     from emguard.metrics import mean_interval
 
     out = []
-    unjudged = rows[~rows["judged"].astype(bool)]
+    judged = rows["judged"].astype(bool)
+    unjudged = rows[~judged]
+    unmeasured = rows[judged & rows["base_hi"].isna()]
+    if len(unmeasured):
+        out.append(f"- {len(unmeasured)} judged run(s) have no EM onset measured: the untrained model has no scored "
+                   "general answer, so it has no interval for a checkpoint to clear.")
     if summary is None:
-        out.append("No run with checkpoints is judged (eval.judged), so no EM onset is measured: the table gives "
-                   "the convergence step, and the figure the task metric and the likelihood shift against step.")
+        if not len(unmeasured):
+            out.append("No run with checkpoints is judged (eval.judged), so no EM onset is measured: the table gives "
+                       "the convergence step, and the figure the task metric and the likelihood shift against step.")
         return out
     base = rows.loc[rows["judged"].astype(bool), "base_hi"].dropna()
     bar = f" (untrained model's upper bound: {base.max():.1f}%)" if len(base) else ""
@@ -253,7 +275,8 @@ def figure_emergence(curves: Sequence[pd.DataFrame] | pd.DataFrame | None, rows:
                 ax.grid(alpha=0.3)
             else:
                 _empty_axes(ax, "not judged" if p == 0 else "no values")
-        legend_ax = next((ax for p, ax in enumerate(axes[:, col]) if drawn[p]), None)
+        # the shift panel has every seed (judged or not); else the last panel with lines
+        legend_ax = next((ax for p, ax in reversed(list(enumerate(axes[:, col]))) if drawn[p]), None)
         if legend_ax is not None:
             legend_ax.legend(fontsize=6, loc="best")
     _save_png(fig, path)
