@@ -271,6 +271,14 @@ def test_emergence_report_says_so_without_checkpoints(tmp_path):
     assert md == NOT_CONFIGURED and table.empty
     figure_emergence([], None, tmp_path / "empty.png")
     assert (tmp_path / "empty.png").stat().st_size > 1000
+    # the report stage's call: both files exist and say why they are empty
+    from emguard.report.emergence import emergence_report
+
+    emergence_report([], None, str(tmp_path / "e.md"), str(tmp_path / "e.csv"), str(tmp_path / "e.png"),
+                     convergence_tolerance=0.05, onset_threshold=5.0)
+    assert "checkpoints section is off" in (tmp_path / "e.md").read_text()
+    assert pd.read_csv(tmp_path / "e.csv").columns.tolist()[:5] == ["model", "dataset", "method", "setting", "seed"]
+    assert (tmp_path / "e.png").stat().st_size > 1000
 
 
 def test_figure_marks_every_run(tmp_path):
