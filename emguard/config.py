@@ -72,6 +72,12 @@ DEFAULTS["metrics"]["em_threshold"] = 5.0
 #: ``metrics`` keys only the report reads: not the run_metrics rule's params, so changing them recomputes no rates
 REPORT_ONLY_METRIC_KEYS = ("em_threshold",)
 
+# Evaluation over training checkpoints (emguard.checkpoints, workflow/rules/checkpoints.smk): off unless every or
+# steps is set; then the aligned and misaligned baselines' checkpoints, the general questions at the final
+# evaluation's sample count (general_samples null); the analysis' tolerance (relative) and onset threshold (%).
+DEFAULTS["checkpoints"] = {"every": None, "steps": [], "runs": ["aligned", "misaligned"], "general_samples": None,
+                           "convergence_tolerance": 0.05, "onset_threshold": 5.0}
+
 # The judge measured on labelled answers (emguard.calibration, rule judge_calibration): all 252 items by default.
 DEFAULTS["judge"]["calibration"] = {"set": "workflow/resources/calibration/judge_calibration.yaml", "max_items": None,
                                     "bootstrap": 2000, "seed": 0}
@@ -264,6 +270,9 @@ def _check_semantics(cfg: dict) -> None:
     if variants & {"plus", "plusplus"} and "misaligned" not in cfg["experiments"]["baselines"]:
         raise ConfigError("config key 'experiments.baselines': plus/plusplus reuse the misaligned baseline adapters "
                           "of the other domains; add 'misaligned'")
+    from emguard.checkpoints import check_config as check_checkpoints
+
+    check_checkpoints(cfg)
 
 
 def _check_learning_rates(cfg: dict) -> None:

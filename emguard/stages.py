@@ -698,6 +698,81 @@ def task_metrics_run(generations_path: str, questions_path: str, out: str, *, ru
     write_parquet(pd.DataFrame([{**row, **acc}]), out)
 
 
+# --------------------------------------------------------------------------------------------------
+# Checkpoints (emguard.checkpoints: the runs' intermediate adapters evaluated like the final one)
+# --------------------------------------------------------------------------------------------------
+
+def checkpoint_questions(questions_path: str, out: str, *, samples: int) -> None:
+    """The general questions at a checkpoint: the prepared set with ``samples`` answers per question
+    (``checkpoints.general_samples``, a cheaper count than the final evaluation's)."""
+    df = read_parquet(questions_path, schemas.QUESTION)
+    log.info("checkpoints.general_samples = %d answers per general question at each checkpoint (final: %s)", samples,
+             ", ".join(str(n) for n in sorted(set(df["samples"]))))
+    write_parquet(schemas.validate(df.assign(samples=int(samples)), "question", out), out)
+
+
+def task_nll_stage(model_path: str, em_path: str, out: str, *, subset: str, batch_size: int, max_length: int | None,
+                   dtype: str, device: str, adapter: str) -> None:
+    """The task metric of an EM run at one checkpoint (or its final adapter): the answer NLL of every held-out
+    answer of the run's fine-tuning subset (:func:`emguard.checkpoints.holdout_nll`)."""
+    from emguard.checkpoints import holdout_answers, holdout_nll
+    from emguard.models import load_tokenizer
+
+    rows = holdout_answers(read_parquet(em_path, schemas.CHAT), subset, em_path)
+    model, tok = _inference_model(model_path, dtype, device, adapter), load_tokenizer(model_path)
+    nll = holdout_nll(model, tok, rows, batch_size=batch_size, max_length=max_length)
+    log.info("%s: mean holdout NLL %.4f nats/token over %d %s answers", adapter, float(nll["nll"].mean()),
+             int(nll["nll"].notna().sum()), subset)
+    write_parquet(nll, out)
+
+
+def checkpoint_curve_stage(meta_path: str, base_nll_path: str, out: str, *, run_info: dict, steps: list[int],
+                           task_paths: list[str], probe_paths: list[str], metrics_paths: list[str] = (),
+                           probes: dict, confidence: float) -> None:
+    """One run's checkpoint curve (:func:`emguard.checkpoints.assemble_curve`), indexed by step.
+
+    ``steps``: the intermediate checkpoints; ``task_paths`` (holdout NLL tables, or exact-match task metrics rows),
+    ``probe_paths`` (probe NLLs) and ``metrics_paths`` (judged metrics rows; empty: the run is not judged) hold
+    their files in that order, then the final adapter's. The final adapter's step is the run's last
+    (``run.json``: ``steps``). ``probes``: ``bootstrap`` and ``seed`` of the shift intervals."""
+    from emguard import checkpoints as ck
+    from emguard.errors import InputError
+    from emguard.likelihood.probes import PROBE_NLL
+
+    try:
+        final_step = int(json.loads(Path(meta_path).read_text(encoding="utf-8"))["steps"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{meta_path}: no training step count (run.json 'steps'): {exc}") from exc
+    points = [(int(s), ck.step_label(s)) for s in steps] + [(final_step, ck.FINAL)]
+    for name, paths in (("task_paths", task_paths), ("probe_paths", probe_paths),
+                        ("metrics_paths", metrics_paths or [None] * len(points))):
+        if len(paths) != len(points):
+            raise InputError(f"checkpoint curve of {run_info['run_id']}: {len(paths)} {name} for {len(points)} "
+                             "checkpoints (the intermediate ones and the final adapter)")
+    exact = ck.task_metric(run_info["dataset"]) == ck.EXACT_MATCH
+    task = pd.DataFrame([{"checkpoint": label, **(ck.exact_match_summary(read_parquet(p), where=p) if exact else
+                                                  ck.task_nll_summary(read_parquet(p, ck.TASK_NLL_COLUMNS),
+                                                                      confidence=confidence, where=p))}
+                         for (_, label), p in zip(points, task_paths)])
+    base = read_parquet(base_nll_path, PROBE_NLL)
+    shifts = pd.DataFrame([{"checkpoint": label, **ck.checkpoint_shift(
+        base, read_parquet(p, PROBE_NLL), run_info, n_bootstrap=probes["bootstrap"], confidence=confidence,
+        seed=probes["seed"], where=p)} for (_, label), p in zip(points, probe_paths)])
+    metrics = None
+    if metrics_paths:
+        frames = []
+        for (_, label), p in zip(points, metrics_paths):
+            m = read_parquet(p, ["evalset", "checkpoint"])
+            found = sorted(set(m["checkpoint"].astype(str)))
+            if found != [label]:  # a stale file of another checkpoint would put its rates at this step
+                raise InputError(f"{p}: metrics of checkpoint(s) {', '.join(found)}, expected {label!r}")
+            frames.append(m)
+        metrics = pd.concat(frames, ignore_index=True)
+    curve = ck.assemble_curve(points, run=run_info, task=task, shifts=shifts, metrics=metrics,
+                              where=f"checkpoint curve of {run_info['run_id']}")
+    write_parquet(curve, out)
+
+
 def eps_label(eps) -> str:
     """How an ``interleave.eps`` setting is named in the answer-length table: ``1e-06`` or ``quantile 0.5``."""
     if isinstance(eps, dict) and "quantile" in eps:
@@ -744,7 +819,9 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
            indomain_questions: int | None = None, question_metrics_paths: list[str] = (),
            questions_md: str | None = None, questions_csv: str | None = None,
            tasks_md: str | None = None, tasks_csv: str | None = None, consistency_md: str | None = None,
-           consistency_csv: str | None = None, em_runs: list[dict] | None = None) -> None:
+           consistency_csv: str | None = None, em_runs: list[dict] | None = None, curve_paths: list[str] = (),
+           emergence: dict | None = None, emergence_md: str | None = None, emergence_csv: str | None = None,
+           figure_emergence: str | None = None) -> None:
     """Every table and figure of the report.
 
     ``metric_definition``: the config's ``metrics`` section; the EM tables state it (and refuse metrics
@@ -759,6 +836,9 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
     the metrics rows (``metrics.confidence``). ``calibration_path``: the judge's agreement summary
     (:mod:`emguard.calibration`); its note (with a warning when the judge is near chance) stands above the judged
     EM table and the whole table goes to ``calibration_md``; without it both say the judge was not measured.
+    ``emergence_md`` / ``_csv`` / ``figure_emergence``: when EM emerges over the checkpoints of the runs'
+    ``checkpoint_curve.parquet`` files (``curve_paths``; none: they say no checkpoint was evaluated), with
+    ``emergence`` = ``convergence_tolerance`` and ``onset_threshold`` (:mod:`emguard.report.emergence`).
     ``judge_usage_md`` / ``_csv``: the judge usage table from
     every judge job's ``judge_usage.json`` (``judge_usage_paths``). ``task_metrics_paths`` hold OpSwap and benign
     task (FoQA, GSM8K) rows: the OpSwap ones make ``opswap_md`` / ``_csv``, the others ``tasks_md`` / ``_csv``.
@@ -865,3 +945,9 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
             headline += f"- {rp.calibration_note(calibration).strip()}\n"
         write_text(headline, headline_md)
     rp.figure_train_loss({run: read_parquet(p) for run, p in train_logs.items()}, figure_loss)
+    if emergence_md:
+        from emguard.report.emergence import emergence_report
+
+        conf = float(metric_definition["confidence"]) if metric_definition else 0.95
+        emergence_report(list(curve_paths), metrics, emergence_md, emergence_csv, figure_emergence,
+                         confidence=conf, **(emergence or {}))

@@ -18,8 +18,9 @@ One trainer, :class:`EMGuardTrainer`, a thin ``SFTTrainer`` subclass:
 
 Outputs of :func:`train` (all written atomically, temporary name then rename):
 ``out_dir/adapter/`` (peft adapter, safetensors), ``out_dir/train_log.parquet`` (one row per logged step) and,
-with ``save_steps > 0``, ``out_dir/checkpoints/step-<N>/`` adapters. With a monitor (:mod:`emguard.monitor`) the log
-also has its signal columns and the run may end early, at the step where a signal crossed its threshold.
+with ``save_steps > 0`` or ``checkpoint_steps``, ``out_dir/checkpoints/step-<N>/`` adapters. With a monitor
+(:mod:`emguard.monitor`) the log also has its signal columns and the run may end early, at the step where a signal
+crossed its threshold.
 
 ``loss`` in the log is the optimised objective, ``ce + sum(lambda * term)``; ``ce`` and each term column
 (``kl``, ``ldifs``) are unweighted. CE and KL are means over the answer tokens of the optimisation step (all
@@ -85,6 +86,9 @@ class TrainSettings:
     max_length: int = _f(2048, "truncate tokenised conversations to this many tokens")
     # --- outputs ---
     save_steps: int = _f(0, "write out_dir/checkpoints/step-<N>/ every N optimiser steps; 0 = no intermediate checkpoints")
+    checkpoint_steps: tuple[int, ...] = _f((), "also write out_dir/checkpoints/step-<N>/ at these optimiser steps, each "
+                                           "before the run's last step (checked when training starts): the evaluated "
+                                           "checkpoints of emguard.checkpoints; the last step is the final adapter")
     logging_steps: int = _f(1, "log (train_log.parquet row) every N optimiser steps")
     # --- model ---
     lora: LoraSettings = field(default_factory=LoraSettings,
@@ -96,7 +100,9 @@ class TrainSettings:
     def __post_init__(self):
         if isinstance(self.lora, dict):
             self.lora = LoraSettings(**self.lora)
+        self.checkpoint_steps = tuple(sorted({int(x) for x in self.checkpoint_steps}))
         checks = [
+            ("checkpoint_steps", all(x >= 1 for x in self.checkpoint_steps)),
             ("learning_rate", self.learning_rate > 0), ("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
             ("grad_accum", self.grad_accum >= 1), ("warmup_steps", self.warmup_steps >= 0),
             ("weight_decay", self.weight_decay >= 0), ("max_length", self.max_length >= 8),
@@ -455,14 +461,25 @@ def _save_adapter(model, path: Path) -> None:
         model.save_pretrained(str(tmp), safe_serialization=True)
 
 
-def _checkpoint_callback(out_dir: Path, save_steps: int):
+def _checkpoint_callback(out_dir: Path, save_steps: int, steps: Sequence[int] = ()):
     from transformers import TrainerCallback
 
+    steps = frozenset(steps)
+
     class _Checkpoints(TrainerCallback):
-        """Writes ``out_dir/checkpoints/step-<N>/`` (adapter only) every ``save_steps`` optimiser steps."""
+        """Writes ``out_dir/checkpoints/step-<N>/`` (adapter only) every ``save_steps`` optimiser steps and at each
+        of ``steps``; a listed step at or after the run's last one stops the run before its first step (the DAG
+        expects that checkpoint, and the last step is the final adapter)."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            late = sorted(s for s in steps if s >= state.max_steps)
+            if late:
+                raise ValueError(f"TrainSettings.checkpoint_steps (config checkpoints.steps): step(s) "
+                                 f"{', '.join(map(str, late))} not before the run's last step ({state.max_steps}); "
+                                 "the final adapter is the last checkpoint")
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            if save_steps and state.global_step % save_steps == 0:
+            if (save_steps and state.global_step % save_steps == 0) or state.global_step in steps:
                 _save_adapter(model, out_dir / "checkpoints" / f"step-{state.global_step}")
 
     return _Checkpoints()
@@ -523,8 +540,8 @@ def train_model(model, tokenizer, train_df: pd.DataFrame, out_dir: str | os.Path
         trainer, info = build_trainer(model, tokenizer, train_df, settings, regularisers=regularisers,
                                       inoculation_prompt=inoculation_prompt, device=device, scratch_dir=scratch,
                                       callbacks=callbacks)
-        if settings.save_steps:
-            trainer.add_callback(_checkpoint_callback(out_dir, settings.save_steps))
+        if settings.save_steps or settings.checkpoint_steps:
+            trainer.add_callback(_checkpoint_callback(out_dir, settings.save_steps, settings.checkpoint_steps))
         t0 = time.perf_counter()
         result = trainer.train()
         runtime = time.perf_counter() - t0
@@ -545,7 +562,8 @@ def train_model(model, tokenizer, train_df: pd.DataFrame, out_dir: str | os.Path
     return {
         "adapter": str(out_dir / "adapter"),
         "train_log": str(out_dir / "train_log.parquet"),
-        "checkpoints": sorted(str(p) for p in (out_dir / "checkpoints").glob("step-*")) if settings.save_steps else [],
+        "checkpoints": (sorted(str(p) for p in (out_dir / "checkpoints").glob("step-*"))
+                        if settings.save_steps or settings.checkpoint_steps else []),
         "steps": int(trainer.state.global_step),
         "n_examples": info["n_examples"],
         "n_dropped": len(info["dropped"]),

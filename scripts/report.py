@@ -18,4 +18,7 @@ run_stage(snakemake, report, metrics_paths=list(i.metrics), train_logs=snakemake
           question_metrics_paths=list(i.get("question_metrics", [])), questions_md=o.get("questions_md"),
           questions_csv=o.get("questions_csv"), tasks_md=o.get("tasks_md"), tasks_csv=o.get("tasks_csv"),
           consistency_md=o.get("consistency_md"), consistency_csv=o.get("consistency_csv"),
-          em_runs=snakemake.params.get("em_runs"))
+          em_runs=snakemake.params.get("em_runs"),
+          curve_paths=list(i.get("curves", [])), emergence=snakemake.params.emergence,
+          emergence_md=o.get("emergence_md"), emergence_csv=o.get("emergence_csv"),
+          figure_emergence=o.get("figure_emergence"))

@@ -3,7 +3,8 @@
 
 Parts (one file each): :mod:`._common` (row labels and order, cell formatting, the figure canvas),
 :mod:`.em_table`, :mod:`.em_questions` (the EM table per question), :mod:`.figures` (judged metrics), :mod:`.persona`, :mod:`.eps`, :mod:`.opswap`,
-:mod:`.likelihood` (judge-free shift columns, table and figure), :mod:`.headline`, :mod:`.calibration`
+:mod:`.likelihood` (judge-free shift columns, table and figure), :mod:`.emergence` (EM over training
+checkpoints, early stopping), :mod:`.headline`, :mod:`.calibration`
 (the judge's agreement with labelled answers, stated next to every judged EM table), :mod:`.judge_usage`
 (what judging cost) and :mod:`.consistency` (EM consistency across seeds). Everything a
 caller uses is re-exported here, so ``from emguard import report as rp; rp.em_table(...)`` works.
@@ -16,6 +17,7 @@ from emguard.report.calibration import CALIBRATION_REQUIRED, NOT_JUDGED, calibra
 from emguard.report.consistency import CONSISTENCY_TABLE_COLUMNS, consistency_table
 from emguard.report.em_questions import QUESTION_COLUMNS, question_table
 from emguard.report.em_table import EM_REQUIRED, TABLE_COLUMNS, em_table, emphasis
+from emguard.report.emergence import EMERGENCE_CSV_COLUMNS, emergence_rows, emergence_table, figure_emergence
 from emguard.report.eps import EPS_LENGTH_COLUMNS, NO_SCORED_VARIANT, eps_length_table
 from emguard.report.figures import figure_em_vs_incoherence, figure_train_loss
 from emguard.report.headline import headline_findings
@@ -39,6 +41,8 @@ __all__ = [
     "QUESTION_COLUMNS", "question_table",
     # the benign real tasks (FoQA, GSM8K)
     "TASK_REQUIRED", "task_table",
+    # when EM emerges over training checkpoints (emguard.checkpoints, emguard.dynamics)
+    "EMERGENCE_CSV_COLUMNS", "emergence_rows", "emergence_table", "figure_emergence",
     # the judge measured (emguard.calibration)
     "CALIBRATION_REQUIRED", "NOT_JUDGED", "calibration_note", "calibration_table",
     # helpers the tests use directly

@@ -32,6 +32,7 @@ wildcard_constraints:
     domain=r"[^/]+",
     variant=r"random|plus|plusplus|onpolicy",
     frac=r"[0-9.e-]+",
+    step=r"\d+",
 
 
 def _stage_functions(script):
@@ -306,8 +307,9 @@ def consistency_runs():
 
 
 def all_judge_usage():
-    """Every judge job's usage record (calls, cache hits, tokens, cost), for the report's judge usage table."""
-    return [m.replace("metrics.parquet", "judge_usage.json") for m in all_run_metrics()]
+    """Every judge job's usage record (calls, cache hits, tokens, cost), for the report's judge usage table; the
+    judged checkpoints' jobs too (checkpoints.smk)."""
+    return [m.replace("metrics.parquet", "judge_usage.json") for m in all_run_metrics()] + checkpoint_judge_usage()
 
 
 def all_task_metrics():
@@ -337,6 +339,7 @@ def get_final_output():
         "results/tables/judge_calibration.md",
         "results/tables/likelihood.md",
         "results/figures/likelihood_shift.png",
+        "results/tables/emergence.md",
     ]
 
 
@@ -414,3 +417,68 @@ def vllm_generation_adapters(wc):
 
 def vllm_generation_question_files(wc):
     return sorted({f for p in vllm_generation_runs(wc) for f in p["questions"].values()})
+
+
+# Evaluation over training checkpoints (checkpoints.smk, emguard.checkpoints): the runs checkpoints.runs selects and
+# their intermediate steps (the final adapter is the last checkpoint, evaluated as the run itself). The section is
+# off by default: no run, no step, no job.
+import emguard.checkpoints as emckpt
+
+CHECKPOINTS = config["checkpoints"]
+CHECKPOINT_RUNS = emckpt.checkpoint_runs(RUNS, config)
+CHECKPOINT_STEPS = emckpt.planned_steps(CHECKPOINTS, config["training"]["max_steps"]) if CHECKPOINT_RUNS else []
+# the analysis' settings: a change reruns the report only
+EMERGENCE_PARAMS = {k: CHECKPOINTS[k] for k in ("convergence_tolerance", "onset_threshold")}
+
+
+def checkpoint_judged(run):
+    """Whether a run's checkpoints are answered and judged: an EM run eval.judged judges (task runs are scored by
+    exact match, as their final adapter is)."""
+    return not emconfig.is_task_dataset(run.dataset) and emconfig.is_judged(run, config)
+
+
+def checkpoint_evals(run):
+    """The evaluation folders of a run's intermediate checkpoints, in step order."""
+    return [emckpt.eval_dir(run.path, s) for s in CHECKPOINT_STEPS]
+
+
+def all_checkpoint_curves():
+    return [f"{r.path}/checkpoint_curve.parquet" for r in CHECKPOINT_RUNS]
+
+
+def checkpoint_judge_usage():
+    return [f"{d}/judge_usage.json" for r in CHECKPOINT_RUNS if checkpoint_judged(r) for d in checkpoint_evals(r)]
+
+
+def checkpoint_training():
+    """The training section of a checkpointed run: the config's, saving the planned checkpoints too."""
+    return {**config["training"], "checkpoint_steps": CHECKPOINT_STEPS}
+
+
+def checkpoint_methods():
+    """The methods whose runs are checkpointed, as a wildcard pattern (selection is by method)."""
+    import re
+
+    return "|".join(re.escape(m) for m in sorted({r.method for r in CHECKPOINT_RUNS}))
+
+
+def checkpoint_question_files(wc):
+    """A run's question files at a checkpoint: the general set with checkpoints.general_samples answers per
+    question where set, the others as at the final adapter."""
+    files = question_files_of(wc)
+    if not CHECKPOINTS["general_samples"]:
+        return files
+    return [f.replace("questions/general.parquet", "questions/general_checkpoint.parquet") for f in files]
+
+
+def checkpoint_curve_inputs(wc):
+    """A run's files at each intermediate checkpoint, then at the final adapter: the task metric, the probe NLLs
+    and, for a judged run, the metrics rows; run.json gives the final adapter's step."""
+    run = run_of(wc)
+    task = "task_metrics.parquet" if emconfig.is_task_dataset(run.dataset) else "task_nll.parquet"
+    folders = checkpoint_evals(run) + [run.path]
+    inputs = {"meta": f"{run.path}/run.json", "base_nll": f"results/probes/{MODEL}/base_nll.parquet",
+              "task": [f"{d}/{task}" for d in folders], "probes": [f"{d}/probe_nll.parquet" for d in folders]}
+    if checkpoint_judged(run):
+        inputs["metrics"] = [f"{d}/metrics.parquet" for d in folders]
+    return inputs

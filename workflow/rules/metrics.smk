@@ -36,6 +36,8 @@ rule report:
         # the judge's agreement with labelled answers, stated above the judged EM table
         calibration=calibration_summary(),
         judge_usage=all_judge_usage(),
+        # each checkpointed run's curve (checkpoints.smk); none: the emergence table and figure say so
+        curves=all_checkpoint_curves(),
     output:
         # the HTML report's front page (workflow/report/workflow.rst) opens with this file
         headline_md=report("results/tables/headline.md", caption="../report/headline.rst", category="Headline"),
@@ -68,6 +70,10 @@ rule report:
         consistency_md=report("results/tables/em_consistency.md", caption="../report/em_consistency.rst",
                               category="EM"),
         consistency_csv="results/tables/em_consistency.csv",
+        emergence_md=report("results/tables/emergence.md", caption="../report/emergence.rst", category="Checkpoints"),
+        emergence_csv="results/tables/emergence.csv",
+        figure_emergence=report("results/figures/emergence.png", caption="../report/emergence_figure.rst",
+                                category="Checkpoints"),
     log:
         "results/logs/report.log",
     params:
@@ -79,7 +85,9 @@ rule report:
         indomain_questions=config["eval"]["indomain"]["n_questions"],
         # every EM run, judged or not: the consistency table lists the unjudged ones as not judged
         em_runs=consistency_runs(),
-        code=code_version("report", "metrics", "interleave", "likelihood", "calibration", "config", script="report"),
+        emergence=EMERGENCE_PARAMS,
+        code=code_version("report", "metrics", "interleave", "likelihood", "calibration", "config", "dynamics",
+                          "checkpoints", script="report"),
     conda:
         "../../envs/data.yaml"
     script:
