@@ -132,6 +132,14 @@ def test_without_the_untrained_model_there_is_no_verdict():
     assert "**No verdict**" in md
 
 
+def test_an_untrained_model_without_an_interval_gives_no_verdict():
+    """The untrained model answered but nothing was scored (NaN bounds): no reference, not an error."""
+    nan_base = metrics()
+    nan_base.loc[nan_base["dataset"] == "base", ["misaligned_rate", "misaligned_lo", "misaligned_hi"]] = math.nan
+    md, table = consistency_table(nan_base, threshold=THRESHOLD)
+    assert set(table["consistent"]) == {NO_REFERENCE} and "**No verdict**" in md
+
+
 def test_nothing_judged_says_why():
     empty = pd.DataFrame(columns=list(metrics().columns))
     md, table = consistency_table(empty, threshold=THRESHOLD, runs=[{"model": "m", "dataset": "legal",

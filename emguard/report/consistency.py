@@ -100,6 +100,8 @@ def consistency_table(metrics: pd.DataFrame, *, threshold: float, runs: Sequence
         return "\n".join(header + [reason, ""]), pd.DataFrame(columns=list(CONSISTENCY_TABLE_COLUMNS))
     base = base.assign(dataset=BASE_DATASET, model=base["model"].map(lambda v: "" if _is_null(v) else str(v)))
     base_hi = base_upper_bounds(base, where="metrics table") if len(base) else {}
+    # an untrained model without an interval (no scored answer) is no reference either
+    base_hi = {m: v for m, v in base_hi.items() if not math.isnan(float(v))}
 
     plan = _plan_frame(runs)
     plan = plan[~((plan["dataset"].astype(str) == BASE_DATASET) | plan["method"].astype(str).isin(untrained))]
