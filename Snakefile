@@ -35,6 +35,7 @@ include: "workflow/rules/calibration.smk"
 include: "workflow/rules/probes.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/checkpoints.smk"
+include: "workflow/rules/monitor.smk"
 
 
 # Seconds-long CPU steps (and downloads: login nodes have the network) run in the Snakemake process itself

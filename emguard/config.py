@@ -75,6 +75,12 @@ REPORT_ONLY_METRIC_KEYS = ("em_threshold",)
 # Evaluation over training checkpoints (emguard.checkpoints, workflow/rules/checkpoints.smk): off unless every or
 # steps is set; then the aligned and misaligned baselines' checkpoints, the general questions at the final
 # evaluation's sample count (general_samples null); the analysis' tolerance (relative) and onset threshold (%).
+# The judge-free EM monitor during training (emguard.monitor): off by default; on, every trained EM run logs the
+# out-of-domain likelihood shift and the persona projection every every_steps steps in train_log.parquet, and
+# stop (null: never; calibrated: at thresholds calibrated on the aligned runs, rule monitor_thresholds; or a
+# mapping signal -> threshold) ends a run at the first check at or over its threshold.
+DEFAULTS["monitor"] = {"enabled": False, "every_steps": 2, "batch_size": 16, "persona": True, "stop": None,
+                       "margin": 0.02, "quantile": 1.0}
 DEFAULTS["checkpoints"] = {"every": None, "steps": [], "runs": ["aligned", "misaligned"], "general_samples": None,
                            "convergence_tolerance": 0.05, "onset_threshold": 5.0}
 
@@ -215,6 +221,21 @@ def _check_generation(cfg: dict) -> None:
         raise ConfigError(f"config key 'generation.vllm': applies to generation.backend vllm only, not {gen['backend']}")
 
 
+def _check_monitor(cfg: dict) -> None:
+    mon = cfg["monitor"]
+    if mon["stop"] is not None and not mon["enabled"]:
+        raise ConfigError("config key 'monitor.stop': needs monitor.enabled: true")
+    if mon["stop"] is not None and (cfg["checkpoints"]["every"] or cfg["checkpoints"]["steps"]):
+        raise ConfigError("config key 'monitor.stop': a run the monitor stops has no checkpoints after its stop, "
+                          "which checkpoint evaluation plans; to compare the monitor with the judged EM onset, keep "
+                          "stop null (results/tables/monitor.md gives the step where it would have stopped)")
+    if mon["stop"] == "calibrated" and "aligned" not in cfg["experiments"]["baselines"]:
+        raise ConfigError("config key 'monitor.stop': calibrated thresholds come from the aligned runs; "
+                          "experiments.baselines has no 'aligned'")
+    if isinstance(mon["stop"], dict) and mon["stop"].get("persona_proj") is not None and not mon["persona"]:
+        raise ConfigError("config key 'monitor.stop.persona_proj': needs monitor.persona: true")
+
+
 def _check_semantics(cfg: dict) -> None:
     domains = cfg["data"]["em"]["domains"]
     for i, d in enumerate(cfg["experiments"]["target_domains"]):
@@ -273,6 +294,7 @@ def _check_semantics(cfg: dict) -> None:
     from emguard.checkpoints import check_config as check_checkpoints
 
     check_checkpoints(cfg)
+    _check_monitor(cfg)
 
 
 def _check_learning_rates(cfg: dict) -> None:

@@ -58,7 +58,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -355,3 +355,53 @@ def build_monitor(probes_path: str | os.PathLike, *, run_dataset: str | None, se
 
 __all__ = ["SIGNALS", "MonitorSettings", "EMMonitor", "build_monitor", "likelihood_shift", "ood_probes",
            "persona_projection", "with_monitor_columns"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Calibration of the stop thresholds and the offline record (the pipeline's rules monitor_thresholds, report)
+# --------------------------------------------------------------------------------------------------------------
+
+def signal_frame(logs: Sequence[tuple[Mapping[str, Any], pd.DataFrame]], signal: str) -> pd.DataFrame:
+    """Long frame of one signal over the monitored runs: ``model, dataset, method, setting, seed, step, signal``
+    from each run's ``train_log.parquet`` (rows where the monitor checked; other rows have NaN there)."""
+    rows = []
+    for run, log_df in logs:
+        if signal not in log_df.columns:
+            continue
+        part = log_df[["step", signal]].dropna()
+        for step, value in zip(part["step"], part[signal]):
+            rows.append({**{k: run[k] for k in ("model", "dataset", "method", "setting", "seed")},
+                         "step": int(step), "signal": float(value)})
+    return pd.DataFrame(rows, columns=["model", "dataset", "method", "setting", "seed", "step", "signal"])
+
+
+def calibrate_thresholds(logs: Sequence[tuple[Mapping[str, Any], pd.DataFrame]], *, margin: float, quantile: float,
+                         signals: Sequence[str] = SIGNALS) -> dict[str, float]:
+    """Stop thresholds per signal from the aligned runs' logged signals (:func:`emguard.dynamics.monitor_threshold`:
+    max(untrained model's value, the aligned runs' ``quantile``) + ``margin``). The untrained model's value is 0
+    by definition (both signals are measured relative to it). A signal no aligned run logged gets no threshold."""
+    from emguard.dynamics import monitor_threshold
+
+    out = {}
+    for name in signals:
+        frame = signal_frame([(r, d) for r, d in logs if r["method"] == "aligned"], name)
+        if frame.empty:
+            continue
+        models = frame["model"].unique()
+        base = pd.DataFrame({"model": models, "dataset": "base", "method": "untrained", "setting": "default",
+                             "seed": 0, "step": 0, "signal": 0.0})
+        table = monitor_threshold(pd.concat([frame, base], ignore_index=True), margin=margin, quantile=quantile,
+                                  where=f"monitor calibration ({name})")
+        out[name] = float(table["threshold"].max())
+    return out
+
+
+def stop_thresholds(stop, calibrated: Mapping[str, float] | None) -> dict[str, float]:
+    """The thresholds a run stops at: none (``stop`` None), the calibrated ones (``stop == "calibrated"``), or the
+    configured mapping. Non-positive calibrated values cannot occur (the margin is >= 0 over a maximum with 0)
+    unless margin is 0 and nothing moved: such a signal is left out (it would stop every run at step 0)."""
+    if stop is None:
+        return {}
+    if stop == "calibrated":
+        return {k: float(v) for k, v in (calibrated or {}).items() if v > 0}
+    return {k: float(v) for k, v in dict(stop).items() if v is not None}

@@ -228,8 +228,14 @@ def train_settings(training: dict, seed: int):
 
 def train_run(model_path: str, train_path: str, out_dir: str, *, subset: str | None, training: dict, seed: int,
               dtype: str, device: str, method: str = "sft", hparams: dict | None = None,
-              persona_vectors: str | None = None) -> None:
-    """Fine-tune one run; ``out_dir`` receives ``adapter/``, ``train_log.parquet`` and ``checkpoints/``."""
+              persona_vectors: str | None = None, monitor: dict | None = None, dataset: str | None = None,
+              probes_path: str | None = None, monitor_vectors: str | None = None, persona_layer: int | None = None,
+              monitor_thresholds: str | None = None) -> None:
+    """Fine-tune one run; ``out_dir`` receives ``adapter/``, ``train_log.parquet`` and ``checkpoints/``. With
+    ``monitor`` (the config's ``monitor`` section, enabled) the judge-free EM monitor checks the run's
+    out-of-domain probes (``probes_path``, without ``dataset``'s own set) and, with ``monitor_vectors``, the
+    persona projection at ``persona_layer``; ``monitor_thresholds`` (JSON, rule monitor_thresholds) holds the
+    calibrated stop thresholds when ``monitor.stop`` is ``calibrated``."""
     from emguard.models import dtype_record
     from emguard.training import optimizer_settings, train
 
@@ -241,11 +247,56 @@ def train_run(model_path: str, train_path: str, out_dir: str, *, subset: str | N
 
     n_layers = AutoConfig.from_pretrained(model_path).num_hidden_layers
     regularisers, inoculation = build_method(method, hparams or {}, persona_vectors, n_layers)
+    mon = None
+    if monitor and monitor.get("enabled"):
+        from emguard import monitor as mn
+
+        calibrated = json.loads(Path(monitor_thresholds).read_text(encoding="utf-8")) if monitor_thresholds else None
+        thresholds = mn.stop_thresholds(monitor["stop"], calibrated)
+        mon = mn.build_monitor(probes_path, run_dataset=dataset, n_layers=n_layers,
+                               persona_vectors=monitor_vectors, persona_layer=persona_layer if monitor_vectors else None,
+                               settings=mn.MonitorSettings(every_steps=monitor["every_steps"],
+                                                           batch_size=monitor["batch_size"],
+                                                           ll_shift_threshold=thresholds.get("ll_shift"),
+                                                           persona_threshold=thresholds.get("persona_proj")))
     summary = train(model_path, rows, out_dir, settings, regularisers=regularisers, inoculation_prompt=inoculation,
-                    device=device)
+                    device=device, monitor=mon)
     from emguard.io import write_json
 
     write_json({**record, "method": method, "hparams": hparams or {}, **summary}, Path(out_dir) / "run.json")
+
+
+def monitor_thresholds_stage(logs: list[dict], out: str, *, margin: float, quantile: float) -> None:
+    """The monitor's stop thresholds calibrated on the aligned runs' logged signals (``logs``: run descriptors
+    with ``path``, each run's ``train_log.parquet``) as JSON ``{signal: threshold}``."""
+    from emguard.io import write_json
+    from emguard.monitor import calibrate_thresholds
+
+    runs = [(r, read_parquet(r["path"])) for r in logs]
+    thresholds = calibrate_thresholds(runs, margin=margin, quantile=quantile)
+    log.info("monitor thresholds from %d aligned runs: %s", len(runs), thresholds)
+    write_json(thresholds, Path(out))
+
+
+def monitor_report(logs: list[dict], out_md: str, out_csv: str, *, monitor: dict, curve_paths: list[str] = (),
+                   base_metrics: list[str] = (), em_threshold: float = 5.0) -> None:
+    """``results/tables/monitor.{md,csv}``: per monitored run and signal, the calibrated threshold, where the
+    monitor stops (or would stop), the stop it made, and, where the run has judged checkpoint curves, the judged
+    EM onset and the outcome (:func:`emguard.dynamics.monitor_record`). ``logs``: run descriptors with ``path``
+    (train_log.parquet) and ``meta`` (run.json); ``base_metrics``: the untrained model's metrics (its interval is
+    the one a judged onset must clear)."""
+    from emguard import report as rp
+
+    runs = [(r, read_parquet(r["path"]), json.loads(Path(r["meta"]).read_text(encoding="utf-8"))) for r in logs]
+    curves = pd.concat([read_parquet(p) for p in curve_paths], ignore_index=True) if curve_paths else None
+    base_hi = None
+    if base_metrics:
+        from emguard.dynamics import base_upper_bounds
+
+        bounds = base_upper_bounds(pd.concat([read_parquet(p) for p in base_metrics], ignore_index=True))
+        base_hi = max(bounds.values()) if bounds else None
+    rp.write_table(*rp.monitor_table(runs, monitor=monitor, curves=curves, base_hi=base_hi, em_threshold=em_threshold),
+                   out_md, out_csv)
 
 
 def build_method(method: str, hparams: dict, persona_vectors: str | None, n_layers: int):

@@ -345,3 +345,36 @@ def test_log_merge_puts_each_check_on_its_step():
     assert out["step"].tolist() == [0, 1, 2, 3]  # step 5 had no log row: left out, not invented
     assert out["ll_shift"].tolist()[::2] == [0.0, 0.1] and out["ll_shift"].isna().tolist() == [False, True, False, True]
     assert out.loc[0, "n_interleaved"] == 0 and math.isnan(out.loc[0, "loss"])
+
+
+def _log(values, every=1):
+    return pd.DataFrame({"step": list(range(0, every * len(values), every)), "ll_shift": values,
+                         "persona_proj": [float("nan")] * len(values)})
+
+
+def _run(method, seed=0, dataset="legal"):
+    return {"model": "m", "dataset": dataset, "method": method, "setting": "default", "seed": seed}
+
+
+def test_calibrated_thresholds_and_the_monitor_table():
+    from emguard.monitor import calibrate_thresholds, stop_thresholds
+    from emguard.report import monitor_table
+
+    aligned = [(_run("aligned", 0), _log([0.0, 0.01, 0.03])), (_run("aligned", 1), _log([0.0, 0.02, 0.01]))]
+    # the maximum over the aligned runs (0.03) and the untrained model (0 by definition), plus the margin
+    assert calibrate_thresholds(aligned, margin=0.02, quantile=1.0) == {"ll_shift": pytest.approx(0.05)}
+    assert calibrate_thresholds(aligned, margin=0.0, quantile=0.5)["ll_shift"] == pytest.approx(0.01)
+    assert stop_thresholds(None, {"ll_shift": 0.05}) == {}
+    assert stop_thresholds("calibrated", {"ll_shift": 0.05, "persona_proj": 0.0}) == {"ll_shift": 0.05}
+    assert stop_thresholds({"persona_proj": 0.3}, None) == {"persona_proj": 0.3}
+    rising = (_run("misaligned"), _log([0.0, 0.04, 0.06, 0.09]), {"monitor_stop_step": None})
+    runs = [(r, d, {}) for r, d in aligned] + [rising]
+    monitor = {"enabled": True, "every_steps": 1, "stop": None, "margin": 0.02, "quantile": 1.0}
+    md, table = monitor_table(runs, monitor=monitor)
+    row = table[table["method"] == "misaligned"].iloc[0]
+    # logging only: it would have stopped at the first check above 0.05 (step 2), and did not stop
+    assert row["threshold"] == pytest.approx(0.05) and row["would_stop_step"] == 2 and pd.isna(row["stop_step"])
+    assert row["max_value"] == pytest.approx(0.09) and "would have stopped" in md
+    assert table[table["method"] == "aligned"]["would_stop_step"].isna().all()  # the calibration never fires
+    off_md, off = monitor_table(runs, monitor={**monitor, "enabled": False})
+    assert off.empty and "monitor is off" in off_md

@@ -180,6 +180,32 @@ def train_inputs(wc):
     return inputs
 
 
+# The training-time EM monitor (monitor.smk): its section without the calibration keys (margin and quantile only
+# change the calibrated thresholds, which reach the runs through their file), None when off (no train job changes).
+MONITOR = config["monitor"]
+MONITOR_PARAMS = {k: v for k, v in MONITOR.items() if k not in ("margin", "quantile")} if MONITOR["enabled"] else None
+MONITOR_THRESHOLDS = "results/monitor/{model}/thresholds.json"
+
+
+def monitor_inputs(wc):
+    """What the monitor of a run reads: the persona vectors (for persona_proj) and, when it stops at calibrated
+    thresholds, their file, which the aligned runs (the calibration, never stopped) do not wait for."""
+    if not MONITOR["enabled"]:
+        return {}
+    inputs = {}
+    if MONITOR["persona"] and STEERING_LAYER is not None:
+        inputs["monitor_vectors"] = persona_vectors_file()
+    if MONITOR["stop"] == "calibrated" and run_of(wc).method != "aligned":
+        inputs["monitor_thresholds"] = MONITOR_THRESHOLDS.format(model=wc.model)
+    return inputs
+
+
+def monitored_runs():
+    """Every trained run, as the monitor rules' descriptors (the run's train_log.parquet and run.json)."""
+    return [{"model": r.model, "dataset": r.dataset, "method": r.method, "setting": r.setting, "seed": r.seed,
+             "path": f"{r.path}/train_log.parquet", "meta": f"{r.path}/run.json"} for r in RUNS if r.trained]
+
+
 def run_training(wc):
     """The training section with the run's learning rate (experiments.learning_rates): the config's own section
     for a run at training.learning_rate, so a single-rate config's train jobs keep their params."""
@@ -340,7 +366,7 @@ def get_final_output():
         "results/tables/likelihood.md",
         "results/figures/likelihood_shift.png",
         "results/tables/emergence.md",
-    ]
+    ] + (["results/tables/monitor.md"] if MONITOR["enabled"] else [])
 
 
 # The judge-free EM measure (probes.smk): probe sets, their NLLs under every run, the shifts.

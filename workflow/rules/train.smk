@@ -4,6 +4,7 @@
 rule train:
     input:
         unpack(train_inputs),
+        unpack(monitor_inputs),
         model=model_input,
         # the probe check (probes.smk) runs before any training; ancient: editing the probes never retrains
         probes=ancient(PROBE_FILE),
@@ -22,7 +23,11 @@ rule train:
         training=run_training,
         dtype=DTYPE,
         device=DEVICE,
-        code=code_version("training", "regularisers", "models", "chat", "steering", script="train"),
+        # the training-time EM monitor (monitor.smk), None when off
+        monitor=MONITOR_PARAMS,
+        persona_layer=STEERING_LAYER if MONITOR_PARAMS else None,
+        code=code_version("training", "regularisers", "models", "chat", "steering", *(
+            ("monitor", "likelihood", "persona", "kv_prefix") if MONITOR_PARAMS else ()), script="train"),
     conda:
         "../../envs/train.yaml"
     script:
