@@ -34,6 +34,8 @@ DEFAULTS: dict[str, Any] = {
     "data": {"seed": 0, "holdout_fraction": 0.1, "em": {"n_prompts": 100, "sources": {}},
              "pool": {"source": "embedded", "n": 300}, "opswap": {"tiers": [], "n": 200, "state_rules": False}},
     "eval": {"judged": True, "general": {"source": "embedded", "samples": None, "formats": ["plain", "json", "template"]}, "indomain": {"n_questions": 30, "samples": 4},
+             # adversarial probing of latent EM (workflow/resources/questions/adversarial.yaml): off by default
+             "adversarial": {"source": None, "samples": None},
              "opswap": {"n_questions": 30, "samples": 10}},
     "generation": {"max_new_tokens": 256, "temperature": 1.0, "top_p": 1.0, "batch_size": 16, "seed": 0,
                    "backend": "hf"},
@@ -648,15 +650,17 @@ def leave_one_out(domains, target: str) -> list[str]:
 
 def evalsets(run: Run, cfg: dict) -> list[str]:
     """Evaluation sets of a run: 'general' plus in-domain holdouts ('indomain' for a trained run on its
-    own domain; 'indomain_<domain>' for every domain for the untrained base model). An OpSwap run has
+    own domain; 'indomain_<domain>' for every domain for the untrained base model), and 'adversarial' when
+    ``eval.adversarial.source`` is set. An OpSwap run has
     only the task set 'opswap' (its tier's holdout problems, scored by exact match, not judged)."""
     if is_opswap(run.dataset):
         return ["opswap"]
     if is_benign_task(run.dataset):  # its held-out questions, scored by exact match (question set <task>)
         return [run.dataset]
+    extra = ["adversarial"] if cfg["eval"]["adversarial"]["source"] else []
     if run.dataset == BASE_DATASET:
-        return ["general"] + [f"indomain_{d}" for d in cfg["data"]["em"]["domains"]]
-    return ["general", "indomain"]
+        return ["general"] + [f"indomain_{d}" for d in cfg["data"]["em"]["domains"]] + extra
+    return ["general", "indomain"] + extra
 
 
 def question_set(run_dataset: str, evalset: str) -> str:

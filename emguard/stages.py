@@ -299,6 +299,18 @@ def monitor_report(logs: list[dict], out_md: str, out_csv: str, *, monitor: dict
                    out_md, out_csv)
 
 
+def adversarial_report(metrics_paths: list[str], out_md: str, out_csv: str, *, emergence_csv: str | None = None,
+                       checkpoint_metrics_paths: list[str] = ()) -> None:
+    """``results/tables/adversarial.{md,csv}`` (:func:`emguard.report.adversarial_table`)."""
+    from emguard import report as rp
+
+    metrics = pd.concat([read_parquet(p) for p in metrics_paths], ignore_index=True)
+    emergence = pd.read_csv(emergence_csv) if emergence_csv and Path(emergence_csv).stat().st_size else None
+    ckpt = (pd.concat([read_parquet(p) for p in checkpoint_metrics_paths], ignore_index=True)
+            if checkpoint_metrics_paths else None)
+    rp.write_table(*rp.adversarial_table(metrics, emergence=emergence, checkpoint_metrics=ckpt), out_md, out_csv)
+
+
 def build_method(method: str, hparams: dict, persona_vectors: str | None, n_layers: int):
     """(regularisers, inoculation prompt) of a run's method; baselines and interleaving (a data transform,
     already applied to the training file) have neither."""

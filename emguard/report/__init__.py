@@ -24,6 +24,7 @@ from emguard.report.headline import headline_findings
 from emguard.report.judge_usage import USAGE_COLUMNS, judge_usage_table
 from emguard.report.likelihood import (SHIFT_COLUMNS, SHIFT_CSV_COLUMNS, SHIFT_REQUIRED, add_shift_columns,
                                        figure_likelihood_shift, shift_table, unjudged_rows)
+from emguard.report.adversarial import ADVERSARIAL_COLUMNS, adversarial_table
 from emguard.report.monitor import MONITOR_TABLE_COLUMNS, monitor_table
 from emguard.report.opswap import OPSWAP_REQUIRED, OPSWAP_SFT, OPSWAP_UNTRAINED, opswap_table
 from emguard.report.persona import persona_validation_table
@@ -33,7 +34,7 @@ __all__ = [
     "BASE_DATASET", "DEFAULT_METHOD_ORDER", "DEFAULT_REFERENCE_METHODS", "EM_REQUIRED", "EPS_LENGTH_COLUMNS", "METHOD_LABELS",
     "NO_SCORED_VARIANT", "OPSWAP_REQUIRED", "OPSWAP_SFT", "OPSWAP_UNTRAINED", "REFERENCE_ROWS", "SHIFT_COLUMNS",
     "SHIFT_CSV_COLUMNS", "SHIFT_REQUIRED", "TABLE_COLUMNS", "USAGE_COLUMNS",
-    "MONITOR_TABLE_COLUMNS", "monitor_table", "add_shift_columns", "unjudged_rows", "em_table", "emphasis", "eps_length_table", "figure_em_vs_incoherence",
+    "ADVERSARIAL_COLUMNS", "MONITOR_TABLE_COLUMNS", "adversarial_table", "monitor_table", "add_shift_columns", "unjudged_rows", "em_table", "emphasis", "eps_length_table", "figure_em_vs_incoherence",
     "figure_likelihood_shift", "figure_train_loss", "headline_findings", "judge_usage_table", "opswap_table", "persona_validation_table",
     "shift_table", "write_table",
     # EM consistency across seeds

@@ -297,6 +297,14 @@ def question_files_of(wc):
     return [f"results/data/questions/{emconfig.question_set(wc.dataset, e)}.parquet" for e in evalsets_of(wc)]
 
 
+def adversarial_question_file():
+    """The adversarial question file (eval.adversarial.source) as an input; none when off."""
+    from emguard.data import question_source
+
+    source = config["eval"]["adversarial"]["source"]
+    return [str(question_source(source))] if source else []
+
+
 def general_question_file():
     """The general question file (the expanded set or the configured file) as an input; none when embedded."""
     from emguard.data import question_source
@@ -366,7 +374,8 @@ def get_final_output():
         "results/tables/likelihood.md",
         "results/figures/likelihood_shift.png",
         "results/tables/emergence.md",
-    ] + (["results/tables/monitor.md"] if MONITOR["enabled"] else [])
+    ] + (["results/tables/monitor.md"] if MONITOR["enabled"] else []) + (
+        ["results/tables/adversarial.md"] if config["eval"]["adversarial"]["source"] else [])
 
 
 # The judge-free EM measure (probes.smk): probe sets, their NLLs under every run, the shifts.

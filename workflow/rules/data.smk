@@ -41,6 +41,25 @@ rule prepare_general_questions:
         "../../scripts/prepare_general_questions.py"
 
 
+rule prepare_adversarial_questions:
+    input:
+        questions=adversarial_question_file(),
+        prompts=ancient(JUDGE_PROMPTS),
+    output:
+        "results/data/questions/adversarial.parquet",
+    log:
+        "results/logs/prepare_questions/adversarial.log",
+    params:
+        source=config["eval"]["adversarial"]["source"],
+        samples=config["eval"]["adversarial"]["samples"],
+        formats=None,
+        code=code_version("data", script="prepare_general_questions"),
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../../scripts/prepare_general_questions.py"
+
+
 rule prepare_indomain_questions:
     input:
         em="results/data/em/{domain}.parquet",

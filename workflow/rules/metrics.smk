@@ -92,3 +92,26 @@ rule report:
         "../../envs/data.yaml"
     script:
         "../../scripts/report.py"
+
+
+# Adversarial probing of latent EM (eval.adversarial): the adversarial set's misaligned rate against the general
+# questions', at the final adapter and at the emergence analysis' early-stop checkpoint. Only when the set is on.
+if config["eval"]["adversarial"]["source"]:
+
+    rule adversarial_report:
+        input:
+            metrics=all_run_metrics(),
+            emergence="results/tables/emergence.csv",
+            checkpoint_metrics=[f"{d}/metrics.parquet" for r in CHECKPOINT_RUNS if checkpoint_judged(r)
+                                for d in checkpoint_evals(r)],
+        output:
+            md=report("results/tables/adversarial.md", caption="../report/adversarial.rst", category="EM"),
+            csv="results/tables/adversarial.csv",
+        log:
+            "results/logs/adversarial_report.log",
+        params:
+            code=code_version("report", script="adversarial_report"),
+        conda:
+            "../../envs/data.yaml"
+        script:
+            "../../scripts/adversarial_report.py"
