@@ -454,9 +454,24 @@ def is_judged(run: "Run", cfg: dict) -> bool:
 
 def baseline_domains(cfg: dict) -> list[str]:
     """The EM domains whose aligned / misaligned baselines are trained: ``experiments.baseline_domains``, or
-    every domain of ``data.em.domains`` when it is null. The others still give probe triples and questions."""
+    every domain of ``data.em.domains`` when it is null. The others still give probe triples and questions, and
+    their misaligned baselines are trained where Interleaving+ / ++ scores the pool with them
+    (:func:`scoring_domains`)."""
     chosen = cfg["experiments"]["baseline_domains"]
     return list(cfg["data"]["em"]["domains"] if chosen is None else chosen)
+
+
+def scoring_domains(cfg: dict) -> list[str]:
+    """The EM domains whose misaligned adapters score the interleaving pool (Interleaving+ / ++: every domain but
+    the target, for each target the variants run on): their misaligned baselines are trained whatever
+    ``experiments.baseline_domains`` says."""
+    variants = set((cfg["experiments"]["methods"].get("interleave") or {}).get("variants") or ())
+    if not variants & {"plus", "plusplus"}:
+        return []
+    targets = (list(cfg["experiments"]["target_domains"]) + [opswap_dataset(t) for t in cfg["data"]["opswap"]["tiers"]]
+               + list(cfg["data"]["tasks"]))
+    domains = cfg["data"]["em"]["domains"]
+    return [d for d in domains if any(d in leave_one_out(domains, t) for t in targets)]
 
 
 def expand_runs(cfg: dict) -> list[Run]:
@@ -493,9 +508,11 @@ def _seed_runs(cfg: dict, model: str, exp: dict, seed: int) -> list[Run]:
     runs: list[Run] = []
     if "untrained" in exp["baselines"]:
         runs.append(Run(model, BASE_DATASET, "untrained", "default", seed))
-    for domain in baseline_domains(cfg):
+    chosen, scoring = baseline_domains(cfg), scoring_domains(cfg)
+    for domain in cfg["data"]["em"]["domains"]:
         for subset in ("aligned", "misaligned"):
-            if subset in exp["baselines"]:
+            wanted = domain in chosen or (subset == "misaligned" and domain in scoring)
+            if subset in exp["baselines"] and wanted:
                 runs.append(Run(model, domain, subset, "default", seed, train_subset=subset))
     for domain in exp["target_domains"]:
         for method, spec in exp["methods"].items():

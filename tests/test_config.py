@@ -54,9 +54,15 @@ def test_baseline_domains_choose_where_baselines_train():
                  if r.method in ("aligned", "misaligned")}
     assert {d for d, _ in baselines} == {"insecure_code", "medical", "legal"}
     cfg["experiments"]["baseline_domains"] = ["legal"]
+    cfg["experiments"]["methods"]["interleave"]["variants"] = ["random"]
     runs = emconfig.expand_runs(emconfig.load(copy.deepcopy(cfg)))
     assert {(r.dataset, r.method) for r in runs if r.method in ("aligned", "misaligned")} == {
         ("legal", "aligned"), ("legal", "misaligned")}
+    # Interleaving+ scores the pool with the other domains' misaligned adapters: those baselines are trained too
+    cfg["experiments"]["methods"]["interleave"]["variants"] = ["random", "plus"]
+    runs = emconfig.expand_runs(emconfig.load(copy.deepcopy(cfg)))
+    assert {(r.dataset, r.method) for r in runs if r.method in ("aligned", "misaligned")} == {
+        ("legal", "aligned"), ("legal", "misaligned"), ("insecure_code", "misaligned"), ("medical", "misaligned")}
     cfg["experiments"]["baseline_domains"] = ["medical"]  # the target domain's defenses need its baselines
     with pytest.raises(ConfigError, match=r"experiments\.baseline_domains.*'legal'"):
         emconfig.load(copy.deepcopy(cfg))
@@ -263,3 +269,13 @@ def test_train_stage_checks_the_optimizer_before_loading_anything(tmp_path):
     with pytest.raises(ConfigError, match=r"training\.optim.*\[gpu\]"):
         train_run(str(tmp_path / "no-model"), str(tmp_path / "no-data.parquet"), str(tmp_path / "run"),
                   subset="misaligned", training=cfg["training"], seed=0, dtype="bfloat16", device="cpu")
+
+
+def test_the_embedded_default_plans_from_an_empty_folder(tmp_path):
+    """The shipped config.yaml builds its whole DAG with nothing on disk (every input some rule needs is planned:
+    e.g. Interleaving+ / ++ on legal needs the other domains' misaligned adapters, outside baseline_domains)."""
+    from workflow_helpers import planned_jobs
+
+    jobs = planned_jobs(tmp_path, ROOT / "config.yaml")
+    assert jobs["train"] == len([r for r in emconfig.expand_runs(emconfig.load(default_config())) if r.trained])
+    assert jobs["pool_nll"] == 1 and jobs["report"] == 1
