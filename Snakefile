@@ -2,7 +2,8 @@
 # Stages (one rule file each): model -> data -> train -> generate -> judge -> metrics -> report; OpSwap
 # (opswap.smk) adds task datasets scored by exact match instead of the judge, and so do the benign real tasks
 # FoQA and GSM8K (tasks.smk); probes.smk measures EM without a
-# judge (answer likelihoods on held-out probe triples); calibration.smk measures the judge itself on labelled answers.
+# judge (answer likelihoods on held-out probe triples); calibration.smk measures the judge itself on labelled answers;
+# grpo.smk is the RL setting (GRPO on math problems with the defenses as interventions, rl.enabled).
 
 from snakemake.utils import min_version
 
@@ -33,6 +34,7 @@ include: "workflow/rules/judge.smk"
 include: "workflow/rules/calibration.smk"
 include: "workflow/rules/probes.smk"
 include: "workflow/rules/metrics.smk"
+include: "workflow/rules/grpo.smk"
 
 
 # Seconds-long CPU steps (and downloads: login nodes have the network) run in the Snakemake process itself
@@ -55,8 +57,11 @@ localrules:
     run_metrics,
     task_metrics,
     report,
+    prepare_rl_problems,
+    rl_report,
 
 
 rule all:
     input:
         get_final_output(),
+        rl_final_output(),
