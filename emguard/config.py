@@ -173,7 +173,7 @@ def load(config: dict | str | Path) -> dict:
     if cfg["interleave"]["max_length"] is None:
         cfg["interleave"]["max_length"] = cfg["training"]["max_length"]
     _check_semantics(cfg)
-    _check_rl(cfg)
+    _check_rl(cfg, config.get("rl") or {})
     return cfg
 
 
@@ -730,10 +730,13 @@ def is_local_source(value: str) -> bool:
     return Path(value).suffix.lower() in (".jsonl", ".json", ".parquet", ".csv") or value.startswith((".", "/"))
 
 
-def _check_rl(cfg: dict) -> None:
-    """The rl section's checks a schema cannot express; rl.training.lora defaults to training.lora. Runs whether or
-    not rl.enabled is set, so a switched-off section is still a valid one to switch on."""
+def _check_rl(cfg: dict, given: dict) -> None:
+    """The rl section's checks a schema cannot express; rl.training.lora defaults to training.lora, and a given
+    rl.rewards replaces the default weights (a reward left out is not computed). Runs whether or not rl.enabled is
+    set, so a switched-off section is still a valid one to switch on."""
     rl = cfg["rl"]
+    if "rewards" in given:
+        rl["rewards"] = dict(given["rewards"])
     if "lora" not in rl["training"]:
         rl["training"]["lora"] = copy.deepcopy(cfg["training"]["lora"])
     tr = rl["training"]
