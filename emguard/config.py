@@ -733,7 +733,8 @@ def is_local_source(value: str) -> bool:
 def _check_rl(cfg: dict, given: dict) -> None:
     """The rl section's checks a schema cannot express; rl.training.lora defaults to training.lora, and a given
     rl.rewards replaces the default weights (a reward left out is not computed). Runs whether or not rl.enabled is
-    set, so a switched-off section is still a valid one to switch on."""
+    set, so a switched-off section is still a valid one to switch on, except for the checks against the model
+    (the persona steering layer, the vector file), made only when rl.enabled is set."""
     rl = cfg["rl"]
     if "rewards" in given:
         rl["rewards"] = dict(given["rewards"])
@@ -774,7 +775,9 @@ def _check_rl(cfg: dict, given: dict) -> None:
                               f"rl (random only: plus, plusplus and onpolicy rank or answer the pool for an SFT "
                               f"target domain)")
     persona = methods.get("persona")
-    if persona:
+    # checked against the model and the files only for planned runs: a switched-off section may keep the embedded
+    # model's layer while a config runs another model
+    if persona and rl["enabled"]:
         n_layers = cfg["model"].get("num_layers")
         if n_layers and not 1 <= persona["steering_layer"] <= n_layers:
             raise ConfigError(f"config key 'rl.methods.persona.steering_layer': {persona['steering_layer']} is "
