@@ -71,7 +71,8 @@ def test_table_means_sds_emphasis_and_sentences_follow_the_intervals():
     assert math.isnan(untrained["train_accuracy"]) and math.isnan(untrained["eval_accuracy_sd"])
     assert table.set_index("method")["best_eval_accuracy"].to_dict() == {"untrained": False, "grpo": True,
                                                                        "persona": False, "kl": False}
-    assert "| GRPO | 30.0 ± 10.0 | 3.00 ± 1.00 | **91.3** ± 1.5 | **9.10** ± 0.10 | step-2, step-2, step-2 | 3 |" in md
+    assert ("| GRPO | 30.0 ± 10.0 | 3.00 ± 1.00 | **91.3** ± 1.5 | **9.10** ± 0.10 | step-2, step-2, step-2 | 3 |"
+            in md)
     # persona is far below GRPO (interval excludes 0); KL's seeds overlap GRPO's (no difference claimed)
     persona = table.set_index("method").loc["persona"]
     assert persona["vs_reference"] == "GRPO" and persona["vs_hi"] < 0
