@@ -4,6 +4,7 @@
 # FoQA and GSM8K (tasks.smk); probes.smk measures EM without a
 # judge (answer likelihoods on held-out probe triples); calibration.smk measures the judge itself on labelled answers;
 # checkpoints.smk evaluates training checkpoints when the config asks for them (none by default).
+# grpo.smk is the RL setting (GRPO on math problems with the defenses as interventions, rl.enabled).
 
 from snakemake.utils import min_version
 
@@ -36,6 +37,7 @@ include: "workflow/rules/probes.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/checkpoints.smk"
 include: "workflow/rules/monitor.smk"
+include: "workflow/rules/grpo.smk"
 
 
 # Seconds-long CPU steps (and downloads: login nodes have the network) run in the Snakemake process itself
@@ -58,8 +60,11 @@ localrules:
     run_metrics,
     task_metrics,
     report,
+    prepare_rl_problems,
+    rl_report,
 
 
 rule all:
     input:
         get_final_output(),
+        rl_final_output(),

@@ -187,6 +187,7 @@ def load(config: dict | str | Path) -> dict:
     if cfg["interleave"]["max_length"] is None:
         cfg["interleave"]["max_length"] = cfg["training"]["max_length"]
     _check_semantics(cfg)
+    _check_rl(cfg, config.get("rl") or {})
     return cfg
 
 
@@ -687,3 +688,152 @@ def question_set(run_dataset: str, evalset: str) -> str:
     if evalset == "opswap":
         return run_dataset
     return evalset
+
+
+# --------------------------------------------------------------------------------------------------
+# The RL setting (issue 13): GRPO on math problems with the SFT defenses as interventions
+# --------------------------------------------------------------------------------------------------
+
+# The rl section. rl.training mirrors emguard.grpo.GRPOSettings (its defaults: the paper's Table 8 where it states
+# them, else trl's), without the fields a stage fills in: n_problems (the prepared train split's size,
+# rl.problems.n), seed (experiments.seeds), reward_weights (rl.rewards), dtype (model.dtype). Kept here, free of
+# torch, for the Snakefile's planning; tests/test_rl_config.py checks they equal GRPOSettings' defaults.
+# rl.training.lora absent: training.lora (the SFT adapter), filled in by load().
+DEFAULTS["rl"] = {
+    "enabled": False,
+    "problems": {"source": "generated", "eval_source": None, "hf_config": "main", "train_split": "train",
+                 "eval_split": "test", "n": 1000, "seed": 0},
+    # the paper's Table 9 evaluates 100 held-out problems; greedy decoding (the paper does not state its decoding)
+    "eval": {"n_problems": 100, "samples": 1, "max_new_tokens": 512, "temperature": 0.0, "top_p": 1.0,
+             "batch_size": 16, "checkpoint": "best"},
+    "training": {"learning_rate": 5e-6, "epochs": 1, "batch_size": 4, "grad_accum": 4, "warmup_steps": 5,
+                 "weight_decay": 0.0, "lr_scheduler": "linear", "optim": "adamw_torch", "max_steps": -1,
+                 "num_generations": 4, "temperature": 0.9, "top_p": 0.9, "max_completion_length": 512, "beta": 0.0,
+                 "loss_type": "dapo", "epsilon": 0.2, "interleave_weight": 1.0, "interleave_batch_size": 0,
+                 "max_length": 1024, "save_steps": 25, "gradient_checkpointing": False},
+    # the paper sums its four reward components: every weight 1 (emguard.rewards.DEFAULT_REWARD_WEIGHTS)
+    "rewards": {"format_exact": 1.0, "format_loose": 1.0, "correctness": 1.0, "wellformed_number": 1.0},
+    "keep_checkpoints": "best",
+    "methods": {},
+}
+
+#: the plain GRPO run of every seed (the reference row of the RL table) and the untrained model's evaluation
+RL_PLAIN, RL_UNTRAINED = "grpo", "untrained"
+#: the SFT methods that carry over to GRPO (emguard.grpo.interventions: steering and KL; inoculation and interleaving)
+RL_METHODS = ("kl", "persona", "inoculation", "interleave")
+#: interleaving variants under rl: the others rank or answer the pool for an SFT target domain
+RL_INTERLEAVE_VARIANTS = ("random",)
+
+
+@dataclass(frozen=True)
+class RLRun:
+    """One GRPO run (or the untrained model's evaluation) of the RL setting and where its outputs live:
+    ``results/rl/<model>/<method>/<setting>/seed<seed>/``. ``method``: ``grpo`` (plain GRPO), an SFT method of
+    ``rl.methods`` with that method's setting ids (``kl`` / ``lambda0.1`` trains with beta 0.1, ``persona`` /
+    ``alpha5``, ``interleave_random`` / ``frac0.25``, ``inoculation`` / ``default``) or ``untrained``."""
+
+    model: str
+    method: str
+    setting: str
+    seed: int
+    hparams: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def run_id(self) -> str:
+        return f"rl/{self.model}/{self.method}/{self.setting}/seed{self.seed}"
+
+    @property
+    def path(self) -> str:
+        return f"results/{self.run_id}"
+
+    @property
+    def trained(self) -> bool:
+        return self.method != RL_UNTRAINED
+
+
+def expand_rl_runs(cfg: dict) -> list[RLRun]:
+    """Every run of the RL setting, none when ``rl.enabled`` is false: the untrained model's evaluation (once,
+    at the first seed, when the evaluation decodes greedily, ``rl.eval.temperature`` 0, so every seed would give
+    the same answers; else once per seed), then per seed of ``experiments.seeds`` plain GRPO and every grid value
+    of ``rl.methods`` (the grids of :data:`METHOD_GRIDS`, as in SFT)."""
+    rl = cfg["rl"]
+    if not rl["enabled"]:
+        return []
+    model, seeds = cfg["model"]["name"], list(cfg["experiments"]["seeds"])
+    untrained_seeds = seeds if rl["eval"]["temperature"] > 0 else seeds[:1]
+    runs = [RLRun(model, RL_UNTRAINED, "default", s) for s in untrained_seeds]
+    for seed in seeds:
+        runs.append(RLRun(model, RL_PLAIN, "default", seed))
+        for method, spec in rl["methods"].items():
+            runs += [RLRun(model, name, setting, seed, hparams=hp)
+                     for name, setting, hp in METHOD_GRIDS[method](spec, cfg)]
+    return runs
+
+
+def find_rl_run(runs: list[RLRun], method: str, setting: str, seed: int | str) -> RLRun:
+    for r in runs:
+        if (r.method, r.setting, r.seed) == (method, setting, int(seed)):
+            return r
+    raise KeyError(f"no RL run {method}/{setting}/seed{seed} in the config")
+
+
+def is_local_source(value: str) -> bool:
+    """Whether a data source names a local file (by its suffix or a leading ``.`` / ``/``) rather than a hub id."""
+    return Path(value).suffix.lower() in (".jsonl", ".json", ".parquet", ".csv") or value.startswith((".", "/"))
+
+
+def _check_rl(cfg: dict, given: dict) -> None:
+    """The rl section's checks a schema cannot express; rl.training.lora defaults to training.lora, and a given
+    rl.rewards replaces the default weights (a reward left out is not computed). Runs whether or not rl.enabled is
+    set, so a switched-off section is still a valid one to switch on, except for the checks against the model
+    (the persona steering layer, the vector file), made only when rl.enabled is set."""
+    rl = cfg["rl"]
+    if "rewards" in given:
+        rl["rewards"] = dict(given["rewards"])
+    if "lora" not in rl["training"]:
+        rl["training"]["lora"] = copy.deepcopy(cfg["training"]["lora"])
+    tr = rl["training"]
+    if (tr["batch_size"] * tr["grad_accum"]) % tr["num_generations"]:
+        raise ConfigError(f"config key 'rl.training.num_generations': batch_size * grad_accum = "
+                          f"{tr['batch_size'] * tr['grad_accum']} completions per step must hold whole groups of "
+                          f"{tr['num_generations']} (one prompt's completions)")
+    if not any(float(w) for w in rl["rewards"].values()):
+        raise ConfigError("config key 'rl.rewards': every reward weight is 0, so GRPO has nothing to learn from")
+    problems = rl["problems"]
+    if problems["source"] == "generated" and problems["eval_source"] is not None:
+        raise ConfigError("config key 'rl.problems.eval_source': generated problems hold out more generated ones; "
+                          "an eval_source applies to a GSM8K source (file or hub id)")
+    for key in ("source", "eval_source"):
+        value = problems[key]
+        if value is None or value == "generated":
+            continue
+        if is_local_source(value) and not Path(value).exists() and not (PROJECT_ROOT / value).exists():
+            raise ConfigError(f"config key 'rl.problems.{key}': file {value} not found (give generated, a local "
+                              f".jsonl / .json / .parquet / .csv file in GSM8K's schema, or a hub id)")
+    methods = rl["methods"]
+    if "ldifs" in methods:
+        raise ConfigError("config key 'rl.methods.ldifs': LDIFS is not available under GRPO (emguard.grpo takes "
+                          "persona steering, KL, interleaving and inoculation); remove it from rl.methods")
+    if "kl" in methods:
+        if methods["kl"].get("direction", "reverse") != "reverse":
+            raise ConfigError("config key 'rl.methods.kl.direction': GRPO's KL is trl's estimate of "
+                              "KL(pi_theta || pi_ref), the reverse direction only")
+        if tr["beta"] > 0:
+            raise ConfigError(f"config key 'rl.methods.kl': rl.training.beta is {tr['beta']} (a KL term in every "
+                              f"run); the kl method's grid sets beta per run, so set rl.training.beta to 0")
+    for i, variant in enumerate(methods.get("interleave", {}).get("variants", [])):
+        if variant not in RL_INTERLEAVE_VARIANTS:
+            raise ConfigError(f"config key 'rl.methods.interleave.variants.{i}': {variant!r} is not available under "
+                              f"rl (random only: plus, plusplus and onpolicy rank or answer the pool for an SFT "
+                              f"target domain)")
+    persona = methods.get("persona")
+    # checked against the model and the files only for planned runs: a switched-off section may keep the embedded
+    # model's layer while a config runs another model
+    if persona and rl["enabled"]:
+        n_layers = cfg["model"].get("num_layers")
+        if n_layers and not 1 <= persona["steering_layer"] <= n_layers:
+            raise ConfigError(f"config key 'rl.methods.persona.steering_layer': {persona['steering_layer']} is "
+                              f"outside the model's layers 1..{n_layers}")
+        vectors = persona.get("vectors")
+        if vectors and not Path(vectors).exists() and not (PROJECT_ROOT / vectors).exists():
+            raise ConfigError(f"config key 'rl.methods.persona.vectors': persona vector file {vectors} not found")

@@ -517,3 +517,116 @@ def checkpoint_curve_inputs(wc):
     if checkpoint_judged(run):
         inputs["metrics"] = [f"{d}/metrics.parquet" for d in folders]
     return inputs
+
+
+# The RL setting (grpo.smk): GRPO runs per (method, setting, seed) of rl.methods plus plain GRPO, none when
+# rl.enabled is false; its stages live in emguard/stages_rl.py.
+RL = config["rl"]
+RL_RUNS = emconfig.expand_rl_runs(config)
+RL_PROBLEMS = "results/data/rl/problems.parquet"
+
+
+def _stage_sources(script, modules=("stages", "stages_rl")):
+    """_stage_functions over several stage modules: of every module the script reaches, its top-level statements,
+    and every function of any of them the script's imports reach, by name, across modules (a stages_rl function
+    calling emguard.stages.build_method reaches it)."""
+    import ast
+
+    root = Path(workflow.basedir) / "emguard"
+    heads, defs = {}, {}
+    for m in modules:
+        text = (root / f"{m}.py").read_text()
+        body = ast.parse(text).body
+        heads[m] = [ast.get_source_segment(text, n) for n in body if not isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+        for n in body:
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef)):
+                defs.setdefault(n.name, (m, n, ast.get_source_segment(text, n)))
+    entry = ast.parse((Path(workflow.basedir) / "scripts" / f"{script}.py").read_text())
+    wanted = {f"emguard.{m}" for m in modules}
+    todo = [a.name for n in ast.walk(entry) if isinstance(n, ast.ImportFrom) and n.module in wanted for a in n.names]
+    seen = {}
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in defs:
+            continue
+        seen[name] = defs[name]
+        todo += [n.id for n in ast.walk(defs[name][1]) if isinstance(n, ast.Name)]
+    used = {m for m, _, _ in seen.values()}
+    return "\n".join([h for m in modules if m in used for h in heads[m]] + [seen[n][2] for n in sorted(seen)])
+
+
+def rl_code_version(*modules, script):
+    """code_version for the RL rules, whose scripts call emguard.stages_rl: the emguard modules named, the shared
+    io / schemas / errors, and the stage functions the script reaches in emguard.stages and emguard.stages_rl."""
+    root = Path(workflow.basedir) / "emguard"
+    h = hashlib.sha256(_stage_sources(script).encode())
+    for m in ("io", "schemas", "errors") + modules:
+        single = root / f"{m}.py"
+        for f in [single] if single.exists() else sorted((root / m).glob("*.py")):
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def rl_run_of(wc):
+    return emconfig.find_rl_run(RL_RUNS, wc.method, wc.setting, wc.seed)
+
+
+def rl_problem_files():
+    """The local files the RL problems are read from (hub ids and generated problems are none)."""
+    paths = [project_file(RL["problems"][k]) for k in ("source", "eval_source")
+             if RL["problems"][k] and RL["problems"][k] != "generated"]
+    return list(dict.fromkeys(p for p in paths if Path(p).exists()))
+
+
+def rl_problem_params():
+    """rl.problems with its local files resolved like other config paths."""
+    entry = dict(RL["problems"])
+    for key in ("source", "eval_source"):
+        if entry[key] and entry[key] != "generated" and Path(project_file(entry[key])).exists():
+            entry[key] = project_file(entry[key])
+    return entry
+
+
+def rl_persona_vectors():
+    """The persona vectors the RL persona runs steer with: rl.methods.persona.vectors, else the SFT method's
+    (experiments.methods.persona.vectors) or the persona stage's extraction."""
+    return RL["methods"].get("persona", {}).get("vectors") or persona_vectors_file()
+
+
+def rl_train_inputs(wc):
+    run = rl_run_of(wc)
+    inputs = {"problems": RL_PROBLEMS}
+    if run.method == "persona":
+        inputs["persona_vectors"] = rl_persona_vectors()
+    if run.method.startswith("interleave_"):
+        inputs["pool"] = "results/data/pool/pool.parquet"
+    return inputs
+
+
+def rl_eval_inputs(wc):
+    """The problems and, for a trained run, its run record (the best checkpoint's step) and adapter."""
+    run = rl_run_of(wc)
+    inputs = {"problems": RL_PROBLEMS}
+    if run.trained:
+        inputs.update(meta=f"{run.path}/run.json", adapter=f"{run.path}/adapter")
+    return inputs
+
+
+def rl_run_info(wc):
+    run = rl_run_of(wc)
+    return {"model": run.model, "method": run.method, "setting": run.setting, "seed": run.seed, "run_id": run.run_id}
+
+
+def rl_eval_metrics():
+    return [f"{r.path}/eval_metrics.parquet" for r in RL_RUNS]
+
+
+def rl_trained_runs():
+    """Every trained RL run's descriptors, train log and run record, for the RL report."""
+    return [{"run_id": r.run_id, "model": r.model, "method": r.method, "setting": r.setting, "seed": r.seed,
+             "log": f"{r.path}/train_log.parquet", "meta": f"{r.path}/run.json"} for r in RL_RUNS if r.trained]
+
+
+def rl_final_output():
+    """The RL table and figure: always written (saying so when rl.enabled is false)."""
+    return ["results/tables/rl.md", "results/tables/rl.csv", "results/figures/rl_rewards.png"]

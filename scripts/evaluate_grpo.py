@@ -1,0 +1,9 @@
+from pathlib import Path
+
+from emguard.stages import run_stage
+from emguard.stages_rl import evaluate_grpo_run
+
+p, i, o = snakemake.params, snakemake.input, snakemake.output
+run_stage(snakemake, evaluate_grpo_run, model_path=p.model_path, problems_path=i.problems, answers_out=o.answers,
+          metrics_out=o.metrics, run_info=p.run_info, evaluation=p.evaluation, rewards=p.rewards, dtype=p.dtype,
+          device=p.device, run_dir=str(Path(i.meta).parent) if i.get("meta") else None)
