@@ -52,7 +52,9 @@ def test_slurm_profile_scales_memory_and_runtime_by_model_size_and_attempt():
     profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
     res = profile["set-resources"]
     gpu_rules = {"train", "generate", "generate_model", "judge", "pool_nll", "probe_nll", "probe_nll_base", "onpolicy_answers",
-                 "persona_extract", "persona_validate", "judge_calibration", "train_grpo", "evaluate_grpo"}
+                 "persona_extract", "persona_validate", "judge_calibration", "train_grpo", "evaluate_grpo",
+                 "train_checkpoints", "generate_checkpoint", "judge_checkpoint", "checkpoint_probe_nll", "task_nll",
+                 "checkpoint_task_nll"}
     assert set(res) == gpu_rules
     env7 = profile_env(_cfg())
     env_small = profile_env({"model": {"name": "smollm2-135m", "source": {"path": "x"}}, "judge": {"backend": "hf"}})
