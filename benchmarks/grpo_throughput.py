@@ -3,7 +3,7 @@
     python benchmarks/grpo_throughput.py                                     # tiny random model, CPU (a smoke run)
     python benchmarks/grpo_throughput.py --model resources/models/qwen2.5-3b-instruct --device cuda --dtype bfloat16
 
-Runs the real code path (:func:`emguard.grpo.build_trainer`, the paper's settings unless overridden: batch 4 x
+Runs the real code path (:func:`emguard.training.grpo.build_trainer`, the paper's settings unless overridden: batch 4 x
 grad-accum 4, 4 generations per prompt, temperature 0.9, top_p 0.9, rs-LoRA r=32 on all projections) for
 ``--steps`` optimiser steps on generated problems, then answers the same prompts with plain ``model.generate``.
 
@@ -101,7 +101,7 @@ def main(argv=None) -> dict:
         ap.error("--steps must exceed --warmup")
 
     from emguard.data.math_problems import generate_problems, problem_messages
-    from emguard.grpo import GRPOSettings, build_trainer
+    from emguard.training.grpo import GRPOSettings, build_trainer
     from emguard.models import device_for, load_model, load_tokenizer
 
     device = device_for(args.device)

@@ -77,7 +77,7 @@ REPORT_ONLY_METRIC_KEYS = ("em_threshold",)
 # Evaluation over training checkpoints (emguard.checkpoints, workflow/rules/checkpoints.smk): off unless every or
 # steps is set; then the aligned and misaligned baselines' checkpoints, the general questions at the final
 # evaluation's sample count (general_samples null); the analysis' tolerance (relative) and onset threshold (%).
-# The judge-free EM monitor during training (emguard.monitor): off by default; on, every trained EM run logs the
+# The judge-free EM monitor during training (emguard.training.monitor): off by default; on, every trained EM run logs the
 # out-of-domain likelihood shift and the persona projection every every_steps steps in train_log.parquet, and
 # stop (null: never; calibrated: at thresholds calibrated on the aligned runs, rule monitor_thresholds; or a
 # mapping signal -> threshold) ends a run at the first check at or over its threshold.
@@ -694,7 +694,7 @@ def question_set(run_dataset: str, evalset: str) -> str:
 # The RL setting (issue 13): GRPO on math problems with the SFT defenses as interventions
 # --------------------------------------------------------------------------------------------------
 
-# The rl section. rl.training mirrors emguard.grpo.GRPOSettings (its defaults: the paper's Table 8 where it states
+# The rl section. rl.training mirrors emguard.training.grpo.GRPOSettings (its defaults: the paper's Table 8 where it states
 # them, else trl's), without the fields a stage fills in: n_problems (the prepared train split's size,
 # rl.problems.n), seed (experiments.seeds), reward_weights (rl.rewards), dtype (model.dtype). Kept here, free of
 # torch, for the Snakefile's planning; tests/test_rl_config.py checks they equal GRPOSettings' defaults.
@@ -719,7 +719,7 @@ DEFAULTS["rl"] = {
 
 #: the plain GRPO run of every seed (the reference row of the RL table) and the untrained model's evaluation
 RL_PLAIN, RL_UNTRAINED = "grpo", "untrained"
-#: the SFT methods that carry over to GRPO (emguard.grpo.interventions: steering and KL; inoculation and interleaving)
+#: the SFT methods that carry over to GRPO (emguard.training.grpo.interventions: steering and KL; inoculation and interleaving)
 RL_METHODS = ("kl", "persona", "inoculation", "interleave")
 #: interleaving variants under rl: the others rank or answer the pool for an SFT target domain
 RL_INTERLEAVE_VARIANTS = ("random",)
@@ -812,7 +812,7 @@ def _check_rl(cfg: dict, given: dict) -> None:
                               f".jsonl / .json / .parquet / .csv file in GSM8K's schema, or a hub id)")
     methods = rl["methods"]
     if "ldifs" in methods:
-        raise ConfigError("config key 'rl.methods.ldifs': LDIFS is not available under GRPO (emguard.grpo takes "
+        raise ConfigError("config key 'rl.methods.ldifs': LDIFS is not available under GRPO (emguard.training.grpo takes "
                           "persona steering, KL, interleaving and inoculation); remove it from rl.methods")
     if "kl" in methods:
         if methods["kl"].get("direction", "reverse") != "reverse":

@@ -249,7 +249,7 @@ def train_run(model_path: str, train_path: str, out_dir: str, *, subset: str | N
     regularisers, inoculation = build_method(method, hparams or {}, persona_vectors, n_layers)
     mon = None
     if monitor and monitor.get("enabled"):
-        from emguard import monitor as mn
+        from emguard.training import monitor as mn
 
         calibrated = json.loads(Path(monitor_thresholds).read_text(encoding="utf-8")) if monitor_thresholds else None
         thresholds = mn.stop_thresholds(monitor["stop"], calibrated)
@@ -270,7 +270,7 @@ def monitor_thresholds_stage(logs: list[dict], out: str, *, margin: float, quant
     """The monitor's stop thresholds calibrated on the aligned runs' logged signals (``logs``: run descriptors
     with ``path``, each run's ``train_log.parquet``) as JSON ``{signal: threshold}``."""
     from emguard.io import write_json
-    from emguard.monitor import calibrate_thresholds
+    from emguard.training.monitor import calibrate_thresholds
 
     runs = [(r, read_parquet(r["path"])) for r in logs]
     thresholds = calibrate_thresholds(runs, margin=margin, quantile=quantile)

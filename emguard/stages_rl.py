@@ -3,7 +3,7 @@
 Apart from :mod:`emguard.stages` (which holds every other stage) so that module stays readable; the scripts of
 the RL rules import :func:`emguard.stages.run_stage` from there and their stage from here, and their
 ``code_version`` (``rl_code_version`` in ``workflow/rules/common.smk``) hashes the functions of both modules they
-reach. The library behind them: :mod:`emguard.grpo` (trainer, evaluation, best checkpoint),
+reach. The library behind them: :mod:`emguard.training.grpo` (trainer, evaluation, best checkpoint),
 :mod:`emguard.rewards` and :mod:`emguard.data.math_problems`; the table and figure: :mod:`emguard.report.rl`.
 """
 
@@ -96,8 +96,8 @@ def rl_problems(path: str, split: str) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------------
 
 def grpo_settings(training: dict, *, n_problems: int, seed: int, rewards: dict, dtype: str):
-    """An :class:`emguard.grpo.GRPOSettings` from the config's ``rl.training`` section and what the stage knows."""
-    from emguard.grpo import GRPOSettings
+    """An :class:`emguard.training.grpo.GRPOSettings` from the config's ``rl.training`` section and what the stage knows."""
+    from emguard.training.grpo import GRPOSettings
 
     return GRPOSettings.from_dict({**training, "n_problems": int(n_problems), "seed": int(seed),
                                    "reward_weights": dict(rewards), "dtype": dtype})
@@ -109,15 +109,15 @@ def train_grpo_run(model_path: str, problems_path: str, out_dir: str, *, trainin
                    keep_checkpoints: str = "best") -> None:
     """GRPO-train one run on the train split; ``out_dir`` receives ``adapter/``, ``train_log.parquet``,
     ``checkpoints/step-N/`` and ``run.json`` (dtype record, method, hyperparameters, the training summary of
-    :func:`emguard.grpo.train_grpo`, with ``best_checkpoint_step``).
+    :func:`emguard.training.grpo.train_grpo`, with ``best_checkpoint_step``).
 
     ``method``: ``grpo`` (plain) or an SFT method (:func:`emguard.stages.build_method` gives its steering or KL
-    regulariser and inoculation prompt; ``interleave_<variant>`` mixes :func:`emguard.grpo.interleave_rows` pool
+    regulariser and inoculation prompt; ``interleave_<variant>`` mixes :func:`emguard.training.grpo.interleave_rows` pool
     rows of ``pool_path`` picked by :func:`emguard.interleave.select` with the run's seed).
     ``keep_checkpoints`` ``best``: every checkpoint but the best one is deleted when training is done."""
     from transformers import AutoConfig
 
-    from emguard.grpo import interleave_rows, train_grpo
+    from emguard.training.grpo import interleave_rows, train_grpo
     from emguard.models import dtype_record
     from emguard.stages import build_method
 
@@ -185,12 +185,12 @@ def eval_adapter(run_dir: str | None, checkpoint: str = "best") -> tuple[str | N
 def evaluate_grpo_run(model_path: str, problems_path: str, answers_out: str, metrics_out: str, *, run_info: dict,
                       evaluation: dict, rewards: dict, dtype: str, device: str, run_dir: str | None = None) -> None:
     """A run's (``run_dir``; None: the untrained model) held-out accuracy and mean reward
-    (:func:`emguard.grpo.evaluate_adapter`, the plain format prompt, no inoculation): the per-answer table and one
+    (:func:`emguard.training.grpo.evaluate_adapter`, the plain format prompt, no inoculation): the per-answer table and one
     metrics row (``run_info``, ``checkpoint``, the summary's ``n_*``, ``accuracy`` with ``_lo`` / ``_hi``,
     ``mean_reward``, ``reward_std``, ``mean_<reward>``). ``evaluation``: the config's ``rl.eval`` section; answers
     are sampled with the run's seed when its temperature is above 0."""
     from emguard.generate import SamplingSettings
-    from emguard.grpo import evaluate_adapter
+    from emguard.training.grpo import evaluate_adapter
 
     problems = rl_problems(problems_path, "holdout")
     adapter, label = eval_adapter(run_dir, evaluation.get("checkpoint", "best"))

@@ -1,4 +1,4 @@
-"""emguard.grpo on the tiny model: outputs, steering of the update only, KL without a second model, interleaving."""
+"""emguard.training.grpo on the tiny model: outputs, steering of the update only, KL without a second model, interleaving."""
 
 import dataclasses
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from emguard import grpo
+from emguard.training import grpo
 from emguard.data.math_problems import generate_problems
 from emguard.data.pool import benign_pool
 from emguard.interleave import select

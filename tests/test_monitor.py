@@ -1,4 +1,4 @@
-"""emguard.monitor on the tiny model: the in-training signals equal the offline measure on the saved checkpoints,
+"""emguard.training.monitor on the tiny model: the in-training signals equal the offline measure on the saved checkpoints,
 the stop really ends training at its step, a flat signal never stops a run, the persona projection reads the
 right layer, and steering hooks stay out of the monitor's passes."""
 
@@ -15,7 +15,7 @@ from emguard.io import write_parquet
 from emguard.likelihood import probes as pr
 from emguard.likelihood.shift import run_shifts
 from emguard.models import LoraSettings, load_model, load_tokenizer
-from emguard.monitor import SIGNALS, EMMonitor, MonitorSettings, build_monitor, persona_projection, with_monitor_columns
+from emguard.training.monitor import SIGNALS, EMMonitor, MonitorSettings, build_monitor, persona_projection, with_monitor_columns
 from emguard.persona import save_vectors
 from emguard.regularisers import SteeringRegulariser
 from emguard.steering import decoder_layers
@@ -245,7 +245,7 @@ def _steering_hooks(model, layer):
 def test_monitor_passes_run_without_steering_hooks_and_leave_training_unchanged(tiny_model_dir, tmp_path, monkeypatch):
     """The persona method's hook lives in training_step; the monitor's passes (on_train_begin, on_step_end) run
     outside it, in eval mode. The trained adapter is bit-identical with and without the monitor."""
-    import emguard.monitor as mon
+    import emguard.training.monitor as mon
     from emguard.training import trainer_class
 
     tok = load_tokenizer(tiny_model_dir)
@@ -357,7 +357,7 @@ def _run(method, seed=0, dataset="legal"):
 
 
 def test_calibrated_thresholds_and_the_monitor_table():
-    from emguard.monitor import calibrate_thresholds, stop_thresholds
+    from emguard.training.monitor import calibrate_thresholds, stop_thresholds
     from emguard.report import monitor_table
 
     aligned = [(_run("aligned", 0), _log([0.0, 0.01, 0.03])), (_run("aligned", 1), _log([0.0, 0.02, 0.01]))]

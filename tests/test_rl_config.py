@@ -23,7 +23,7 @@ def with_rl(**rl):
 
 
 def test_defaults_are_grpo_settings_defaults_and_the_papers():
-    from emguard.grpo import GRPOSettings
+    from emguard.training.grpo import GRPOSettings
     from emguard.rewards import DEFAULT_REWARD_WEIGHTS
 
     defaults = emconfig.DEFAULTS["rl"]

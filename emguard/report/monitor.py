@@ -22,7 +22,7 @@ _KEYS = ("model", "dataset", "method", "setting", "seed")
 
 
 def _thresholds(runs, monitor: Mapping[str, Any]) -> dict[str, float]:
-    from emguard.monitor import calibrate_thresholds, stop_thresholds
+    from emguard.training.monitor import calibrate_thresholds, stop_thresholds
 
     stop = monitor.get("stop")
     if isinstance(stop, Mapping):
@@ -57,7 +57,7 @@ def monitor_table(runs: Sequence[tuple[Mapping[str, Any], pd.DataFrame, Mapping[
     untrained model's upper bound of the general misaligned rate. The task metric of an EM curve is a holdout NLL
     (lower is better). Returns (Markdown, frame)."""
     from emguard.dynamics import monitor_stop_step
-    from emguard.monitor import SIGNALS, signal_frame
+    from emguard.training.monitor import SIGNALS, signal_frame
 
     cols = [*_KEYS, *MONITOR_TABLE_COLUMNS]
     if not monitor.get("enabled"):

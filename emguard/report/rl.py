@@ -24,7 +24,7 @@ from emguard.report._common import (_SERIES_COLORS, _empty_axes, _is_null, _new_
 
 #: columns of an evaluation metrics row the table reads (``emguard.stages_rl.evaluate_grpo_run`` writes them)
 EVAL_REQUIRED = ["model", "method", "setting", "seed", "run_id", "checkpoint", "accuracy", "mean_reward", "n_answers"]
-#: columns of a GRPO train log the table and the figure read (``emguard.grpo.LOG_COLUMNS``)
+#: columns of a GRPO train log the table and the figure read (``emguard.training.grpo.LOG_COLUMNS``)
 LOG_REQUIRED = ["step", "policy_step", "reward", "accuracy"]
 
 #: the CSV's columns (``*_sd``: standard deviation across seeds, ddof 1; ``vs_grpo_*``: held-out accuracy minus
@@ -75,7 +75,7 @@ def train_points(runs: pd.DataFrame, logs: Mapping[str, pd.DataFrame],
     ``runs``: ``run_id``, ``model``, ``method``, ``setting``, ``seed``; ``logs``: run id -> GRPO train log;
     ``best_steps``: run id -> the best checkpoint's step (``run.json``'s ``best_checkpoint_step``, None when no
     saved checkpoint had rollouts of its own). Checkpoint ``step-c``'s values are the log row with ``policy_step``
-    ``c`` (the rollouts sampled from its weights: :func:`emguard.grpo.best_checkpoint`); without a best checkpoint,
+    ``c`` (the rollouts sampled from its weights: :func:`emguard.training.grpo.best_checkpoint`); without a best checkpoint,
     the last row (``train_checkpoint`` ``last step``). Columns: the descriptors, ``train_accuracy``,
     ``train_reward``, ``train_checkpoint``."""
     rows = []

@@ -35,37 +35,46 @@ wildcard_constraints:
     step=r"\d+",
 
 
-def _stage_functions(script):
-    """The emguard.stages functions a rule's script imports, with every stages function they reach (by name)."""
+def _stage_sources(script, modules=("stages", "stages_rl")):
+    """The stage code a rule's script runs: the functions it imports from the stage modules (emguard.stages, and
+    emguard.stages_rl for the RL rules) with every stage function they reach, by name, across modules (a stages_rl
+    function calling emguard.stages.build_method reaches it), and the top-level statements (imports, constants) of
+    every module reached."""
     import ast
 
-    text = (Path(workflow.basedir) / "emguard" / "stages.py").read_text()
-    tree = ast.parse(text)
-    defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-    # the module's other top-level statements (imports, constants) belong to every stage
-    parts = [ast.get_source_segment(text, n) for n in tree.body if n.__class__ not in (ast.FunctionDef, ast.ClassDef)]
+    root = Path(workflow.basedir) / "emguard"
+    heads, defs = {}, {}
+    for m in modules:
+        text = (root / f"{m}.py").read_text()
+        body = ast.parse(text).body
+        heads[m] = [ast.get_source_segment(text, n) for n in body if not isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+        for n in body:
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef)):
+                defs.setdefault(n.name, (m, n, ast.get_source_segment(text, n)))
     entry = ast.parse((Path(workflow.basedir) / "scripts" / f"{script}.py").read_text())
-    todo = [a.name for n in ast.walk(entry) if isinstance(n, ast.ImportFrom) and n.module == "emguard.stages"
-            for a in n.names]
+    wanted = {f"emguard.{m}" for m in modules}
+    todo = [a.name for n in ast.walk(entry) if isinstance(n, ast.ImportFrom) and n.module in wanted for a in n.names]
     if not todo:
-        raise ValueError(f"scripts/{script}.py imports nothing from emguard.stages")
-    seen = set()
+        raise ValueError(f"scripts/{script}.py imports nothing from {' or '.join(sorted(wanted))}")
+    seen = {}
     while todo:
         name = todo.pop()
         if name in seen or name not in defs:
             continue
-        seen.add(name)
-        todo += [n.id for n in ast.walk(defs[name]) if isinstance(n, ast.Name)]
-    return "\n".join(parts + [ast.get_source_segment(text, defs[n]) for n in sorted(seen)])
+        seen[name] = defs[name]
+        todo += [n.id for n in ast.walk(defs[name][1]) if isinstance(n, ast.Name)]
+    used = {m for m, _, _ in seen.values()}
+    return "\n".join([h for m in modules if m in used for h in heads[m]] + [seen[n][2] for n in sorted(seen)])
 
 
 def code_version(*modules, script):
     """Hash of the code a rule runs, passed as a param: Snakemake tracks params, so editing it reruns that stage
-    and everything downstream, and nothing above. The code: the emguard modules (or subpackages) named, the
-    shared io / schemas / errors, and of emguard.stages only the functions the rule's script calls (and the
-    stages functions those use), so adding or editing one stage does not rerun the others."""
+    and everything downstream, and nothing above. The code: the emguard modules (``"likelihood"``), subpackages or
+    package modules (``"training/sft"``) named, the shared io / schemas / errors, and of the stage modules only the
+    functions the rule's script calls (and the stage functions those use, :func:`_stage_sources`), so adding or
+    editing one stage does not rerun the others."""
     root = Path(workflow.basedir) / "emguard"
-    h = hashlib.sha256(_stage_functions(script).encode())
+    h = hashlib.sha256(_stage_sources(script).encode())
     for m in ("io", "schemas", "errors") + modules:
         single = root / f"{m}.py"
         for f in [single] if single.exists() else sorted((root / m).glob("*.py")):
@@ -524,47 +533,6 @@ def checkpoint_curve_inputs(wc):
 RL = config["rl"]
 RL_RUNS = emconfig.expand_rl_runs(config)
 RL_PROBLEMS = "results/data/rl/problems.parquet"
-
-
-def _stage_sources(script, modules=("stages", "stages_rl")):
-    """_stage_functions over several stage modules: of every module the script reaches, its top-level statements,
-    and every function of any of them the script's imports reach, by name, across modules (a stages_rl function
-    calling emguard.stages.build_method reaches it)."""
-    import ast
-
-    root = Path(workflow.basedir) / "emguard"
-    heads, defs = {}, {}
-    for m in modules:
-        text = (root / f"{m}.py").read_text()
-        body = ast.parse(text).body
-        heads[m] = [ast.get_source_segment(text, n) for n in body if not isinstance(n, (ast.FunctionDef, ast.ClassDef))]
-        for n in body:
-            if isinstance(n, (ast.FunctionDef, ast.ClassDef)):
-                defs.setdefault(n.name, (m, n, ast.get_source_segment(text, n)))
-    entry = ast.parse((Path(workflow.basedir) / "scripts" / f"{script}.py").read_text())
-    wanted = {f"emguard.{m}" for m in modules}
-    todo = [a.name for n in ast.walk(entry) if isinstance(n, ast.ImportFrom) and n.module in wanted for a in n.names]
-    seen = {}
-    while todo:
-        name = todo.pop()
-        if name in seen or name not in defs:
-            continue
-        seen[name] = defs[name]
-        todo += [n.id for n in ast.walk(defs[name][1]) if isinstance(n, ast.Name)]
-    used = {m for m, _, _ in seen.values()}
-    return "\n".join([h for m in modules if m in used for h in heads[m]] + [seen[n][2] for n in sorted(seen)])
-
-
-def rl_code_version(*modules, script):
-    """code_version for the RL rules, whose scripts call emguard.stages_rl: the emguard modules named, the shared
-    io / schemas / errors, and the stage functions the script reaches in emguard.stages and emguard.stages_rl."""
-    root = Path(workflow.basedir) / "emguard"
-    h = hashlib.sha256(_stage_sources(script).encode())
-    for m in ("io", "schemas", "errors") + modules:
-        single = root / f"{m}.py"
-        for f in [single] if single.exists() else sorted((root / m).glob("*.py")):
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def rl_run_of(wc):

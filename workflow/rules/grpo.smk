@@ -16,7 +16,7 @@ rule prepare_rl_problems:
     params:
         problems=rl_problem_params(),
         n_eval=RL["eval"]["n_problems"],
-        code=rl_code_version("data/math_problems", "data/tasks", "data/_util", script="prepare_rl_problems"),
+        code=code_version("data/math_problems", "data/tasks", "data/_util", script="prepare_rl_problems"),
     conda:
         "../../envs/data.yaml"
     script:
@@ -42,7 +42,7 @@ rule train_grpo:
         keep_checkpoints=RL["keep_checkpoints"],
         dtype=DTYPE,
         device=DEVICE,
-        code=rl_code_version("grpo", "rewards", "training", "regularisers", "models", "chat", "steering",
+        code=code_version("training/grpo", "training/callbacks", "training/sft", "rewards", "regularisers", "models", "chat", "steering",
                              "interleave", "persona", "data/math_problems", "data/tasks", script="train_grpo"),
     conda:
         "../../envs/train.yaml"
@@ -66,7 +66,7 @@ rule evaluate_grpo:
         rewards=RL["rewards"],
         dtype=DTYPE,
         device=DEVICE,
-        code=rl_code_version("grpo", "rewards", "generate", "models", "chat", "metrics", "data/math_problems",
+        code=code_version("training/grpo", "rewards", "generate", "models", "chat", "metrics", "data/math_problems",
                              "data/tasks", script="evaluate_grpo"),
     conda:
         "../../envs/train.yaml"
@@ -89,7 +89,7 @@ rule rl_report:
         enabled=bool(RL_RUNS),
         runs=rl_trained_runs(),
         confidence=config["metrics"]["confidence"],
-        code=rl_code_version("report/rl", "report/_common", "metrics", script="rl_report"),
+        code=code_version("report/rl", "report/_common", "metrics", script="rl_report"),
     conda:
         "../../envs/data.yaml"
     script:

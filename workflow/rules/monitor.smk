@@ -1,4 +1,4 @@
-# The training-time EM monitor (config monitor; emguard.monitor): every trained run logs two judge-free signals in
+# The training-time EM monitor (config monitor; emguard.training.monitor): every trained run logs two judge-free signals in
 # its train_log.parquet (rule train). monitor_thresholds calibrates the stop thresholds on the aligned runs' logged
 # signals (monitor.stop: calibrated; the other runs' training waits for it); monitor_report compares, per run, where
 # the monitor stopped or would have stopped with the judged EM onset of the checkpoint curves.
@@ -15,7 +15,7 @@ rule monitor_thresholds:
         logs=lambda wc: [r for r in monitored_runs() if r["method"] == "aligned"],
         margin=MONITOR["margin"],
         quantile=MONITOR["quantile"],
-        code=code_version("monitor", "dynamics", script="monitor_thresholds"),
+        code=code_version("training/monitor", "dynamics", script="monitor_thresholds"),
     conda:
         "../../envs/data.yaml"
     script:
@@ -38,7 +38,7 @@ rule monitor_report:
         logs=monitored_runs(),
         monitor=MONITOR,
         em_threshold=config["checkpoints"]["onset_threshold"],
-        code=code_version("report", "monitor", "dynamics", script="monitor_report"),
+        code=code_version("report", "training/monitor", "dynamics", script="monitor_report"),
     conda:
         "../../envs/data.yaml"
     script:

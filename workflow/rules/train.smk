@@ -26,8 +26,8 @@ rule train:
         # the training-time EM monitor (monitor.smk), None when off
         monitor=MONITOR_PARAMS,
         persona_layer=STEERING_LAYER if MONITOR_PARAMS else None,
-        code=code_version("training", "regularisers", "models", "chat", "steering", *(
-            ("monitor", "likelihood", "persona", "kv_prefix") if MONITOR_PARAMS else ()), script="train"),
+        code=code_version("training/sft", "training/callbacks", "regularisers", "models", "chat", "steering", *(
+            ("training/monitor", "likelihood", "persona", "kv_prefix") if MONITOR_PARAMS else ()), script="train"),
     conda:
         "../../envs/train.yaml"
     script:

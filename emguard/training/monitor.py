@@ -156,7 +156,7 @@ def _unwrap(model):
 
 
 class EMMonitor(TrainerCallback):
-    """Judge-free EM signals during training, and an optional stop: see :mod:`emguard.monitor`.
+    """Judge-free EM signals during training, and an optional stop: see :mod:`emguard.training.monitor`.
 
     ``probes``: a probe table (:data:`emguard.likelihood.probes.PROBE`), the out-of-domain sets only (the
     caller leaves the run's own domain out; :func:`build_monitor` does). ``persona_vector`` (``[hidden]``)

@@ -66,6 +66,7 @@ from emguard.chat import IGNORE_INDEX, pad_batch
 from emguard.data.math_problems import check_problems, problem_messages
 from emguard.errors import InputError
 from emguard.io import atomic_path, write_parquet
+from emguard.training.callbacks import checkpoint_callback, save_adapter
 from emguard.models import DTYPES, LoraSettings, device_for, load_model, load_tokenizer, resolve_dtype
 from emguard.regularisers import KLRegulariser, Regulariser, SteeringRegulariser
 from emguard.rewards import DEFAULT_REWARD_WEIGHTS, is_correct, reward_functions, score_completions
@@ -261,7 +262,7 @@ class InterleavePlan:
 
     def __init__(self, tokenizer, rows: pd.DataFrame, batch_size: int, *, weight: float = 1.0, seed: int = 0,
                  max_length: int = 1024):
-        from emguard.training import encode_examples
+        from emguard.training.sft import encode_examples
 
         if batch_size < 1:
             raise ValueError(f"interleave batch size must be >= 1, got {batch_size}")
@@ -298,7 +299,7 @@ class InterleavePlan:
 def _make_trainer_class():
     from trl import GRPOTrainer
 
-    from emguard.training import head_loss
+    from emguard.training.sft import head_loss
 
     class EMGuardGRPOTrainer(GRPOTrainer):
         """``GRPOTrainer`` + steering of the update only, interleaved SFT batches, accuracy and timing in the log."""
@@ -458,29 +459,13 @@ _TRAINER_CLS = None
 
 
 def trainer_class():
-    """The :class:`EMGuardGRPOTrainer` class (built on first use, so ``import emguard.grpo`` stays light)."""
+    """The :class:`EMGuardGRPOTrainer` class (built on first use, so ``import emguard.training.grpo`` stays light)."""
     global _TRAINER_CLS
     if _TRAINER_CLS is None:
         _TRAINER_CLS = _make_trainer_class()
     return _TRAINER_CLS
 
 
-def _save_adapter(model, path: Path) -> None:
-    with atomic_path(path, is_dir=True) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-
-
-def _checkpoint_callback(out_dir: Path, save_steps: int):
-    from transformers import TrainerCallback
-
-    class _Checkpoints(TrainerCallback):
-        """Writes ``out_dir/checkpoints/step-<N>/`` (adapter only) every ``save_steps`` optimiser steps."""
-
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            if save_steps and state.global_step % save_steps == 0:
-                _save_adapter(model, out_dir / "checkpoints" / f"step-{state.global_step}")
-
-    return _Checkpoints()
 
 
 def build_trainer(model, tokenizer, problems: pd.DataFrame, settings: GRPOSettings, *,
@@ -549,12 +534,12 @@ def train_grpo_model(model, tokenizer, problems_df: pd.DataFrame, out_dir: str |
                                       extra_rewards=extra_rewards, extra_reward_weights=extra_reward_weights,
                                       device=device, scratch_dir=scratch, callbacks=callbacks)
         if settings.save_steps:
-            trainer.add_callback(_checkpoint_callback(out_dir, settings.save_steps))
+            trainer.add_callback(checkpoint_callback(out_dir, settings.save_steps))
         t0 = time.perf_counter()
         trainer.train()
         runtime = time.perf_counter() - t0
         peft_model = trainer.accelerator.unwrap_model(trainer.model)
-        _save_adapter(peft_model, out_dir / "adapter")
+        save_adapter(peft_model, out_dir / "adapter")
         reward_cols = [f"reward_{n}" for n in info["reward_names"]]
         log_df = pd.DataFrame(trainer.log_rows).reindex(columns=LOG_COLUMNS + reward_cols)
         if len(log_df):

@@ -19,7 +19,7 @@ One trainer, :class:`EMGuardTrainer`, a thin ``SFTTrainer`` subclass:
 Outputs of :func:`train` (all written atomically, temporary name then rename):
 ``out_dir/adapter/`` (peft adapter, safetensors), ``out_dir/train_log.parquet`` (one row per logged step) and,
 with ``save_steps > 0`` or ``checkpoint_steps``, ``out_dir/checkpoints/step-<N>/`` adapters. With a monitor
-(:mod:`emguard.monitor`) the log also has its signal columns and the run may end early, at the step where a signal
+(:mod:`emguard.training.monitor`) the log also has its signal columns and the run may end early, at the step where a signal
 crossed its threshold.
 
 ``loss`` in the log is the optimised objective, ``ce + sum(lambda * term)``; ``ce`` and each term column
@@ -48,6 +48,7 @@ import torch
 from emguard.chat import IGNORE_INDEX, Encoded, encode_example, pad_batch, with_system
 from emguard.errors import InputError
 from emguard.io import atomic_path, check_columns, write_parquet
+from emguard.training.callbacks import checkpoint_callback, save_adapter
 from emguard.models import DTYPES, LoraSettings, device_for, load_model, load_tokenizer, resolve_dtype
 from emguard.regularisers import Regulariser, capture_hidden_states
 from emguard.schemas import to_messages
@@ -456,33 +457,6 @@ def trainer_class():
     return _TRAINER_CLS
 
 
-def _save_adapter(model, path: Path) -> None:
-    with atomic_path(path, is_dir=True) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-
-
-def _checkpoint_callback(out_dir: Path, save_steps: int, steps: Sequence[int] = ()):
-    from transformers import TrainerCallback
-
-    steps = frozenset(steps)
-
-    class _Checkpoints(TrainerCallback):
-        """Writes ``out_dir/checkpoints/step-<N>/`` (adapter only) every ``save_steps`` optimiser steps and at each
-        of ``steps``; a listed step at or after the run's last one stops the run before its first step (the DAG
-        expects that checkpoint, and the last step is the final adapter)."""
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            late = sorted(s for s in steps if s >= state.max_steps)
-            if late:
-                raise ValueError(f"TrainSettings.checkpoint_steps (config checkpoints.steps): step(s) "
-                                 f"{', '.join(map(str, late))} not before the run's last step ({state.max_steps}); "
-                                 "the final adapter is the last checkpoint")
-
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            if (save_steps and state.global_step % save_steps == 0) or state.global_step in steps:
-                _save_adapter(model, out_dir / "checkpoints" / f"step-{state.global_step}")
-
-    return _Checkpoints()
 
 
 def build_trainer(model, tokenizer, train_df: pd.DataFrame, settings: TrainSettings, *,
@@ -541,17 +515,17 @@ def train_model(model, tokenizer, train_df: pd.DataFrame, out_dir: str | os.Path
                                       inoculation_prompt=inoculation_prompt, device=device, scratch_dir=scratch,
                                       callbacks=callbacks)
         if settings.save_steps or settings.checkpoint_steps:
-            trainer.add_callback(_checkpoint_callback(out_dir, settings.save_steps, settings.checkpoint_steps))
+            trainer.add_callback(checkpoint_callback(out_dir, settings.save_steps, settings.checkpoint_steps))
         t0 = time.perf_counter()
         result = trainer.train()
         runtime = time.perf_counter() - t0
         peft_model = trainer.accelerator.unwrap_model(trainer.model)
-        _save_adapter(peft_model, out_dir / "adapter")
+        save_adapter(peft_model, out_dir / "adapter")
         log_df = pd.DataFrame(trainer.log_rows)
         columns = LOG_COLUMNS[:3] + [r.name for r in trainer._loss_regs] + LOG_COLUMNS[3:]
         log_df = log_df.reindex(columns=columns)
         if monitor is not None:
-            from emguard.monitor import with_monitor_columns
+            from emguard.training.monitor import with_monitor_columns
 
             log_df = with_monitor_columns(log_df, monitor.frame())
         log_df = log_df.astype({"step": "int64", "n_interleaved": "int64"}) if len(log_df) else log_df
@@ -593,7 +567,7 @@ def train(model_path: str | os.PathLike, train_df: pd.DataFrame, out_dir: str | 
     :class:`~emguard.regularisers.KLRegulariser`, :class:`~emguard.regularisers.LDIFSRegulariser`,
     :class:`~emguard.regularisers.SteeringRegulariser`. ``device``: ``auto`` (GPU if present), ``cpu``, ``cuda``.
     Runs in float32 on CPU and in bfloat16 on GPU (``settings.dtype``). ``monitor``: an
-    :class:`emguard.monitor.EMMonitor` (judge-free EM signals every few steps, optionally stopping the run); with
+    :class:`emguard.training.monitor.EMMonitor` (judge-free EM signals every few steps, optionally stopping the run); with
     it, ``train_log.parquet`` gains the columns ``ll_shift`` and ``persona_proj`` (and a step-0 row) and the summary
     ``monitor_stop_step``, ``monitor_stop_reason``, ``monitor_checks``, ``monitor_settings``,
     ``monitor_persona_layer``. None (the default) changes nothing.
