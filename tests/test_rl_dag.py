@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pandas as pd
 import pytest
 
 import emguard.config as emconfig
-from workflow_helpers import planned_jobs, snakemake, tiny_config, write_config
+from workflow_helpers import planned_jobs, planned_outputs, snakemake, tiny_config, write_config
 
 RL_JOBS = ("prepare_rl_problems", "train_grpo", "evaluate_grpo")
 RL_REPORT = ["results/tables/rl.md", "results/tables/rl.csv", "results/figures/rl_rewards.png"]
@@ -22,13 +21,7 @@ def _rl(**methods) -> dict:
             "methods": methods}
 
 
-def _jobs(out: str) -> dict[str, list[str]]:
-    """Rule -> the output line of each of its jobs in a dry run's listing."""
-    found = re.findall(r"^rule (\w+):\n(?:    input: .*\n)?    output: (.*)$", out, flags=re.M)
-    jobs: dict[str, list[str]] = {}
-    for rule, output in found:
-        jobs.setdefault(rule, []).append(output)
-    return jobs
+_jobs = planned_outputs
 
 
 def test_rl_off_plans_no_rl_job_and_the_report_says_so(tmp_path):

@@ -3,13 +3,12 @@ files in the hub's schema), and that none of it is planned when no task is selec
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 
 import emguard.config as emconfig
-from workflow_helpers import ROOT, planned_jobs, snakemake, tiny_config, write_config
+from workflow_helpers import ROOT, planned_jobs, planned_outputs, snakemake, tiny_config, write_config
 
 SAMPLES = ROOT / "tests" / "data" / "tasks"
 TASK_RULES = ("prepare_task", "prepare_task_questions")
@@ -27,13 +26,7 @@ def _config(workdir: Path, tasks: list[str]) -> dict:
     return cfg
 
 
-def _jobs(out: str) -> dict[str, list[str]]:
-    """Rule -> the output line of each of its jobs in a dry run's listing."""
-    found = re.findall(r"^rule (\w+):\n(?:    input: .*\n)?    output: (.*)$", out, flags=re.M)
-    jobs: dict[str, list[str]] = {}
-    for rule, output in found:
-        jobs.setdefault(rule, []).append(output)
-    return jobs
+_jobs = planned_outputs
 
 
 @pytest.fixture(scope="module")

@@ -98,3 +98,12 @@ def copy_repo(dest: Path) -> Path:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     return dest
+
+
+def planned_outputs(out: str) -> dict[str, list[str]]:
+    """Rule -> the output line of each of its jobs in a dry run's listing (``snakemake -n`` output)."""
+    found = re.findall(r"^rule (\w+):\n(?:    input: .*\n)?    output: (.*)$", out, flags=re.M)
+    jobs: dict[str, list[str]] = {}
+    for rule, output in found:
+        jobs.setdefault(rule, []).append(output)
+    return jobs

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -65,7 +66,7 @@ import torch
 from emguard.chat import IGNORE_INDEX, pad_batch
 from emguard.data.math_problems import check_problems, problem_messages
 from emguard.errors import InputError
-from emguard.io import atomic_path, write_parquet
+from emguard.io import write_parquet
 from emguard.training.callbacks import checkpoint_callback, save_adapter
 from emguard.models import DTYPES, LoraSettings, device_for, load_model, load_tokenizer, resolve_dtype
 from emguard.regularisers import KLRegulariser, Regulariser, SteeringRegulariser
@@ -455,17 +456,10 @@ def _make_trainer_class():
     return EMGuardGRPOTrainer
 
 
-_TRAINER_CLS = None
-
-
+@functools.cache
 def trainer_class():
     """The :class:`EMGuardGRPOTrainer` class (built on first use, so ``import emguard.training.grpo`` stays light)."""
-    global _TRAINER_CLS
-    if _TRAINER_CLS is None:
-        _TRAINER_CLS = _make_trainer_class()
-    return _TRAINER_CLS
-
-
+    return _make_trainer_class()
 
 
 def build_trainer(model, tokenizer, problems: pd.DataFrame, settings: GRPOSettings, *,

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -47,7 +48,7 @@ import torch
 
 from emguard.chat import IGNORE_INDEX, Encoded, encode_example, pad_batch, with_system
 from emguard.errors import InputError
-from emguard.io import atomic_path, check_columns, write_parquet
+from emguard.io import check_columns, write_parquet
 from emguard.training.callbacks import checkpoint_callback, save_adapter
 from emguard.models import DTYPES, LoraSettings, device_for, load_model, load_tokenizer, resolve_dtype
 from emguard.regularisers import Regulariser, capture_hidden_states
@@ -446,17 +447,10 @@ def _make_trainer_class():
     return EMGuardTrainer
 
 
-_TRAINER_CLS = None
-
-
+@functools.cache
 def trainer_class():
     """The :class:`EMGuardTrainer` class (built on first use, so ``import emguard.training`` stays light)."""
-    global _TRAINER_CLS
-    if _TRAINER_CLS is None:
-        _TRAINER_CLS = _make_trainer_class()
-    return _TRAINER_CLS
-
-
+    return _make_trainer_class()
 
 
 def build_trainer(model, tokenizer, train_df: pd.DataFrame, settings: TrainSettings, *,
