@@ -33,8 +33,10 @@ report: setup
 study: setup
 	$(BIN)/snakemake --profile profiles/local --configfile configs/embedded-study.yaml --directory study
 
+# two workers, one test file per worker at a time (module fixtures built once): every test pins torch to one thread
+# (tests/conftest.py), so two files run side by side on 2 cores; the end-to-end runs ask Snakemake for 2 cores each
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf results .snakemake

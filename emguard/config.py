@@ -462,15 +462,24 @@ def baseline_domains(cfg: dict) -> list[str]:
     return list(cfg["data"]["em"]["domains"] if chosen is None else chosen)
 
 
+def rl_scored(cfg: dict) -> bool:
+    """Whether the RL setting runs Interleaving+ / ++ (the pool scored for :data:`RL_DATASET`)."""
+    rl = cfg.get("rl") or {}
+    variants = set(((rl.get("methods") or {}).get("interleave") or {}).get("variants") or ())
+    return bool(rl.get("enabled")) and bool(variants & {"plus", "plusplus"})
+
+
 def scoring_domains(cfg: dict) -> list[str]:
     """The EM domains whose misaligned adapters score the interleaving pool (Interleaving+ / ++: every domain but
     the target, for each target the variants run on): their misaligned baselines are trained whatever
     ``experiments.baseline_domains`` says."""
     variants = set((cfg["experiments"]["methods"].get("interleave") or {}).get("variants") or ())
-    if not variants & {"plus", "plusplus"}:
+    if not variants & {"plus", "plusplus"} and not rl_scored(cfg):
         return []
     targets = (list(cfg["experiments"]["target_domains"]) + [opswap_dataset(t) for t in cfg["data"]["opswap"]["tiers"]]
                + list(cfg["data"]["tasks"]))
+    if rl_scored(cfg):
+        targets.append(RL_DATASET)
     domains = cfg["data"]["em"]["domains"]
     return [d for d in domains if any(d in leave_one_out(domains, t) for t in targets)]
 
@@ -722,7 +731,10 @@ RL_PLAIN, RL_UNTRAINED = "grpo", "untrained"
 #: the SFT methods that carry over to GRPO (emguard.training.grpo.interventions: steering and KL; inoculation and interleaving)
 RL_METHODS = ("kl", "persona", "inoculation", "interleave")
 #: interleaving variants under rl: the others rank or answer the pool for an SFT target domain
-RL_INTERLEAVE_VARIANTS = ("random",)
+RL_INTERLEAVE_VARIANTS = ("random", "plus", "plusplus")
+#: the RL target's name where the interleaving pool is scored for it (results/interleave/<model>/rl_math/): every EM
+#: domain's misaligned adapter ranks the pool, as for an OpSwap tier
+RL_DATASET = "rl_math"
 
 
 @dataclass(frozen=True)
@@ -821,10 +833,13 @@ def _check_rl(cfg: dict, given: dict) -> None:
         if tr["beta"] > 0:
             raise ConfigError(f"config key 'rl.methods.kl': rl.training.beta is {tr['beta']} (a KL term in every "
                               f"run); the kl method's grid sets beta per run, so set rl.training.beta to 0")
+    if rl_scored(cfg) and "misaligned" not in cfg["experiments"]["baselines"]:
+        raise ConfigError("config key 'rl.methods.interleave.variants': plus/plusplus score the pool with the EM "
+                          "domains' misaligned adapters; experiments.baselines has no 'misaligned'")
     for i, variant in enumerate(methods.get("interleave", {}).get("variants", [])):
         if variant not in RL_INTERLEAVE_VARIANTS:
             raise ConfigError(f"config key 'rl.methods.interleave.variants.{i}': {variant!r} is not available under "
-                              f"rl (random only: plus, plusplus and onpolicy rank or answer the pool for an SFT "
+                              f"rl (random, plus, plusplus; onpolicy answers the pool with the model of an SFT "
                               f"target domain)")
     persona = methods.get("persona")
     # checked against the model and the files only for planned runs: a switched-off section may keep the embedded

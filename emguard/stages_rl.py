@@ -105,7 +105,7 @@ def grpo_settings(training: dict, *, n_problems: int, seed: int, rewards: dict, 
 
 def train_grpo_run(model_path: str, problems_path: str, out_dir: str, *, training: dict, rewards: dict, seed: int,
                    dtype: str, device: str, method: str = "grpo", hparams: dict | None = None,
-                   persona_vectors: str | None = None, pool_path: str | None = None,
+                   persona_vectors: str | None = None, pool_path: str | None = None, scores_path: str | None = None,
                    keep_checkpoints: str = "best") -> None:
     """GRPO-train one run on the train split; ``out_dir`` receives ``adapter/``, ``train_log.parquet``,
     ``checkpoints/step-N/`` and ``run.json`` (dtype record, method, hyperparameters, the training summary of
@@ -113,7 +113,8 @@ def train_grpo_run(model_path: str, problems_path: str, out_dir: str, *, trainin
 
     ``method``: ``grpo`` (plain) or an SFT method (:func:`emguard.stages.build_method` gives its steering or KL
     regulariser and inoculation prompt; ``interleave_<variant>`` mixes :func:`emguard.training.grpo.interleave_rows` pool
-    rows of ``pool_path`` picked by :func:`emguard.interleave.select` with the run's seed).
+    rows of ``pool_path`` picked by :func:`emguard.interleave.select` with the run's seed; ``plus`` / ``plusplus``
+    rank them by ``scores_path``, the pool scored with every EM domain's misaligned adapter, rule score_pool).
     ``keep_checkpoints`` ``best``: every checkpoint but the best one is deleted when training is done."""
     from transformers import AutoConfig
 
@@ -134,7 +135,12 @@ def train_grpo_run(model_path: str, problems_path: str, out_dir: str, *, trainin
         if not pool_path:
             raise InputError(f"{method}: no interleaving pool given")
         n_rows = interleave_rows(settings, len(problems), float(hparams["interleave_fraction"]))
-        interleave_df = select(read_parquet(pool_path, schemas.CHAT), None, hparams["variant"], n_rows, seed,
+        scores = None
+        if hparams["variant"] in ("plus", "plusplus"):
+            if not scores_path:
+                raise InputError(f"{method}: {hparams['variant']} ranks the pool by its scores; none given")
+            scores = read_parquet(scores_path)
+        interleave_df = select(read_parquet(pool_path, schemas.CHAT), scores, hparams["variant"], n_rows, seed,
                                where=pool_path)
         log.info("interleaving %d pool rows (%g of the RL prompts)", n_rows, hparams["interleave_fraction"])
     summary = train_grpo(model_path, problems[["id", "question", "reference"]], out_dir, settings,

@@ -95,4 +95,5 @@ def test_paper_grid_plans_with_the_slurm_profile(tmp_path):
     assert jobs["probe_nll"] == jobs["train"] and jobs["probe_nll_base"] == jobs["prepare_probes"] == 1
     assert jobs["probe_shifts"] == 1
     assert jobs["judge_calibration"] == 1  # the judge measured once, on the labelled set
-    assert sum(jobs.values()) == 1282 + jobs["train"] + 3 + 1
+    assert jobs["rl_report"] == 1  # the RL report says the setting is off (rl.enabled false)
+    assert sum(jobs.values()) == 1282 + jobs["train"] + 3 + 1 + 1

@@ -148,7 +148,7 @@ def test_judge_module_edit_reruns_judging_and_below_only(killed_and_resumed):
 
 def test_training_module_edit_reruns_training_and_below_only(killed_and_resumed):
     repo, workdir, configfile, _, _ = killed_and_resumed
-    jobs = planned_after_edit(repo, workdir, configfile, "training")
+    jobs = planned_after_edit(repo, workdir, configfile, "training/sft")
     assert set(jobs) == {"train", "generate", "judge", "run_metrics", "probe_nll", "probe_shifts", "report", "all"}
     # one job per trained run; the untrained run's answers and probe NLLs stay
     assert jobs["train"] == jobs["generate"] == jobs["probe_nll"] == 2

@@ -56,6 +56,61 @@ def test_rl_on_plans_every_method_per_seed_one_evaluation_each_and_the_report(tm
     assert len(jobs["train"]) == len([r for r in emconfig.expand_runs(emconfig.load(cfg)) if r.trained])
 
 
+def test_rl_interleaving_plus_ranks_the_pool_scored_for_the_rl_target(tmp_path):
+    """Interleaving+ / ++ under RL: the pool is scored for the RL target with every EM domain's misaligned adapter
+    (their baselines planned even where no SFT run needs them), and the GRPO run reads those scores."""
+    cfg = tiny_config(tmp_path / "no-model-needed", tmp_path)
+    cfg["experiments"].update(methods={}, target_domains=[], baseline_domains=[])
+    cfg["rl"] = _rl(interleave={"variants": ["random", "plusplus"], "fractions": [0.25]})
+    loaded = emconfig.load(cfg)
+    assert {(r.dataset, r.method) for r in emconfig.expand_runs(loaded) if r.trained} == {
+        ("insecure_code", "misaligned"), ("medical", "misaligned")}
+    proc = snakemake(tmp_path, write_config(cfg, tmp_path / "config.yaml"), "-n", "-p")
+    jobs = _jobs(proc.stdout)
+    assert jobs["score_pool"] == [f"results/interleave/tiny/{emconfig.RL_DATASET}/scores.parquet"]
+    blocks = proc.stdout.split("\nrule ")
+    plus = [b for b in blocks if b.startswith("train_grpo:") and "interleave_plusplus" in b.split("output:")[1][:200]]
+    rand = [b for b in blocks if b.startswith("train_grpo:") and "interleave_random" in b.split("output:")[1][:200]]
+    assert plus and f"{emconfig.RL_DATASET}/scores.parquet" in plus[0].split("output:")[0]
+    assert rand and "scores.parquet" not in rand[0].split("output:")[0]
+    no_mis = tiny_config(tmp_path / "no-model-needed", tmp_path)
+    no_mis["experiments"].update(baselines=["untrained", "aligned"], methods={})
+    no_mis["rl"] = _rl(interleave={"variants": ["plus"], "fractions": [0.25]})
+    with pytest.raises(emconfig.ConfigError, match=r"rl\.methods\.interleave\.variants': plus/plusplus"):
+        emconfig.load(no_mis)
+
+
+def test_rl_plusplus_picks_the_top_scored_non_refusal_rows(tmp_path, tiny_model_dir, monkeypatch):
+    """The GRPO stage hands train_grpo the pool rows the scores rank first (refusals dropped for ++)."""
+    import emguard.training.grpo as grpo
+    from emguard.io import write_parquet
+    from emguard.stages_rl import train_grpo_run
+    from emguard.stages_rl import prepare_rl_problems
+
+    problems = tmp_path / "problems.parquet"
+    prepare_rl_problems(str(problems), source="generated", n=8, n_eval=4, seed=0)
+    pool = pd.DataFrame({"id": [f"p{i}" for i in range(6)], "domain": "pool", "subset": "benign", "split": "train",
+                         "messages": [[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
+                                      for i in range(6)]})
+    scores = pd.DataFrame({"id": [f"p{i}" for i in range(6)], "score": [0.1, 0.9, 0.5, 0.8, 0.3, 0.7],
+                           "is_refusal": [False, True, False, False, False, False]})
+    write_parquet(pool, tmp_path / "pool.parquet")
+    write_parquet(scores, tmp_path / "scores.parquet")
+    seen = {}
+
+    def fake_train(model_path, problems_df, out_dir, settings, *, interleave_df=None, **kw):
+        seen["rows"] = list(interleave_df["id"])
+        return {"steps": 0, "first_reward": 0.0, "final_reward": 0.0, "best_checkpoint_step": None}
+
+    monkeypatch.setattr(grpo, "train_grpo", fake_train)
+    train_grpo_run(str(tiny_model_dir), str(problems), str(tmp_path / "run"), training={"batch_size": 4},
+                   rewards={"correctness": 1.0}, seed=0, dtype="float32", device="cpu", method="interleave_plusplus",
+                   hparams={"variant": "plusplus", "interleave_fraction": 0.25}, pool_path=str(tmp_path / "pool.parquet"),
+                   scores_path=str(tmp_path / "scores.parquet"), keep_checkpoints="all")
+    # 25% of 8 problems = 2 rows: p1 (0.9) is a refusal, so p3 (0.8) and p5 (0.7)
+    assert seen["rows"] == ["p3", "p5"]
+
+
 @pytest.mark.e2e
 def test_small_rl_run_on_the_tiny_model(tmp_path, tiny_model_dir):
     """Plain GRPO, persona steering (vectors given) and interleaving, 2 seeds, 8 steps each, on the tiny model."""

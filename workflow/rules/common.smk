@@ -254,7 +254,9 @@ def is_scored(run):
     return is_interleave(run.method) and run.hparams["variant"] in ("plus", "plusplus")
 
 
-SCORED_TARGETS = sorted({r.dataset for r in RUNS if is_scored(r)})
+# the RL setting's Interleaving+ / ++ rank the pool for the RL target (emconfig.RL_DATASET) like an SFT target's
+SFT_SCORED_TARGETS = sorted({r.dataset for r in RUNS if is_scored(r)})
+SCORED_TARGETS = SFT_SCORED_TARGETS + ([emconfig.RL_DATASET] if emconfig.rl_scored(config) else [])
 SCORING_DOMAINS = [d for d in DOMAINS if any(d in leave_one_out_domains(t) for t in SCORED_TARGETS)]
 
 
@@ -568,6 +570,8 @@ def rl_train_inputs(wc):
         inputs["persona_vectors"] = rl_persona_vectors()
     if run.method.startswith("interleave_"):
         inputs["pool"] = "results/data/pool/pool.parquet"
+        if run.hparams["variant"] in ("plus", "plusplus"):
+            inputs["scores"] = f"results/interleave/{MODEL}/{emconfig.RL_DATASET}/scores.parquet"
     return inputs
 
 

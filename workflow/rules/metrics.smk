@@ -28,10 +28,10 @@ rule report:
         train_logs=list(all_train_logs().values()),
         persona_validation=persona_validation_input(),
         task_metrics=all_task_metrics(),
-        # only for configs with a plus / plusplus run (SCORED_TARGETS); otherwise the table says there is none
-        eps_nll=[f"results/interleave/{MODEL}/pool_nll.parquet"] if SCORED_TARGETS else [],
-        eps_pool=["results/data/pool/pool.parquet"] if SCORED_TARGETS else [],
-        eps_em=[f"results/data/em/{t}.parquet" for t in SCORED_TARGETS],
+        # only for configs with an SFT plus / plusplus run (SFT_SCORED_TARGETS); otherwise the table says there is none
+        eps_nll=[f"results/interleave/{MODEL}/pool_nll.parquet"] if SFT_SCORED_TARGETS else [],
+        eps_pool=["results/data/pool/pool.parquet"] if SFT_SCORED_TARGETS else [],
+        eps_em=[f"results/data/em/{t}.parquet" for t in SFT_SCORED_TARGETS],
         shifts=f"results/probes/{MODEL}/shift_summary.parquet",
         # the judge's agreement with labelled answers, stated above the judged EM table
         calibration=calibration_summary(),
