@@ -98,8 +98,8 @@ def test_paper_config_has_the_papers_grpo_settings():
 
 @pytest.mark.parametrize("rl, key", [
     ({"methods": {"ldifs": {"ldifs_lambda": [1.0]}}}, r"rl\.methods\.ldifs': LDIFS is not available under GRPO"),
-    ({"methods": {"interleave": {"variants": ["random", "plus"], "fractions": [0.1]}}},
-     r"rl\.methods\.interleave\.variants\.1': 'plus' is not available"),
+    ({"methods": {"interleave": {"variants": ["random", "onpolicy"], "fractions": [0.1]}}},
+     r"rl\.methods\.interleave\.variants\.1': 'onpolicy' is not available"),
     ({"methods": {"kl": {"kl_lambda": [0.1], "direction": "forward"}}}, r"rl\.methods\.kl\.direction"),
     ({"methods": {"kl": {"kl_lambda": [0.1]}}, "training": {"beta": 0.1}}, r"rl\.methods\.kl': rl\.training\.beta"),
     ({"training": {"batch_size": 3, "grad_accum": 1}}, r"rl\.training\.num_generations"),
