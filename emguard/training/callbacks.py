@@ -3,6 +3,11 @@ atomically, and checkpoints every N steps or at listed steps (the monitor, :mod:
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -38,3 +43,26 @@ def checkpoint_callback(out_dir: Path, save_steps: int, steps: Sequence[int] = (
                 save_adapter(model, out_dir / "checkpoints" / f"step-{state.global_step}")
 
     return _Checkpoints()
+
+
+@contextlib.contextmanager
+def run_folder(out_dir: str | os.PathLike, prefix: str):
+    """A training run's folder, made ready: created, stale ``checkpoints/`` of an earlier run removed, and a scratch
+    folder for the trainer's own files under it (yielded, then deleted whatever happens)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # stale checkpoints of an earlier run
+    scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=out_dir))
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def train_and_save(trainer, out_dir: Path):
+    """``trainer.train()``, timed, then the adapter saved to ``out_dir/adapter``: ``(train result, seconds)``."""
+    t0 = time.perf_counter()
+    result = trainer.train()
+    runtime = time.perf_counter() - t0
+    save_adapter(trainer.accelerator.unwrap_model(trainer.model), out_dir / "adapter")
+    return result, runtime

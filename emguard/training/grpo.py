@@ -52,7 +52,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import tempfile
 import time
 from collections import defaultdict
@@ -67,7 +66,7 @@ from emguard.chat import IGNORE_INDEX, pad_batch
 from emguard.data.math_problems import check_problems, problem_messages
 from emguard.errors import InputError
 from emguard.io import write_parquet
-from emguard.training.callbacks import checkpoint_callback, save_adapter
+from emguard.training.callbacks import checkpoint_callback, run_folder, train_and_save
 from emguard.models import DTYPES, LoraSettings, device_for, load_model, load_tokenizer, resolve_dtype
 from emguard.regularisers import KLRegulariser, Regulariser, SteeringRegulariser
 from emguard.rewards import DEFAULT_REWARD_WEIGHTS, is_correct, reward_functions, score_completions
@@ -517,31 +516,22 @@ def train_grpo_model(model, tokenizer, problems_df: pd.DataFrame, out_dir: str |
     """:func:`train_grpo` for an already loaded model and tokenizer (benchmarks build random-weight models)."""
     settings = settings or GRPOSettings()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # stale checkpoints of an earlier run
     problems = select_problems(problems_df, settings.n_problems, settings.seed)
     planned = planned_steps(settings, len(problems))
-    scratch = Path(tempfile.mkdtemp(prefix=".grpo-", dir=out_dir))
-    try:
+    with run_folder(out_dir, ".grpo-") as scratch:
         trainer, info = build_trainer(model, tokenizer, problems, settings, regularisers=regularisers,
                                       inoculation_prompt=inoculation_prompt, interleave_df=interleave_df,
                                       extra_rewards=extra_rewards, extra_reward_weights=extra_reward_weights,
                                       device=device, scratch_dir=scratch, callbacks=callbacks)
         if settings.save_steps:
             trainer.add_callback(checkpoint_callback(out_dir, settings.save_steps))
-        t0 = time.perf_counter()
-        trainer.train()
-        runtime = time.perf_counter() - t0
-        peft_model = trainer.accelerator.unwrap_model(trainer.model)
-        save_adapter(peft_model, out_dir / "adapter")
+        _, runtime = train_and_save(trainer, out_dir)
         reward_cols = [f"reward_{n}" for n in info["reward_names"]]
         log_df = pd.DataFrame(trainer.log_rows).reindex(columns=LOG_COLUMNS + reward_cols)
         if len(log_df):
             log_df = log_df.astype({c: "int64" for c in ("step", "policy_step", "sft_batches", "n_interleaved",
                                                            "rollout_tokens", "update_tokens")})
         write_parquet(log_df, out_dir / "train_log.parquet")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     checkpoints = sorted((out_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     best = best_checkpoint(log_df, [int(p.name.split("-")[1]) for p in checkpoints])
     tot = trainer.totals

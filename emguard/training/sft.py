@@ -36,7 +36,6 @@ import functools
 import logging
 import math
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ import torch
 from emguard.chat import IGNORE_INDEX, Encoded, encode_example, pad_batch, with_system
 from emguard.errors import InputError
 from emguard.io import check_columns, write_parquet
-from emguard.training.callbacks import checkpoint_callback, save_adapter
+from emguard.training.callbacks import checkpoint_callback, run_folder, train_and_save
 from emguard.models import DTYPES, LoraSettings, device_for, load_model, load_tokenizer, resolve_dtype
 from emguard.regularisers import Regulariser, capture_hidden_states
 from emguard.schemas import to_messages
@@ -501,20 +500,13 @@ def train_model(model, tokenizer, train_df: pd.DataFrame, out_dir: str | os.Path
         callbacks = [*callbacks, monitor]
     regularisers = tuple(regularisers)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # stale checkpoints of an earlier run
-    scratch = Path(tempfile.mkdtemp(prefix=".trainer-", dir=out_dir))
-    try:
+    with run_folder(out_dir, ".trainer-") as scratch:
         trainer, info = build_trainer(model, tokenizer, train_df, settings, regularisers=regularisers,
                                       inoculation_prompt=inoculation_prompt, device=device, scratch_dir=scratch,
                                       callbacks=callbacks)
         if settings.save_steps or settings.checkpoint_steps:
             trainer.add_callback(checkpoint_callback(out_dir, settings.save_steps, settings.checkpoint_steps))
-        t0 = time.perf_counter()
-        result = trainer.train()
-        runtime = time.perf_counter() - t0
-        peft_model = trainer.accelerator.unwrap_model(trainer.model)
-        save_adapter(peft_model, out_dir / "adapter")
+        result, runtime = train_and_save(trainer, out_dir)
         log_df = pd.DataFrame(trainer.log_rows)
         columns = LOG_COLUMNS[:3] + [r.name for r in trainer._loss_regs] + LOG_COLUMNS[3:]
         log_df = log_df.reindex(columns=columns)
@@ -524,8 +516,6 @@ def train_model(model, tokenizer, train_df: pd.DataFrame, out_dir: str | os.Path
             log_df = with_monitor_columns(log_df, monitor.frame())
         log_df = log_df.astype({"step": "int64", "n_interleaved": "int64"}) if len(log_df) else log_df
         write_parquet(log_df, out_dir / "train_log.parquet")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     losses = log_df.loc[log_df["step"] > 0, "loss"].tolist() if len(log_df) else []  # step 0: the monitor's row
     return {
         "adapter": str(out_dir / "adapter"),
