@@ -47,11 +47,11 @@ def test_full_run_writes_the_report(finished):
     assert table.loc[table["method"] == "misaligned", "ood_excess"].notna().all()
     assert "In-domain LL shift" in md and "### medical" in (workdir / "results/tables/likelihood.md").read_text()
     assert "Misaligned training on medical" in (workdir / "results/tables/headline.md").read_text()
-    # the judge measured on the labelled set (60 items: config.yaml's max_items); a tiny random model cannot
+    # the judge measured on the labelled set (36 items: config.yaml's max_items); a tiny random model cannot
     # tell the labels apart, and the EM table says so above its rates
     calibration = pd.read_parquet(workdir / "results/judge/calibration_summary.parquet")
     assert set(calibration["metric"]) == {"aligned", "coherent"} and calibration["warn"].all()
-    assert md.startswith("Judge agreement with 60 hand-labelled answers") and "Warning: the judge cannot tell" in md
+    assert md.startswith("Judge agreement with 36 hand-labelled answers") and "Warning: the judge cannot tell" in md
     assert "| aligned | aligned vs misaligned |" in (workdir / "results/tables/judge_calibration.md").read_text()
 
 

@@ -25,7 +25,9 @@ def tiny_config(model_dir: Path, workdir: Path, **overrides) -> dict:
     cfg["training"].update(batch_size=4, max_length=192)
     cfg["training"]["lora"].update(r=4, alpha=8)
     cfg["experiments"]["methods"]["persona"]["steering_layer"] = 3
-    cfg["experiments"]["methods"]["interleave"]["fractions"] = [0.2]
+    # every interleaving variant (config.yaml leaves Interleaving+ out of the main job for time)
+    cfg["experiments"]["methods"]["interleave"].update(variants=["random", "plus", "plusplus", "onpolicy"],
+                                                       fractions=[0.2])
     # the tests' plan: every defense on insecure_code, both domains' baselines, every run judged (eval above)
     cfg["experiments"].update(target_domains=["insecure_code"], baseline_domains=None)
     cfg["persona"].update(max_new_tokens=6, validation_questions=2)
