@@ -279,12 +279,13 @@ def monitor_thresholds_stage(logs: list[dict], out: str, *, margin: float, quant
 
 
 def monitor_report(logs: list[dict], out_md: str, out_csv: str, *, monitor: dict, curve_paths: list[str] = (),
-                   base_metrics: list[str] = (), em_threshold: float = 5.0) -> None:
+                   base_metrics: list[str] = (), em_threshold: float = 5.0, out_figure: str | None = None) -> None:
     """``results/tables/monitor.{md,csv}``: per monitored run and signal, the calibrated threshold, where the
     monitor stops (or would stop), the stop it made, and, where the run has judged checkpoint curves, the judged
     EM onset and the outcome (:func:`emguard.dynamics.monitor_record`). ``logs``: run descriptors with ``path``
     (train_log.parquet) and ``meta`` (run.json); ``base_metrics``: the untrained model's metrics (its interval is
-    the one a judged onset must clear)."""
+    the one a judged onset must clear). ``out_figure``: the same record drawn
+    (:func:`emguard.report.monitor.figure_monitor`, ``results/figures/monitor.png``)."""
     from emguard import report as rp
 
     runs = [(r, read_parquet(r["path"]), json.loads(Path(r["meta"]).read_text(encoding="utf-8"))) for r in logs]
@@ -295,8 +296,13 @@ def monitor_report(logs: list[dict], out_md: str, out_csv: str, *, monitor: dict
 
         bounds = base_upper_bounds(pd.concat([read_parquet(p) for p in base_metrics], ignore_index=True))
         base_hi = max(bounds.values()) if bounds else None
-    rp.write_table(*rp.monitor_table(runs, monitor=monitor, curves=curves, base_hi=base_hi, em_threshold=em_threshold),
-                   out_md, out_csv)
+    markdown, table = rp.monitor_table(runs, monitor=monitor, curves=curves, base_hi=base_hi,
+                                       em_threshold=em_threshold)
+    rp.write_table(markdown, table, out_md, out_csv)
+    if out_figure:
+        from emguard.report.monitor import figure_monitor
+
+        figure_monitor(runs, table, out_figure, enabled=bool(monitor.get("enabled")))
 
 
 def adversarial_report(metrics_paths: list[str], out_md: str, out_csv: str, *, emergence_csv: str | None = None,
@@ -884,7 +890,7 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
            tasks_md: str | None = None, tasks_csv: str | None = None, consistency_md: str | None = None,
            consistency_csv: str | None = None, em_runs: list[dict] | None = None, curve_paths: list[str] = (),
            emergence: dict | None = None, emergence_md: str | None = None, emergence_csv: str | None = None,
-           figure_emergence: str | None = None) -> None:
+           figure_emergence: str | None = None, monitor_csv: str | None = None) -> None:
     """Every table and figure of the report.
 
     ``metric_definition``: the config's ``metrics`` section; the EM tables state it (and refuse metrics
@@ -901,7 +907,9 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
     EM table and the whole table goes to ``calibration_md``; without it both say the judge was not measured.
     ``emergence_md`` / ``_csv`` / ``figure_emergence``: when EM emerges over the checkpoints of the runs'
     ``checkpoint_curve.parquet`` files (``curve_paths``; none: they say no checkpoint was evaluated), with
-    ``emergence`` = ``convergence_tolerance`` and ``onset_threshold`` (:mod:`emguard.report.emergence`).
+    ``emergence`` = ``convergence_tolerance`` and ``onset_threshold`` (:mod:`emguard.report.emergence`); the
+    figure also draws the monitor's logged signals (``train_logs``) and, with ``monitor_csv`` (the monitor table,
+    ``monitor.enabled``), its thresholds and where it stopped or would have stopped each run.
     ``judge_usage_md`` / ``_csv``: the judge usage table from
     every judge job's ``judge_usage.json`` (``judge_usage_paths``). ``task_metrics_paths`` hold OpSwap and benign
     task (FoQA, GSM8K) rows: the OpSwap ones make ``opswap_md`` / ``_csv``, the others ``tasks_md`` / ``_csv``.
@@ -1007,10 +1015,11 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
         if metrics_paths:  # the front page's judged sentence needs the judge's agreement next to it too
             headline += f"- {rp.calibration_note(calibration).strip()}\n"
         write_text(headline, headline_md)
-    rp.figure_train_loss({run: read_parquet(p) for run, p in train_logs.items()}, figure_loss)
+    logs = {run: read_parquet(p) for run, p in train_logs.items()}
+    rp.figure_train_loss(logs, figure_loss)
     if emergence_md:
         from emguard.report.emergence import emergence_report
 
         conf = float(metric_definition["confidence"]) if metric_definition else 0.95
         emergence_report(list(curve_paths), metrics, emergence_md, emergence_csv, figure_emergence,
-                         confidence=conf, **(emergence or {}))
+                         confidence=conf, train_logs=logs, monitor_csv=monitor_csv, **(emergence or {}))

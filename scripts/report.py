@@ -21,4 +21,4 @@ run_stage(snakemake, report, metrics_paths=list(i.metrics), train_logs=snakemake
           em_runs=snakemake.params.get("em_runs"),
           curve_paths=list(i.get("curves", [])), emergence=snakemake.params.emergence,
           emergence_md=o.get("emergence_md"), emergence_csv=o.get("emergence_csv"),
-          figure_emergence=o.get("figure_emergence"))
+          figure_emergence=o.get("figure_emergence"), monitor_csv=i.monitor[0] if i.get("monitor") else None)

@@ -38,6 +38,8 @@ rule report:
         judge_usage=all_judge_usage(),
         # each checkpointed run's curve (checkpoints.smk); none: the emergence table and figure say so
         curves=all_checkpoint_curves(),
+        # the monitor's stops and thresholds, marked on the emergence figure (monitor.smk; none when it is off)
+        monitor=["results/tables/monitor.csv"] if MONITOR["enabled"] else [],
     output:
         # the HTML report's front page (workflow/report/workflow.rst) opens with this file
         headline_md=report("results/tables/headline.md", caption="../report/headline.rst", category="Headline"),
