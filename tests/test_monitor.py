@@ -438,3 +438,22 @@ def test_monitor_figure_draws_thresholds_stops_and_the_judged_onset(tmp_path):
     assert "monitor is off" in off.axes[0].texts[0].get_text() and (tmp_path / "off.png").exists()
     none = figure_monitor([bare], table.iloc[:0], tmp_path / "none.png")
     assert none.axes[0].texts[0].get_text() == "no run logged a monitor signal"
+
+
+def test_monitor_report_stage_writes_table_and_figure(tmp_path):
+    import json
+
+    from emguard.stages import monitor_report
+
+    logs = []
+    for method, values in (("aligned", [0.0, 0.01, 0.03]), ("misaligned", [0.0, 0.04, 0.06, 0.09])):
+        run = _run(method)
+        write_parquet(_log(values), tmp_path / f"{method}.parquet")
+        (tmp_path / f"{method}.json").write_text(json.dumps({"monitor_stop_step": None}))
+        logs.append({**run, "path": str(tmp_path / f"{method}.parquet"), "meta": str(tmp_path / f"{method}.json")})
+    monitor = {"enabled": True, "every_steps": 1, "stop": None, "margin": 0.02, "quantile": 1.0}
+    monitor_report(logs, str(tmp_path / "m.md"), str(tmp_path / "m.csv"), monitor=monitor,
+                   out_figure=str(tmp_path / "m.png"))
+    table = pd.read_csv(tmp_path / "m.csv")
+    assert table.set_index("method").loc["misaligned", "would_stop_step"] == 2
+    assert (tmp_path / "m.png").stat().st_size > 5000
