@@ -728,11 +728,12 @@ def _log_judge_usage(judge, what: str) -> None:
 # --------------------------------------------------------------------------------------------------
 
 def metrics_run(judgments_path: str, out: str, *, evalsets: list[str], run_info: dict, thresholds: dict,
-                questions_out: str | None = None) -> None:
+                questions_out: str | None = None, labels_out: str | None = None) -> None:
     """EM metrics of one run, one row per evalset (and checkpoint); an evalset without rows still gets its row.
     ``thresholds``: the config's ``metrics`` section. ``questions_out``: the same per question
-    (:func:`emguard.metrics.question_metrics`)."""
-    from emguard.metrics import question_metrics, run_metrics
+    (:func:`emguard.metrics.question_metrics`). ``labels_out``: the label judge's distributions per question and
+    label (:func:`emguard.metrics.label_metrics`; no rows where no question is judged with labels)."""
+    from emguard.metrics import label_metrics, question_metrics, run_metrics
 
     judg = read_parquet(judgments_path, schemas.JUDGMENT + ["evalset"], allow_empty=True)
     unknown = sorted(set(judg["evalset"].astype(str)) - set(evalsets))
@@ -745,6 +746,8 @@ def metrics_run(judgments_path: str, out: str, *, evalsets: list[str], run_info:
     write_parquet(run_metrics(by_evalset, run_info, **thresholds), out)
     if questions_out:
         write_parquet(question_metrics(by_evalset, run_info, **thresholds), questions_out)
+    if labels_out:
+        write_parquet(label_metrics(by_evalset, run_info), labels_out)
 
 
 def task_metrics_run(generations_path: str, questions_path: str, out: str, *, run_info: dict, evalset: str,
@@ -886,7 +889,8 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
            calibration_md: str | None = None, judge_usage_paths: list[str] = (), judge_usage_md: str | None = None,
            judge_usage_csv: str | None = None, metric_definition: dict | None = None,
            indomain_questions: int | None = None, question_metrics_paths: list[str] = (),
-           questions_md: str | None = None, questions_csv: str | None = None,
+           questions_md: str | None = None, questions_csv: str | None = None, label_metrics_paths: list[str] = (),
+           labels_md: str | None = None, labels_csv: str | None = None,
            tasks_md: str | None = None, tasks_csv: str | None = None, consistency_md: str | None = None,
            consistency_csv: str | None = None, em_runs: list[dict] | None = None, curve_paths: list[str] = (),
            emergence: dict | None = None, emergence_md: str | None = None, emergence_csv: str | None = None,
@@ -896,7 +900,9 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
     ``metric_definition``: the config's ``metrics`` section; the EM tables state it (and refuse metrics
     rows computed with another). ``indomain_questions``: ``eval.indomain.n_questions``, for the EM table's
     note on in-domain question counts. ``questions_md`` / ``_csv``: the per-question EM table from every
-    run's ``question_metrics.parquet`` (``question_metrics_paths``).
+    run's ``question_metrics.parquet`` (``question_metrics_paths``). ``labels_md`` / ``_csv``: the label judge's
+    distributions (:func:`emguard.report.label_table`) from every run's ``label_metrics.parquet``
+    (``label_metrics_paths``).
 
     ``shifts_path``: the likelihood-shift summary (Parquet, :data:`emguard.report.SHIFT_COLUMNS`); when
     given, the EM table gains its shift columns and ``likelihood_md`` / ``likelihood_csv`` (the
@@ -980,6 +986,11 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
         per_question = (pd.concat([read_parquet(p, allow_empty=True) for p in question_metrics_paths], ignore_index=True)
                         if question_metrics_paths else pd.DataFrame(columns=list(rp.EM_REQUIRED) + ["question_id"]))
         rp.write_table(*rp.question_table(per_question, definition=definition), questions_md, questions_csv)
+    if labels_md:
+        label_rows = [read_parquet(p, allow_empty=True) for p in label_metrics_paths]
+        label_rows = [r for r in label_rows if len(r)]
+        rp.write_table(*rp.label_table(pd.concat(label_rows, ignore_index=True) if label_rows else None),
+                       labels_md, labels_csv)
     calibration = (read_parquet(calibration_path, rp.CALIBRATION_REQUIRED, allow_empty=True)
                    if calibration_path else None)
     if calibration_md:
