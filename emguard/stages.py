@@ -481,11 +481,13 @@ def judge_run(generations_path: str, questions: dict[str, str], out: str, *, jud
 
 
 def judge_calibration_stage(set_path: str, out_items: str, out_summary: str, *, judge_cfg: dict, calibration: dict,
-                            confidence: float, base_model_path: str, dtype: str, device: str) -> None:
+                            confidence: float, base_model_path: str, dtype: str, device: str,
+                            usage_out: str | None = None) -> None:
     """The configured judge scored on the labelled calibration set (:mod:`emguard.calibration`): per-item scores
     and the agreement summary (AUROC per metric with its bootstrap interval and verdict).
 
     ``calibration``: ``max_items`` (None: all), ``bootstrap``, ``seed``. The set is checked before the judge loads.
+    ``usage_out``: the job's judge usage (``judge_usage.json`` format, stage ``judge calibration``).
     """
     from emguard import calibration as cal
     from emguard.judge import JudgeCache, load_judge_prompts
@@ -494,11 +496,13 @@ def judge_calibration_stage(set_path: str, out_items: str, out_summary: str, *, 
     items = cal.subsample(cal.load_calibration_set(set_path), calibration.get("max_items"), calibration.get("seed", 0))
     templates = load_judge_prompts(judge_cfg["prompts"])
     judge = load_judge(judge_cfg, base_model_path, dtype, device)
-    with JudgeCache(judge_cfg["cache"]) as cache:
-        judged = cal.judge_items(items, judge, templates, cache, templates_where=str(judge_cfg["prompts"]))
+    try:
+        with JudgeCache(judge_cfg["cache"]) as cache:
+            judged = cal.judge_items(items, judge, templates, cache, templates_where=str(judge_cfg["prompts"]))
+    finally:  # what was paid for is logged also when judging stops part-way
+        _log_judge_usage(judge, "judge calibration", usage_out)
     summary = cal.summarise(judged, n_bootstrap=calibration["bootstrap"], confidence=confidence,
                             seed=calibration.get("seed", 0))
-    _log_judge_usage(judge, "judge calibration")
     for r in summary.itertuples(index=False):
         log.info("judge calibration: %s AUROC %.3f [%.3f, %.3f] on %d/%d items (%d missing): %s", r.metric, r.auroc,
                  r.auroc_lo, r.auroc_hi, r.n_positive, r.n_negative, r.n_missing, r.verdict)
@@ -681,46 +685,60 @@ def _persona_setup(model_path, trait_path, persona, generation, judge_cfg, dtype
 
 
 def persona_extract(model_path: str, trait_path: str, out_vectors: str, out_rollouts: str, *, persona: dict,
-                    generation: dict, judge_cfg: dict, dtype: str, device: str, model_name: str) -> None:
-    """Answers under contrasting system prompts, judged and filtered; per-layer mean difference."""
+                    generation: dict, judge_cfg: dict, dtype: str, device: str, model_name: str,
+                    usage_out: str | None = None) -> None:
+    """Answers under contrasting system prompts, judged and filtered; per-layer mean difference. ``usage_out``:
+    the job's judge usage (``judge_usage.json`` format, stage ``persona extraction``)."""
     from emguard import persona as pv
 
     model, tok, trait, judge, cache, sampling, coherence = _persona_setup(
         model_path, trait_path, persona, generation, judge_cfg, dtype, device)
-    with cache:
-        vectors, rollouts, meta = pv.extract(
-            model, tok, trait, judge, cache=cache, sampling=sampling, seed=generation["seed"],
-            n_samples=persona["n_samples"], coherence_template=coherence, trait_threshold=persona["trait_threshold"],
-            coherence_threshold=persona["coherence_threshold"], min_pairs=persona["min_pairs"],
-            fallback=persona["fallback"], model_name=model_name)
-    _log_judge_usage(judge, "persona extraction")
+    try:
+        with cache:
+            vectors, rollouts, meta = pv.extract(
+                model, tok, trait, judge, cache=cache, sampling=sampling, seed=generation["seed"],
+                n_samples=persona["n_samples"], coherence_template=coherence,
+                trait_threshold=persona["trait_threshold"], coherence_threshold=persona["coherence_threshold"],
+                min_pairs=persona["min_pairs"], fallback=persona["fallback"], model_name=model_name)
+    finally:  # what was paid for is logged also when the stage fails (too few pairs, the API out of retries)
+        _log_judge_usage(judge, "persona extraction", usage_out)
     write_parquet(rollouts, out_rollouts)
     pv.save_vectors(out_vectors, vectors, meta)
 
 
 def persona_validate(model_path: str, trait_path: str, vectors_path: str, out: str, *, layer: int, persona: dict,
-                     generation: dict, judge_cfg: dict, dtype: str, device: str) -> None:
-    """Judged trait score when generating with -alpha, 0, +alpha times the persona vector at ``layer``."""
+                     generation: dict, judge_cfg: dict, dtype: str, device: str, usage_out: str | None = None) -> None:
+    """Judged trait score when generating with -alpha, 0, +alpha times the persona vector at ``layer``.
+    ``usage_out``: the job's judge usage (``judge_usage.json`` format, stage ``persona validation``)."""
     from emguard import persona as pv
 
     model, tok, trait, judge, cache, sampling, coherence = _persona_setup(
         model_path, trait_path, persona, generation, judge_cfg, dtype, device)
     vectors, _ = pv.load_vectors(vectors_path)
-    with cache:
-        table = pv.validate_steering(
-            model, tok, vectors, layer, persona["validation_alpha"],
-            pv.pick_validation_questions(trait, persona["validation_questions"]), judge, cache=cache,
-            sampling=sampling, seed=generation["seed"], trait_template=trait.judge_prompt,
-            coherence_template=coherence, trait_name=trait.name)
-    _log_judge_usage(judge, "persona validation")
+    try:
+        with cache:
+            table = pv.validate_steering(
+                model, tok, vectors, layer, persona["validation_alpha"],
+                pv.pick_validation_questions(trait, persona["validation_questions"]), judge, cache=cache,
+                sampling=sampling, seed=generation["seed"], trait_template=trait.judge_prompt,
+                coherence_template=coherence, trait_name=trait.name)
+    finally:
+        _log_judge_usage(judge, "persona validation", usage_out)
     write_parquet(table, out)
 
 
-def _log_judge_usage(judge, what: str) -> None:
-    """The judge's calls, cache hits, tokens and cost in the job's log (an API judge's spend on this stage)."""
+def _log_judge_usage(judge, stage: str, usage_out: str | None = None) -> None:
+    """The judge's calls, cache hits, tokens and cost (an API judge's spend on this stage) in the job's log and,
+    with ``usage_out``, in a usage file the report's judge usage table sums (a one-record list, as the judge jobs
+    write)."""
     from emguard.judge.build import judge_usage_record
 
-    log.info("judge usage (%s): %s", what, judge_usage_record(judge))
+    record = judge_usage_record(judge, stage=stage)
+    log.info("judge usage (%s): %s", stage, record)
+    if usage_out:
+        from emguard.io import write_json
+
+        write_json([record], usage_out)
 
 
 # --------------------------------------------------------------------------------------------------
