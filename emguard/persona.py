@@ -548,8 +548,8 @@ def _announce(judge, batches, cache, what: str) -> None:
     (:func:`emguard.judge.announce`; ``batches``: ``(metric, template, (question, answer) pairs)``)."""
     from emguard.judge import announce, fill_template
 
-    announce(judge, [(metric, None, [fill_template(template, q, a) for q, a in qa]) for metric, template, qa in batches],
-             cache, what)
+    filled = [(metric, None, [fill_template(template, q, a) for q, a in qa]) for metric, template, qa in batches]
+    announce(judge, filled, cache, what)
 
 
 def _score_columns(df: pd.DataFrame, results: list, prefix: str) -> None:

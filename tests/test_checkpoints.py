@@ -318,7 +318,7 @@ def test_figure_marks_the_monitor_and_draws_both_judge_free_signals(tmp_path):
     marks = emergence_marks(rows, monitor).set_index("seed")
     assert marks.loc[0, "monitor_step"] == 20 and not marks.loc[0, "monitor_stopped"]
     assert pd.isna(marks.loc[1, "monitor_step"])
-    assert (marks.loc[0, "convergence_step"], marks.loc[0, "onset_step"], marks.loc[0, "early_stop_step"]) == (20, 40, 30)
+    assert marks.loc[0, ["convergence_step", "onset_step", "early_stop_step"]].tolist() == [20, 40, 30]
     fig = figure_emergence(curves, rows, tmp_path / "em.png", signals=signals, monitor=monitor)
     assert (tmp_path / "em.png").stat().st_size > 5000
     rate, task, shift, persona = fig.axes[:4]

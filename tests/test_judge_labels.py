@@ -161,7 +161,8 @@ def _judgment_rows(run_id="r"):
     """One run's judgments: a label question (3 answers, one with every label at 0) and a 0-100 question whose
     judge offered REFUSAL (not a label judgment)."""
     rows = []
-    label = [({"TRUE": 0.6, "FALSE": 0.3, "UNKNOWN": 0.0}, "TRUE"), ({"TRUE": 0.5, "FALSE": 0.1, "UNKNOWN": 0.1}, "TRUE"),
+    label = [({"TRUE": 0.6, "FALSE": 0.3, "UNKNOWN": 0.0}, "TRUE"),
+             ({"TRUE": 0.5, "FALSE": 0.1, "UNKNOWN": 0.1}, "TRUE"),
              ({"TRUE": 0.0, "FALSE": 0.0, "UNKNOWN": 0.0}, "none")]
     for i, (probs, top) in enumerate(label):
         rows.append({"question_id": "fact", "sample_idx": i, "metric": "factual", "score": None, "label": top,

@@ -6,7 +6,6 @@ judge usage table lists per stage. Against the fault-injecting OpenAI-compatible
 import json
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from emguard.judge.openai import OpenAIJudge

@@ -432,7 +432,8 @@ def test_monitor_figure_draws_thresholds_stops_and_the_judged_onset(tmp_path):
     (thr,) = [ln for ln in mis.get_lines() if ln.get_label().startswith("threshold")]
     assert thr.get_ydata()[0] == pytest.approx(0.05)
     assert [t.get_text() for t in panels["legal · kl · default"].texts] == ["no ll_shift logged"]
-    assert len([ln for ln in panels["legal · aligned · default"].get_lines() if ln.get_label().startswith("seed")]) == 2
+    aligned_lines = panels["legal · aligned · default"].get_lines()
+    assert len([ln for ln in aligned_lines if ln.get_label().startswith("seed")]) == 2
     # the monitor off, or no run logging a signal: the figure says so
     off = figure_monitor(runs, table.iloc[:0], tmp_path / "off.png", enabled=False)
     assert "monitor is off" in off.axes[0].texts[0].get_text() and (tmp_path / "off.png").exists()

@@ -36,7 +36,8 @@ __all__ = [
     "QUESTION_TYPES", "SPECIAL_ANSWERS",
     "HFJudge", "Judge", "JudgeCache", "JudgeIncomplete", "JudgeOutput", "JudgeUsage", "OpenAIJudge", "RetryPolicy",
     "ScoreResult",
-    "announce", "cache_key", "fill_template", "judge_generations", "judge_identity", "judge_outputs", "load_judge_prompts",
+    "announce", "cache_key", "fill_template", "judge_generations", "judge_identity", "judge_outputs",
+    "load_judge_prompts",
     "metric_key", "offered_answers", "parse_label", "price_tokens", "result_from_distribution", "score_cached",
     "score_texts", "shared_prefix_length", "template_labels",
     "_question_text",  # benchmarks/judge_prefix.py

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from emguard.report._common import BASE_DATASET
+from emguard.report._common import _SERIES_COLORS, BASE_DATASET, _empty_axes, _new_figure, _save_png
 
 #: columns of the monitor table after the run descriptors
 MONITOR_TABLE_COLUMNS = ("signal", "threshold", "last_value", "max_value", "would_stop_step", "stop_step",
@@ -125,8 +125,11 @@ _SIGNAL_LABEL = {"ll_shift": "LL shift, monitor probes (nats/token)", "persona_p
 MARK_COLUMNS = (*_KEYS, "monitor_step", "monitor_stopped", "monitor_signal")
 
 
-def _is_missing(v) -> bool:
-    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+def _seed_key(seed) -> tuple:
+    try:
+        return (0, int(seed), "")
+    except (TypeError, ValueError):
+        return (1, 0, str(seed))
 
 
 def logged_signals(logs: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
@@ -190,8 +193,6 @@ def figure_monitor(runs: Sequence[tuple[Mapping[str, Any], pd.DataFrame, Mapping
     (solid) or, not stopping, would have stopped (dotted), and the judged EM onset where the run has one (dashed,
     red). ``runs`` and ``table`` as for and from :func:`monitor_table`. A run whose log has no monitor columns draws
     nothing; a panel with nothing says so. Returns the figure (drawn and saved)."""
-    from emguard.report._common import _SERIES_COLORS, _empty_axes, _new_figure, _save_png
-
     if not enabled:
         fig = _new_figure(6.0, 3.0)
         _empty_axes(fig.subplots(1, 1), "the training-time monitor is off (monitor.enabled: false)")
@@ -220,7 +221,7 @@ def figure_monitor(runs: Sequence[tuple[Mapping[str, Any], pd.DataFrame, Mapping
         for g_i, (key, members) in enumerate(groups.items()):
             ax = axes[s_i * nrows_per + g_i // ncols, g_i % ncols]
             drawn = False
-            for j, i in enumerate(sorted(members, key=lambda i: str(runs[i][0]["seed"]))):
+            for j, i in enumerate(sorted(members, key=lambda i: _seed_key(runs[i][0]["seed"]))):
                 run = runs[i][0]
                 part = signals[(signals["run_id"] == str(i))].dropna(subset=[name])
                 color = _SERIES_COLORS[j % len(_SERIES_COLORS)]
