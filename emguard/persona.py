@@ -587,6 +587,8 @@ def extract(model, tokenizer, trait: Trait, judge, *, cache, sampling, seed: int
         raise ValueError(f"min_pairs must be >= 1, got {min_pairs}")
     check_template(coherence_template, "coherence_template")
     sample_fn = sample_fn or _default_sample()
+    # the judge's calls are counted (and, for an API judge, priced) before the first one; a stand-in scorer's are not
+    announce_calls = score_fn is None
     score_fn = score_fn or _default_score()
 
     rollouts = plan_rollouts(trait, n_samples)
@@ -596,8 +598,9 @@ def extract(model, tokenizer, trait: Trait, judge, *, cache, sampling, seed: int
         raise PersonaError(f"the sampler returned {len(answers)} answers for {len(rollouts)} prompts")
     rollouts["answer"] = [str(a) for a in answers]
     qa = list(zip(rollouts["question"], rollouts["answer"]))
-    _announce(judge, [(f"trait_{trait.name}", trait.judge_prompt, qa), ("coherent", coherence_template, qa)], cache,
-              "persona extraction")
+    if announce_calls:
+        _announce(judge, [(f"trait_{trait.name}", trait.judge_prompt, qa), ("coherent", coherence_template, qa)],
+                  cache, "persona extraction")
     _score_columns(rollouts, score_fn(judge, trait.judge_prompt, qa, cache, f"trait_{trait.name}"), "trait")
     _score_columns(rollouts, score_fn(judge, coherence_template, qa, cache, "coherent"), "coherent")
 
@@ -679,6 +682,7 @@ def validate_steering(model, tokenizer, vectors: torch.Tensor, layer: int, alpha
     if not questions:
         raise ValueError("validate_steering needs at least one question")
     sample_fn = sample_fn or _default_sample()
+    announce_calls = score_fn is None
     score_fn = score_fn or _default_score()
     conversations = [[{"role": "user", "content": str(q)}] for q in questions]
     vector = vectors[layer]
@@ -689,9 +693,10 @@ def validate_steering(model, tokenizer, vectors: torch.Tensor, layer: int, alpha
         with steer(model, vector, layer, a):
             answered[a] = list(zip([str(q) for q in questions],
                                    [str(x) for x in sample_fn(model, tokenizer, conversations, sampling, seed)]))
-    every = [pair for a in alphas for pair in answered[a]]
-    _announce(judge, [(f"trait_{trait_name}", trait_template, every), ("coherent", coherence_template, every)], cache,
-              "persona validation")
+    if announce_calls:
+        every = [pair for a in alphas for pair in answered[a]]
+        _announce(judge, [(f"trait_{trait_name}", trait_template, every), ("coherent", coherence_template, every)],
+                  cache, "persona validation")
     summary, rows = [], []
     for a in alphas:
         qa = answered[a]
