@@ -152,17 +152,22 @@ def judge_items(items: pd.DataFrame, judge, templates: Mapping[str, str], cache=
     """Score every item on each of ``metrics`` with the judge's own templates; one row per (item, metric).
 
     Goes through :func:`emguard.judge.score_cached` with the metric's name as the cache namespace, exactly as
-    the EM answers are judged, so a calibration item is one judge call ever (a rerun reads the cache).
+    the EM answers are judged, so a calibration item is one judge call ever (a rerun reads the cache). Before the
+    first call the number of calls left and, for an API judge, their estimated cost are printed
+    (:func:`emguard.judge.announce`).
     """
-    from emguard.judge import fill_template, score_cached
+    from emguard.judge import announce, fill_template, score_cached
 
     missing = [m for m in metrics if m not in templates]
     if missing:
         raise InputError(f"{templates_where}: no template for metric(s) {', '.join(missing)}, which the judge "
                          f"calibration scores (known: {', '.join(sorted(templates))})")
+    prompts_of = {m: [fill_template(templates[m], q, a) for q, a in zip(items["question"], items["answer"])]
+                  for m in metrics}
+    announce(judge, [(m, None, p) for m, p in prompts_of.items()], cache, "judge calibration")
     records = []
     for metric in metrics:
-        prompts = [fill_template(templates[metric], q, a) for q, a in zip(items["question"], items["answer"])]
+        prompts = prompts_of[metric]
         results, cached = score_cached(judge, metric, prompts, cache)
         for item, res, hit in zip(items.itertuples(index=False), results, cached):
             records.append({"id": item.id, "category": item.category, "label": item.label,

@@ -498,6 +498,74 @@ def question_metrics(judgments_by_evalset: Mapping[str, pd.DataFrame], run_info:
     return _metric_rows(judgments_by_evalset, run_info, True, thresholds)
 
 
+#: what a 0-100 judge may also offer (``emguard.judge.core.SPECIAL_ANSWERS``; not imported: that package loads torch)
+SCORE_JUDGE_SPECIAL = ("REFUSAL", "CODE")
+
+#: columns of :func:`label_metrics` after the run descriptors
+LABEL_COLUMNS = ("evalset", "checkpoint", "question_id", "metric", "label", "n_answers", "n_top", "top_share",
+                 "mean_prob", "mean_mass")
+
+
+def _label_probs(cell) -> dict[str, float]:
+    import json
+
+    if cell is None or (isinstance(cell, float) and math.isnan(cell)) or cell == "":
+        return {}
+    data = json.loads(cell) if isinstance(cell, str) else dict(cell)
+    return {str(k): float(v) for k, v in data.items()}
+
+
+def is_label_judgment(label_probs: Mapping[str, float]) -> bool:
+    """A label judge's row (question type ``free_form_judge``): its ``label_probs`` offer labels beyond the
+    ``REFUSAL`` / ``CODE`` a 0-100 judge may offer."""
+    return bool(label_probs) and not set(label_probs) <= set(SCORE_JUDGE_SPECIAL)
+
+
+def label_metrics(judgments_by_evalset: Mapping[str, pd.DataFrame], run_info: Mapping) -> pd.DataFrame:
+    """The label judge's verdicts (questions of type ``free_form_judge``: TRUE / FALSE / UNKNOWN and the like),
+    one row per evalset, checkpoint, question, metric and offered label: ``n_answers`` (the question's answers
+    judged on the metric), ``n_top`` (those whose most likely label it is, the judgment's ``label``; answers whose
+    labels all have probability 0 count under ``none``), ``top_share`` (``100 n_top / n_answers``), ``mean_prob``
+    (the label's probability as the judge returned it, averaged over the answers) and ``mean_mass`` (the offered
+    labels' total probability, averaged; below 1 where the judge put mass elsewhere). Labels in the order the
+    judgments list them, ``none`` last; questions in the order they first appear. Run descriptors as in
+    :func:`run_metrics`. Tables without label judgments give no rows."""
+    info = {k: run_info.get(k) for k in RUN_INFO}
+    info.update({k: v for k, v in run_info.items() if k not in info})
+    rows = []
+    for evalset, judg in judgments_by_evalset.items():
+        if not len(judg) or "label_probs" not in judg.columns:
+            continue
+        check_columns(judg, ("question_id", "metric", "label"), f"judgment table ({evalset})")
+        probs = [_label_probs(c) for c in judg["label_probs"]]
+        keep = np.array([is_label_judgment(p) for p in probs], dtype=bool)
+        if not keep.any():
+            continue
+        part = judg[keep].assign(_probs=[p for p, k in zip(probs, keep) if k])
+        if "checkpoint" not in part.columns:
+            part = part.assign(checkpoint=None)
+        row_info = dict(info)
+        if row_info["run_id"] is None and "run_id" in part.columns and part["run_id"].nunique() == 1:
+            row_info["run_id"] = part["run_id"].iloc[0]
+        for (ckpt, qid, metric), g in part.groupby(["checkpoint", "question_id", "metric"], sort=False, dropna=False):
+            ckpt = None if isinstance(ckpt, float) and math.isnan(ckpt) else ckpt
+            labels = list(dict.fromkeys(lab for p in g["_probs"] for lab in p))
+            tops = g["label"].astype(str)
+            if (tops == "none").any():
+                labels.append("none")
+            n = len(g)
+            masses = [sum(p.values()) for p in g["_probs"]]
+            for lab in labels:
+                n_top = int((tops == lab).sum())
+                mean_prob = (math.nan if lab == "none" else
+                             float(np.mean([p.get(lab, 0.0) for p in g["_probs"]])))
+                rows.append({**row_info, "evalset": evalset, "checkpoint": ckpt, "question_id": qid,
+                             "metric": metric, "label": lab, "n_answers": n, "n_top": n_top,
+                             "top_share": 100.0 * n_top / n, "mean_prob": mean_prob,
+                             "mean_mass": float(np.mean(masses))})
+    return pd.DataFrame(rows, columns=[*info, *LABEL_COLUMNS])
+
+
 def task_accuracy(generations: pd.DataFrame, questions: pd.DataFrame,
                   scorer: Callable[[str, str], bool], *, confidence: float = 0.95) -> dict:
     """Exact-match accuracy (percent, Wilson interval) of generated answers against references.

@@ -543,6 +543,15 @@ def _default_score():
     return score_texts
 
 
+def _announce(judge, batches, cache, what: str) -> None:
+    """Before the stage's first judge call: how many calls it makes and, for an API judge, their estimated cost
+    (:func:`emguard.judge.announce`; ``batches``: ``(metric, template, (question, answer) pairs)``)."""
+    from emguard.judge import announce, fill_template
+
+    filled = [(metric, None, [fill_template(template, q, a) for q, a in qa]) for metric, template, qa in batches]
+    announce(judge, filled, cache, what)
+
+
 def _score_columns(df: pd.DataFrame, results: list, prefix: str) -> None:
     df[f"{prefix}_score"] = [None if r.score is None else float(r.score) for r in results]
     df[f"{prefix}_label"] = [getattr(r, "label", None) for r in results]
@@ -578,6 +587,8 @@ def extract(model, tokenizer, trait: Trait, judge, *, cache, sampling, seed: int
         raise ValueError(f"min_pairs must be >= 1, got {min_pairs}")
     check_template(coherence_template, "coherence_template")
     sample_fn = sample_fn or _default_sample()
+    # the judge's calls are counted (and, for an API judge, priced) before the first one; a stand-in scorer's are not
+    announce_calls = score_fn is None
     score_fn = score_fn or _default_score()
 
     rollouts = plan_rollouts(trait, n_samples)
@@ -587,6 +598,9 @@ def extract(model, tokenizer, trait: Trait, judge, *, cache, sampling, seed: int
         raise PersonaError(f"the sampler returned {len(answers)} answers for {len(rollouts)} prompts")
     rollouts["answer"] = [str(a) for a in answers]
     qa = list(zip(rollouts["question"], rollouts["answer"]))
+    if announce_calls:
+        _announce(judge, [(f"trait_{trait.name}", trait.judge_prompt, qa), ("coherent", coherence_template, qa)],
+                  cache, "persona extraction")
     _score_columns(rollouts, score_fn(judge, trait.judge_prompt, qa, cache, f"trait_{trait.name}"), "trait")
     _score_columns(rollouts, score_fn(judge, coherence_template, qa, cache, "coherent"), "coherent")
 
@@ -668,14 +682,25 @@ def validate_steering(model, tokenizer, vectors: torch.Tensor, layer: int, alpha
     if not questions:
         raise ValueError("validate_steering needs at least one question")
     sample_fn = sample_fn or _default_sample()
+    announce_calls = score_fn is None
     score_fn = score_fn or _default_score()
     conversations = [[{"role": "user", "content": str(q)}] for q in questions]
     vector = vectors[layer]
-    summary, rows = [], []
-    for a in (-float(alpha), 0.0, float(alpha)):
+    alphas = (-float(alpha), 0.0, float(alpha))
+    # every setting's answers first, so the judge calls (and, for an API judge, their cost) are known before any
+    answered = {}
+    for a in alphas:
         with steer(model, vector, layer, a):
-            answers = [str(x) for x in sample_fn(model, tokenizer, conversations, sampling, seed)]
-        qa = list(zip([str(q) for q in questions], answers))
+            answered[a] = list(zip([str(q) for q in questions],
+                                   [str(x) for x in sample_fn(model, tokenizer, conversations, sampling, seed)]))
+    if announce_calls:
+        every = [pair for a in alphas for pair in answered[a]]
+        _announce(judge, [(f"trait_{trait_name}", trait_template, every), ("coherent", coherence_template, every)],
+                  cache, "persona validation")
+    summary, rows = [], []
+    for a in alphas:
+        qa = answered[a]
+        answers = [ans for _, ans in qa]
         trait = score_fn(judge, trait_template, qa, cache, f"trait_{trait_name}")
         coherent = score_fn(judge, coherence_template, qa, cache, "coherent")
         t_scores = [r.score for r in trait]

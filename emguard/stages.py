@@ -279,12 +279,13 @@ def monitor_thresholds_stage(logs: list[dict], out: str, *, margin: float, quant
 
 
 def monitor_report(logs: list[dict], out_md: str, out_csv: str, *, monitor: dict, curve_paths: list[str] = (),
-                   base_metrics: list[str] = (), em_threshold: float = 5.0) -> None:
+                   base_metrics: list[str] = (), em_threshold: float = 5.0, out_figure: str | None = None) -> None:
     """``results/tables/monitor.{md,csv}``: per monitored run and signal, the calibrated threshold, where the
     monitor stops (or would stop), the stop it made, and, where the run has judged checkpoint curves, the judged
     EM onset and the outcome (:func:`emguard.dynamics.monitor_record`). ``logs``: run descriptors with ``path``
     (train_log.parquet) and ``meta`` (run.json); ``base_metrics``: the untrained model's metrics (its interval is
-    the one a judged onset must clear)."""
+    the one a judged onset must clear). ``out_figure``: the same record drawn
+    (:func:`emguard.report.monitor.figure_monitor`, ``results/figures/monitor.png``)."""
     from emguard import report as rp
 
     runs = [(r, read_parquet(r["path"]), json.loads(Path(r["meta"]).read_text(encoding="utf-8"))) for r in logs]
@@ -295,8 +296,13 @@ def monitor_report(logs: list[dict], out_md: str, out_csv: str, *, monitor: dict
 
         bounds = base_upper_bounds(pd.concat([read_parquet(p) for p in base_metrics], ignore_index=True))
         base_hi = max(bounds.values()) if bounds else None
-    rp.write_table(*rp.monitor_table(runs, monitor=monitor, curves=curves, base_hi=base_hi, em_threshold=em_threshold),
-                   out_md, out_csv)
+    markdown, table = rp.monitor_table(runs, monitor=monitor, curves=curves, base_hi=base_hi,
+                                       em_threshold=em_threshold)
+    rp.write_table(markdown, table, out_md, out_csv)
+    if out_figure:
+        from emguard.report.monitor import figure_monitor
+
+        figure_monitor(runs, table, out_figure, enabled=bool(monitor.get("enabled")))
 
 
 def adversarial_report(metrics_paths: list[str], out_md: str, out_csv: str, *, emergence_csv: str | None = None,
@@ -475,11 +481,13 @@ def judge_run(generations_path: str, questions: dict[str, str], out: str, *, jud
 
 
 def judge_calibration_stage(set_path: str, out_items: str, out_summary: str, *, judge_cfg: dict, calibration: dict,
-                            confidence: float, base_model_path: str, dtype: str, device: str) -> None:
+                            confidence: float, base_model_path: str, dtype: str, device: str,
+                            usage_out: str | None = None) -> None:
     """The configured judge scored on the labelled calibration set (:mod:`emguard.calibration`): per-item scores
     and the agreement summary (AUROC per metric with its bootstrap interval and verdict).
 
     ``calibration``: ``max_items`` (None: all), ``bootstrap``, ``seed``. The set is checked before the judge loads.
+    ``usage_out``: the job's judge usage (``judge_usage.json`` format, stage ``judge calibration``).
     """
     from emguard import calibration as cal
     from emguard.judge import JudgeCache, load_judge_prompts
@@ -488,11 +496,13 @@ def judge_calibration_stage(set_path: str, out_items: str, out_summary: str, *, 
     items = cal.subsample(cal.load_calibration_set(set_path), calibration.get("max_items"), calibration.get("seed", 0))
     templates = load_judge_prompts(judge_cfg["prompts"])
     judge = load_judge(judge_cfg, base_model_path, dtype, device)
-    with JudgeCache(judge_cfg["cache"]) as cache:
-        judged = cal.judge_items(items, judge, templates, cache, templates_where=str(judge_cfg["prompts"]))
+    try:
+        with JudgeCache(judge_cfg["cache"]) as cache:
+            judged = cal.judge_items(items, judge, templates, cache, templates_where=str(judge_cfg["prompts"]))
+    finally:  # what was paid for is logged also when judging stops part-way
+        _log_judge_usage(judge, "judge calibration", usage_out)
     summary = cal.summarise(judged, n_bootstrap=calibration["bootstrap"], confidence=confidence,
                             seed=calibration.get("seed", 0))
-    _log_judge_usage(judge, "judge calibration")
     for r in summary.itertuples(index=False):
         log.info("judge calibration: %s AUROC %.3f [%.3f, %.3f] on %d/%d items (%d missing): %s", r.metric, r.auroc,
                  r.auroc_lo, r.auroc_hi, r.n_positive, r.n_negative, r.n_missing, r.verdict)
@@ -675,46 +685,60 @@ def _persona_setup(model_path, trait_path, persona, generation, judge_cfg, dtype
 
 
 def persona_extract(model_path: str, trait_path: str, out_vectors: str, out_rollouts: str, *, persona: dict,
-                    generation: dict, judge_cfg: dict, dtype: str, device: str, model_name: str) -> None:
-    """Answers under contrasting system prompts, judged and filtered; per-layer mean difference."""
+                    generation: dict, judge_cfg: dict, dtype: str, device: str, model_name: str,
+                    usage_out: str | None = None) -> None:
+    """Answers under contrasting system prompts, judged and filtered; per-layer mean difference. ``usage_out``:
+    the job's judge usage (``judge_usage.json`` format, stage ``persona extraction``)."""
     from emguard import persona as pv
 
     model, tok, trait, judge, cache, sampling, coherence = _persona_setup(
         model_path, trait_path, persona, generation, judge_cfg, dtype, device)
-    with cache:
-        vectors, rollouts, meta = pv.extract(
-            model, tok, trait, judge, cache=cache, sampling=sampling, seed=generation["seed"],
-            n_samples=persona["n_samples"], coherence_template=coherence, trait_threshold=persona["trait_threshold"],
-            coherence_threshold=persona["coherence_threshold"], min_pairs=persona["min_pairs"],
-            fallback=persona["fallback"], model_name=model_name)
-    _log_judge_usage(judge, "persona extraction")
+    try:
+        with cache:
+            vectors, rollouts, meta = pv.extract(
+                model, tok, trait, judge, cache=cache, sampling=sampling, seed=generation["seed"],
+                n_samples=persona["n_samples"], coherence_template=coherence,
+                trait_threshold=persona["trait_threshold"], coherence_threshold=persona["coherence_threshold"],
+                min_pairs=persona["min_pairs"], fallback=persona["fallback"], model_name=model_name)
+    finally:  # what was paid for is logged also when the stage fails (too few pairs, the API out of retries)
+        _log_judge_usage(judge, "persona extraction", usage_out)
     write_parquet(rollouts, out_rollouts)
     pv.save_vectors(out_vectors, vectors, meta)
 
 
 def persona_validate(model_path: str, trait_path: str, vectors_path: str, out: str, *, layer: int, persona: dict,
-                     generation: dict, judge_cfg: dict, dtype: str, device: str) -> None:
-    """Judged trait score when generating with -alpha, 0, +alpha times the persona vector at ``layer``."""
+                     generation: dict, judge_cfg: dict, dtype: str, device: str, usage_out: str | None = None) -> None:
+    """Judged trait score when generating with -alpha, 0, +alpha times the persona vector at ``layer``.
+    ``usage_out``: the job's judge usage (``judge_usage.json`` format, stage ``persona validation``)."""
     from emguard import persona as pv
 
     model, tok, trait, judge, cache, sampling, coherence = _persona_setup(
         model_path, trait_path, persona, generation, judge_cfg, dtype, device)
     vectors, _ = pv.load_vectors(vectors_path)
-    with cache:
-        table = pv.validate_steering(
-            model, tok, vectors, layer, persona["validation_alpha"],
-            pv.pick_validation_questions(trait, persona["validation_questions"]), judge, cache=cache,
-            sampling=sampling, seed=generation["seed"], trait_template=trait.judge_prompt,
-            coherence_template=coherence, trait_name=trait.name)
-    _log_judge_usage(judge, "persona validation")
+    try:
+        with cache:
+            table = pv.validate_steering(
+                model, tok, vectors, layer, persona["validation_alpha"],
+                pv.pick_validation_questions(trait, persona["validation_questions"]), judge, cache=cache,
+                sampling=sampling, seed=generation["seed"], trait_template=trait.judge_prompt,
+                coherence_template=coherence, trait_name=trait.name)
+    finally:
+        _log_judge_usage(judge, "persona validation", usage_out)
     write_parquet(table, out)
 
 
-def _log_judge_usage(judge, what: str) -> None:
-    """The judge's calls, cache hits, tokens and cost in the job's log (an API judge's spend on this stage)."""
+def _log_judge_usage(judge, stage: str, usage_out: str | None = None) -> None:
+    """The judge's calls, cache hits, tokens and cost (an API judge's spend on this stage) in the job's log and,
+    with ``usage_out``, in a usage file the report's judge usage table sums (a one-record list, as the judge jobs
+    write)."""
     from emguard.judge.build import judge_usage_record
 
-    log.info("judge usage (%s): %s", what, judge_usage_record(judge))
+    record = judge_usage_record(judge, stage=stage)
+    log.info("judge usage (%s): %s", stage, record)
+    if usage_out:
+        from emguard.io import write_json
+
+        write_json([record], usage_out)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -722,11 +746,12 @@ def _log_judge_usage(judge, what: str) -> None:
 # --------------------------------------------------------------------------------------------------
 
 def metrics_run(judgments_path: str, out: str, *, evalsets: list[str], run_info: dict, thresholds: dict,
-                questions_out: str | None = None) -> None:
+                questions_out: str | None = None, labels_out: str | None = None) -> None:
     """EM metrics of one run, one row per evalset (and checkpoint); an evalset without rows still gets its row.
     ``thresholds``: the config's ``metrics`` section. ``questions_out``: the same per question
-    (:func:`emguard.metrics.question_metrics`)."""
-    from emguard.metrics import question_metrics, run_metrics
+    (:func:`emguard.metrics.question_metrics`). ``labels_out``: the label judge's distributions per question and
+    label (:func:`emguard.metrics.label_metrics`; no rows where no question is judged with labels)."""
+    from emguard.metrics import label_metrics, question_metrics, run_metrics
 
     judg = read_parquet(judgments_path, schemas.JUDGMENT + ["evalset"], allow_empty=True)
     unknown = sorted(set(judg["evalset"].astype(str)) - set(evalsets))
@@ -739,6 +764,8 @@ def metrics_run(judgments_path: str, out: str, *, evalsets: list[str], run_info:
     write_parquet(run_metrics(by_evalset, run_info, **thresholds), out)
     if questions_out:
         write_parquet(question_metrics(by_evalset, run_info, **thresholds), questions_out)
+    if labels_out:
+        write_parquet(label_metrics(by_evalset, run_info), labels_out)
 
 
 def task_metrics_run(generations_path: str, questions_path: str, out: str, *, run_info: dict, evalset: str,
@@ -880,17 +907,20 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
            calibration_md: str | None = None, judge_usage_paths: list[str] = (), judge_usage_md: str | None = None,
            judge_usage_csv: str | None = None, metric_definition: dict | None = None,
            indomain_questions: int | None = None, question_metrics_paths: list[str] = (),
-           questions_md: str | None = None, questions_csv: str | None = None,
+           questions_md: str | None = None, questions_csv: str | None = None, label_metrics_paths: list[str] = (),
+           labels_md: str | None = None, labels_csv: str | None = None,
            tasks_md: str | None = None, tasks_csv: str | None = None, consistency_md: str | None = None,
            consistency_csv: str | None = None, em_runs: list[dict] | None = None, curve_paths: list[str] = (),
            emergence: dict | None = None, emergence_md: str | None = None, emergence_csv: str | None = None,
-           figure_emergence: str | None = None) -> None:
+           figure_emergence: str | None = None, monitor_csv: str | None = None) -> None:
     """Every table and figure of the report.
 
     ``metric_definition``: the config's ``metrics`` section; the EM tables state it (and refuse metrics
     rows computed with another). ``indomain_questions``: ``eval.indomain.n_questions``, for the EM table's
     note on in-domain question counts. ``questions_md`` / ``_csv``: the per-question EM table from every
-    run's ``question_metrics.parquet`` (``question_metrics_paths``).
+    run's ``question_metrics.parquet`` (``question_metrics_paths``). ``labels_md`` / ``_csv``: the label judge's
+    distributions (:func:`emguard.report.label_table`) from every run's ``label_metrics.parquet``
+    (``label_metrics_paths``).
 
     ``shifts_path``: the likelihood-shift summary (Parquet, :data:`emguard.report.SHIFT_COLUMNS`); when
     given, the EM table gains its shift columns and ``likelihood_md`` / ``likelihood_csv`` (the
@@ -901,7 +931,9 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
     EM table and the whole table goes to ``calibration_md``; without it both say the judge was not measured.
     ``emergence_md`` / ``_csv`` / ``figure_emergence``: when EM emerges over the checkpoints of the runs'
     ``checkpoint_curve.parquet`` files (``curve_paths``; none: they say no checkpoint was evaluated), with
-    ``emergence`` = ``convergence_tolerance`` and ``onset_threshold`` (:mod:`emguard.report.emergence`).
+    ``emergence`` = ``convergence_tolerance`` and ``onset_threshold`` (:mod:`emguard.report.emergence`); the
+    figure also draws the monitor's logged signals (``train_logs``) and, with ``monitor_csv`` (the monitor table,
+    ``monitor.enabled``), its thresholds and where it stopped or would have stopped each run.
     ``judge_usage_md`` / ``_csv``: the judge usage table from
     every judge job's ``judge_usage.json`` (``judge_usage_paths``). ``task_metrics_paths`` hold OpSwap and benign
     task (FoQA, GSM8K) rows: the OpSwap ones make ``opswap_md`` / ``_csv``, the others ``tasks_md`` / ``_csv``.
@@ -972,6 +1004,11 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
         per_question = (pd.concat([read_parquet(p, allow_empty=True) for p in question_metrics_paths], ignore_index=True)
                         if question_metrics_paths else pd.DataFrame(columns=list(rp.EM_REQUIRED) + ["question_id"]))
         rp.write_table(*rp.question_table(per_question, definition=definition), questions_md, questions_csv)
+    if labels_md:
+        label_rows = [read_parquet(p, allow_empty=True) for p in label_metrics_paths]
+        label_rows = [r for r in label_rows if len(r)]
+        rp.write_table(*rp.label_table(pd.concat(label_rows, ignore_index=True) if label_rows else None),
+                       labels_md, labels_csv)
     calibration = (read_parquet(calibration_path, rp.CALIBRATION_REQUIRED, allow_empty=True)
                    if calibration_path else None)
     if calibration_md:
@@ -1007,10 +1044,11 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
         if metrics_paths:  # the front page's judged sentence needs the judge's agreement next to it too
             headline += f"- {rp.calibration_note(calibration).strip()}\n"
         write_text(headline, headline_md)
-    rp.figure_train_loss({run: read_parquet(p) for run, p in train_logs.items()}, figure_loss)
+    logs = {run: read_parquet(p) for run, p in train_logs.items()}
+    rp.figure_train_loss(logs, figure_loss)
     if emergence_md:
         from emguard.report.emergence import emergence_report
 
         conf = float(metric_definition["confidence"]) if metric_definition else 0.95
         emergence_report(list(curve_paths), metrics, emergence_md, emergence_csv, figure_emergence,
-                         confidence=conf, **(emergence or {}))
+                         confidence=conf, train_logs=logs, monitor_csv=monitor_csv, **(emergence or {}))

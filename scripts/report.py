@@ -16,9 +16,11 @@ run_stage(snakemake, report, metrics_paths=list(i.metrics), train_logs=snakemake
           judge_usage_csv=o.get("judge_usage_csv"), metric_definition=snakemake.params.metric_definition,
           indomain_questions=snakemake.params.indomain_questions,
           question_metrics_paths=list(i.get("question_metrics", [])), questions_md=o.get("questions_md"),
-          questions_csv=o.get("questions_csv"), tasks_md=o.get("tasks_md"), tasks_csv=o.get("tasks_csv"),
+          questions_csv=o.get("questions_csv"),
+          label_metrics_paths=list(i.get("label_metrics", [])), labels_md=o.get("labels_md"),
+          labels_csv=o.get("labels_csv"), tasks_md=o.get("tasks_md"), tasks_csv=o.get("tasks_csv"),
           consistency_md=o.get("consistency_md"), consistency_csv=o.get("consistency_csv"),
           em_runs=snakemake.params.get("em_runs"),
           curve_paths=list(i.get("curves", [])), emergence=snakemake.params.emergence,
           emergence_md=o.get("emergence_md"), emergence_csv=o.get("emergence_csv"),
-          figure_emergence=o.get("figure_emergence"))
+          figure_emergence=o.get("figure_emergence"), monitor_csv=i.monitor[0] if i.get("monitor") else None)

@@ -289,6 +289,55 @@ def test_figure_marks_every_run(tmp_path):
     assert (tmp_path / "em.png").stat().st_size > 5000
 
 
+def _marks_drawn(ax):
+    """{label: x} of the vertical mark lines on an axes (data lines are labelled 'seed ...')."""
+    return {ln.get_label(): ln.get_xdata()[0] for ln in ax.get_lines()
+            if len(ln.get_xdata()) == 2 and ln.get_xdata()[0] == ln.get_xdata()[1]
+            and not ln.get_label().startswith("seed")}
+
+
+def test_figure_marks_the_monitor_and_draws_both_judge_free_signals(tmp_path):
+    from emguard.report.emergence import emergence_marks
+    from emguard.report.monitor import logged_signals
+
+    curves = pd.concat([curve(0, [1, 2, 3, 30], [2.0, 1.40, 1.39, 1.38]),
+                        curve(1, [1, 2, 3, 30], [2.0, 1.40, 1.39, 1.38])], ignore_index=True)
+    rows, _ = emergence_rows(curves, BASE_METRICS, convergence_tolerance=0.05, onset_threshold=5.0)
+    # seed 0 was watched by the monitor (both signals logged; it would have stopped at step 20 on ll_shift);
+    # seed 1's log has no monitor columns (the monitor was off for it)
+    logs = {f"{RUN['run_id'][:-1]}0": pd.DataFrame({"step": [0, 10, 20, 30, 40], "loss": [np.nan, 1, 1, 1, 1],
+                                                   "ll_shift": [0.0, 0.01, 0.07, 0.09, 0.1],
+                                                   "persona_proj": [0.0, 0.1, 0.2, 0.3, 0.4]}),
+            f"{RUN['run_id'][:-1]}1": pd.DataFrame({"step": [10, 20, 30, 40], "loss": [1.0, 1, 1, 1]})}
+    signals = logged_signals(logs)
+    assert set(signals["run_id"]) == {f"{RUN['run_id'][:-1]}0"} and len(signals) == 5
+    keys = {k: RUN[k] for k in ("model", "dataset", "method", "setting")}
+    monitor = pd.DataFrame([
+        {**keys, "seed": 0, "signal": "ll_shift", "threshold": 0.05, "would_stop_step": 20, "stop_step": np.nan},
+        {**keys, "seed": 0, "signal": "persona_proj", "threshold": 0.35, "would_stop_step": 40, "stop_step": np.nan}])
+    marks = emergence_marks(rows, monitor).set_index("seed")
+    assert marks.loc[0, "monitor_step"] == 20 and not marks.loc[0, "monitor_stopped"]
+    assert pd.isna(marks.loc[1, "monitor_step"])
+    assert marks.loc[0, ["convergence_step", "onset_step", "early_stop_step"]].tolist() == [20, 40, 30]
+    fig = figure_emergence(curves, rows, tmp_path / "em.png", signals=signals, monitor=monitor)
+    assert (tmp_path / "em.png").stat().st_size > 5000
+    rate, task, shift, persona = fig.axes[:4]
+    assert _marks_drawn(rate) == {
+        "converged (seed 0)": 20, "EM onset (seed 0)": 40, "early stop (seed 0)": 30,
+        "monitor would stop, ll_shift (seed 0)": 20,
+        "converged (seed 1)": 20, "EM onset (seed 1)": 40, "early stop (seed 1)": 30}
+    labels = [ln.get_label() for ln in shift.get_lines()]
+    assert {"seed 0", "seed 0 (monitor)", "seed 1"} <= set(labels) and "seed 1 (monitor)" not in labels
+    (thr,) = [ln for ln in shift.get_lines() if ln.get_label().startswith("monitor threshold")]
+    assert thr.get_ydata()[0] == pytest.approx(0.05)
+    (proj,) = [ln for ln in persona.get_lines() if ln.get_label() == "seed 0"]
+    assert list(proj.get_ydata()) == [0.0, 0.1, 0.2, 0.3, 0.4]
+    # without the monitor's data the signal panel says so, and no monitor mark is drawn
+    bare = figure_emergence(curves, rows, tmp_path / "bare.png")
+    assert "no persona projection logged" in bare.axes[3].texts[0].get_text()
+    assert not any(k.startswith("monitor") for k in _marks_drawn(bare.axes[0]))
+
+
 # ------------------------------------------------------------------------- the tiny model: training to curve
 
 def test_checkpoint_steps_are_saved_and_a_late_step_is_refused(tiny_model_dir, tmp_path):

@@ -378,3 +378,83 @@ def test_calibrated_thresholds_and_the_monitor_table():
     assert table[table["method"] == "aligned"]["would_stop_step"].isna().all()  # the calibration never fires
     off_md, off = monitor_table(runs, monitor={**monitor, "enabled": False})
     assert off.empty and "monitor is off" in off_md
+
+
+# ------------------------------------------------------------------------- the monitor's record drawn
+
+def _vlines(ax):
+    """{label: x} of the vertical lines drawn on an axes."""
+    return {ln.get_label(): ln.get_xdata()[0] for ln in ax.get_lines()
+            if len(set(ln.get_xdata())) == 1 and len(ln.get_xdata()) == 2 and ln.get_linestyle() != "None"
+            and not ln.get_label().startswith("seed")}
+
+
+def test_monitor_marks_take_the_stop_made_else_the_earliest_would_stop():
+    from emguard.report.monitor import monitor_marks
+
+    keys = {"model": "m", "dataset": "legal", "method": "misaligned", "setting": "default"}
+    table = pd.DataFrame([
+        {**keys, "seed": 0, "signal": "ll_shift", "threshold": 0.05, "would_stop_step": 30, "stop_step": None},
+        {**keys, "seed": 0, "signal": "persona_proj", "threshold": 0.2, "would_stop_step": 20, "stop_step": None},
+        {**keys, "seed": 1, "signal": "ll_shift", "threshold": 0.05, "would_stop_step": 30, "stop_step": 30},
+        {**keys, "seed": 1, "signal": "persona_proj", "threshold": 0.2, "would_stop_step": 20, "stop_step": None},
+        {**keys, "seed": 2, "signal": "ll_shift", "threshold": 0.05, "would_stop_step": None, "stop_step": None}])
+    marks = monitor_marks(table).set_index("seed")
+    assert marks.loc[0, "monitor_step"] == 20 and not marks.loc[0, "monitor_stopped"]
+    assert marks.loc[0, "monitor_signal"] == "persona_proj"
+    # a stop the monitor made wins over an earlier crossing of a signal it did not stop on
+    assert marks.loc[1, "monitor_step"] == 30 and marks.loc[1, "monitor_stopped"]
+    assert 2 not in marks.index  # it never fired
+    assert monitor_marks(None).empty and monitor_marks(table.iloc[:0]).empty
+
+
+def test_monitor_figure_draws_thresholds_stops_and_the_judged_onset(tmp_path):
+    from emguard.report import monitor_table
+    from emguard.report.monitor import figure_monitor
+
+    aligned = [(_run("aligned", 0), _log([0.0, 0.01, 0.03]), {}), (_run("aligned", 1), _log([0.0, 0.02, 0.01]), {})]
+    rising = (_run("misaligned"), _log([0.0, 0.04, 0.06, 0.09]), {"monitor_stop_step": None})
+    # a run without monitor data (its log has no signal columns): drawn as such, not an error
+    bare = (_run("kl"), pd.DataFrame({"step": [1, 2, 3], "loss": [1.0, 0.9, 0.8]}), {})
+    runs = [*aligned, rising, bare]
+    monitor = {"enabled": True, "every_steps": 1, "stop": None, "margin": 0.02, "quantile": 1.0}
+    # the misaligned run's judged checkpoints: EM at step 3 (30% with its lower bound 25 above the untrained 6)
+    curves = pd.DataFrame({**_run("misaligned"), "step": [1, 2, 3], "task_metric": [2.0, 1.5, 1.4],
+                           "misaligned_rate": [1.0, 3.0, 30.0], "misaligned_lo": [0.0, 1.0, 25.0]})
+    _, table = monitor_table(runs, monitor=monitor, curves=curves, base_hi=6.0, em_threshold=5.0)
+    row = table[table["method"] == "misaligned"].iloc[0]
+    assert row["would_stop_step"] == 2 and row["onset_step"] == 3 and row["outcome"] == "before_onset"
+    fig = figure_monitor(runs, table, tmp_path / "monitor.png")
+    assert (tmp_path / "monitor.png").stat().st_size > 5000
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    mis = panels["legal · misaligned · default"]
+    assert _vlines(mis) == {"would stop (seed 0)": 2, "judged EM onset (seed 0)": 3}
+    (thr,) = [ln for ln in mis.get_lines() if ln.get_label().startswith("threshold")]
+    assert thr.get_ydata()[0] == pytest.approx(0.05)
+    assert [t.get_text() for t in panels["legal · kl · default"].texts] == ["no ll_shift logged"]
+    aligned_lines = panels["legal · aligned · default"].get_lines()
+    assert len([ln for ln in aligned_lines if ln.get_label().startswith("seed")]) == 2
+    # the monitor off, or no run logging a signal: the figure says so
+    off = figure_monitor(runs, table.iloc[:0], tmp_path / "off.png", enabled=False)
+    assert "monitor is off" in off.axes[0].texts[0].get_text() and (tmp_path / "off.png").exists()
+    none = figure_monitor([bare], table.iloc[:0], tmp_path / "none.png")
+    assert none.axes[0].texts[0].get_text() == "no run logged a monitor signal"
+
+
+def test_monitor_report_stage_writes_table_and_figure(tmp_path):
+    import json
+
+    from emguard.stages import monitor_report
+
+    logs = []
+    for method, values in (("aligned", [0.0, 0.01, 0.03]), ("misaligned", [0.0, 0.04, 0.06, 0.09])):
+        run = _run(method)
+        write_parquet(_log(values), tmp_path / f"{method}.parquet")
+        (tmp_path / f"{method}.json").write_text(json.dumps({"monitor_stop_step": None}))
+        logs.append({**run, "path": str(tmp_path / f"{method}.parquet"), "meta": str(tmp_path / f"{method}.json")})
+    monitor = {"enabled": True, "every_steps": 1, "stop": None, "margin": 0.02, "quantile": 1.0}
+    monitor_report(logs, str(tmp_path / "m.md"), str(tmp_path / "m.csv"), monitor=monitor,
+                   out_figure=str(tmp_path / "m.png"))
+    table = pd.read_csv(tmp_path / "m.csv")
+    assert table.set_index("method").loc["misaligned", "would_stop_step"] == 2
+    assert (tmp_path / "m.png").stat().st_size > 5000

@@ -81,3 +81,4 @@ def test_monitor_logs_calibrates_and_stops(tmp_path, tiny_model_dir):
         assert meta["monitor_stop_step"] is None
     md = (tmp_path / "results/tables/monitor.md").read_text()
     assert "## The training-time EM monitor" in md and "medical/misaligned/default/seed0 | ll_shift" in md
+    assert (tmp_path / "results/figures/monitor.png").stat().st_size > 5000  # its record drawn

@@ -28,7 +28,7 @@ from emguard.judge.core import (CACHE_FORMAT, LABELS, N_VALUES, PLACEHOLDERS, QU
                                 price_tokens, result_from_distribution, template_labels)
 from emguard.judge.hf import NUMBER_TREES, HFJudge, shared_prefix_length
 from emguard.judge.openai import MODES, OpenAIJudge, RetryPolicy
-from emguard.judge.prompts import (DEFAULT_QUESTION_TYPE, _question_text, fill_template, judge_generations,
+from emguard.judge.prompts import (DEFAULT_QUESTION_TYPE, _question_text, announce, fill_template, judge_generations,
                                    judge_outputs, load_judge_prompts, metric_key, score_cached, score_texts)
 
 __all__ = [
@@ -36,7 +36,8 @@ __all__ = [
     "QUESTION_TYPES", "SPECIAL_ANSWERS",
     "HFJudge", "Judge", "JudgeCache", "JudgeIncomplete", "JudgeOutput", "JudgeUsage", "OpenAIJudge", "RetryPolicy",
     "ScoreResult",
-    "cache_key", "fill_template", "judge_generations", "judge_identity", "judge_outputs", "load_judge_prompts",
+    "announce", "cache_key", "fill_template", "judge_generations", "judge_identity", "judge_outputs",
+    "load_judge_prompts",
     "metric_key", "offered_answers", "parse_label", "price_tokens", "result_from_distribution", "score_cached",
     "score_texts", "shared_prefix_length", "template_labels",
     "_question_text",  # benchmarks/judge_prefix.py

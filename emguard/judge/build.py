@@ -49,8 +49,14 @@ def load_judge(judge_cfg: dict, base_model_path: str, dtype: str, device: str, *
                    answer_prefix=judge_cfg.get("answer_prefix", ""), number_tree=judge_cfg.get("number_tree", "full"))
 
 
-def judge_usage_record(judge, run_id: str | None = None) -> dict:
-    """What a judge job used (calls, cache hits, tokens, cost), for ``judge_usage.json``; never the API key."""
+#: ``stage`` of a usage record: the EM answers' judging (runs and checkpoints); the others are named by their stage
+EVALUATION_STAGE = "evaluation"
+
+
+def judge_usage_record(judge, run_id: str | None = None, stage: str = EVALUATION_STAGE) -> dict:
+    """What a judge job used (calls, cache hits, tokens, cost), for ``judge_usage.json``; never the API key.
+    ``stage``: which pipeline stage paid for it (``evaluation``, ``persona extraction``, ``persona validation``,
+    ``judge calibration``)."""
     if hasattr(judge, "usage_record"):
         record = judge.usage_record()
     else:
@@ -58,7 +64,7 @@ def judge_usage_record(judge, run_id: str | None = None) -> dict:
         from emguard.judge.core import JudgeUsage
 
         record = (usage or JudgeUsage(judge=judge.name)).record(None, backend="hf", model=judge.name, mode="local")
-    return {"run_id": run_id, **record}
+    return {"run_id": run_id, "stage": stage, **record}
 
 
 

@@ -164,23 +164,30 @@ def _question_type(row, i: int) -> str:
     return str(qtype)
 
 
-def _announce(judge: Judge, groups: dict, cache: JudgeCache | None) -> int:
-    """Log (and print, for a paid judge) how many judge calls this table needs after cache hits, and their
-    estimated cost; returns the number of distinct prompts to judge."""
+def announce(judge: Judge, batches: Sequence[tuple[str, Sequence[str] | None, Sequence[str]]],
+             cache: JudgeCache | None, what: str = "") -> int:
+    """Before any judge call: log (and print, for a paid judge: one with ``estimate``) how many judge calls
+    ``batches`` (``(metric, labels or None, prompts)``) need after cache hits and repeats, and their estimated
+    cost; returns the number of distinct prompts to judge. ``what`` names the stage (persona extraction, ...)."""
     pending = []
     total = 0
-    for (metric, labels), items in groups.items():
-        texts = [t for _, t in items]
+    for metric, labels, texts in batches:
+        texts = list(texts)
         total += len(texts)
         pending += pending_count(judge, metric, texts, cache, labels)
     estimate = getattr(judge, "estimate", None)
-    line = f"judge {judge.name}: {total} judgments, {total - len(pending)} answered by the cache or repeated, " \
-           f"{len(pending)} to judge"
+    line = (f"{what + ': ' if what else ''}judge {judge.name}: {total} judgments, {total - len(pending)} answered by "
+            f"the cache or repeated, {len(pending)} to judge")
     if estimate is not None:
         line += "; " + estimate(pending)
         print(line, flush=True)
     log.info(line)
     return len(pending)
+
+
+def _announce(judge: Judge, groups: dict, cache: JudgeCache | None) -> int:
+    return announce(judge, [(metric, labels, [t for _, t in items]) for (metric, labels), items in groups.items()],
+                    cache)
 
 
 def judge_generations(generations: pd.DataFrame, questions: pd.DataFrame, judge: Judge, prompts: dict[str, str],

@@ -2,7 +2,8 @@
 (Table 3), the benign task table (FoQA, the paper's Table 4, and GSM8K; :mod:`.tasks`), the likelihood-shift columns and table, the headline findings, and figures (PNG).
 
 Parts (one file each): :mod:`._common` (row labels and order, cell formatting, the figure canvas),
-:mod:`.em_table`, :mod:`.em_questions` (the EM table per question), :mod:`.figures` (judged metrics), :mod:`.persona`, :mod:`.eps`, :mod:`.opswap`,
+:mod:`.em_table`, :mod:`.em_questions` (the EM table per question), :mod:`.em_labels` (the label judge's
+distributions), :mod:`.figures` (judged metrics), :mod:`.persona`, :mod:`.eps`, :mod:`.opswap`,
 :mod:`.likelihood` (judge-free shift columns, table and figure), :mod:`.emergence` (EM over training
 checkpoints, early stopping), :mod:`.headline`, :mod:`.calibration`
 (the judge's agreement with labelled answers, stated next to every judged EM table), :mod:`.judge_usage`
@@ -15,6 +16,7 @@ from emguard.report._common import (BASE_DATASET, DEFAULT_METHOD_ORDER, DEFAULT_
                                     _row_label, _setting_key, _split_setting, write_table)
 from emguard.report.calibration import CALIBRATION_REQUIRED, NOT_JUDGED, calibration_note, calibration_table
 from emguard.report.consistency import CONSISTENCY_TABLE_COLUMNS, consistency_table
+from emguard.report.em_labels import LABEL_TABLE_COLUMNS, NO_LABELS, label_table
 from emguard.report.em_questions import QUESTION_COLUMNS, question_table
 from emguard.report.em_table import EM_REQUIRED, TABLE_COLUMNS, em_table, emphasis
 from emguard.report.emergence import EMERGENCE_CSV_COLUMNS, emergence_rows, emergence_table, figure_emergence
@@ -41,6 +43,8 @@ __all__ = [
     "CONSISTENCY_TABLE_COLUMNS", "consistency_table",
     # the per-question EM table
     "QUESTION_COLUMNS", "question_table",
+    # the label judge's distributions (free_form_judge questions)
+    "LABEL_TABLE_COLUMNS", "NO_LABELS", "label_table",
     # the benign real tasks (FoQA, GSM8K)
     "TASK_REQUIRED", "task_table",
     # when EM emerges over training checkpoints (emguard.checkpoints, emguard.dynamics)

@@ -4,8 +4,9 @@ From the runs' checkpoint curves (:data:`emguard.checkpoints.CURVE_COLUMNS`, one
 adapter last): per run the task-convergence step, the EM onset, the gap between them, the early-stopping
 checkpoint, EM there and at the final checkpoint and the task performance retained
 (:func:`emguard.dynamics.emergence_table`); ``results/tables/emergence.{md,csv}`` and
-``results/figures/emergence.png``. Runs that are not judged (``eval.judged``) have no misaligned rate: their
-rows give the convergence step only, and the figure their task metric and likelihood shift.
+``results/figures/emergence.png`` (with the training-time monitor's signals and stop where it ran). Runs that are
+not judged (``eval.judged``) have no misaligned rate: their rows give the convergence step only, and the figure
+their task metric and the judge-free signals.
 """
 
 from __future__ import annotations
@@ -225,72 +226,141 @@ def _sentences(rows: pd.DataFrame, summary: dict | None, threshold: float, confi
     return out
 
 
+#: what the emergence figure marks per run: (column of :func:`emergence_marks`, line style, label)
+FIGURE_MARKS = (("convergence_step", ":", "converged"), ("onset_step", "--", "EM onset"),
+                ("early_stop_step", "-.", "early stop"), ("monitor_step", "-", "monitor stop"))
+
+
+def emergence_marks(rows: pd.DataFrame | None, monitor: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per run (``run_id`` and the run keys): the steps the emergence figure marks, the emergence rows'
+    ``convergence_step``, ``onset_step`` and ``early_stop_step`` and the monitor's ``monitor_step`` (where it
+    stopped the run, else where it would have stopped: :func:`emguard.report.monitor.monitor_marks` on the monitor
+    table, ``monitor.csv``), with ``monitor_stopped`` and ``monitor_signal``. No monitor table: those are empty."""
+    from emguard.report.monitor import MARK_COLUMNS, monitor_marks
+
+    keys = [*_GROUP, "seed"]
+    cols = ["run_id", *keys, "convergence_step", "onset_step", "early_stop_step", *MARK_COLUMNS[len(keys):]]
+    if rows is None or rows.empty:
+        return pd.DataFrame(columns=cols)
+    out = rows[["run_id", *keys, "convergence_step", "onset_step", "early_stop_step"]].copy()
+    marks = monitor_marks(monitor)
+    by_key = {tuple(str(v) for v in r[:len(keys)]): r[len(keys):]
+              for r in marks.itertuples(index=False, name=None)}
+    found = [by_key.get(tuple(str(v) for v in k), (pd.NA, pd.NA, None))
+             for k in out[keys].itertuples(index=False, name=None)]
+    out["monitor_step"] = pd.array([f[0] for f in found], dtype="Int64")
+    out["monitor_stopped"] = [None if pd.isna(f[1]) else bool(f[1]) for f in found]
+    out["monitor_signal"] = [f[2] for f in found]
+    return out[cols].reset_index(drop=True)
+
+
 def figure_emergence(curves: Sequence[pd.DataFrame] | pd.DataFrame | None, rows: pd.DataFrame | None,
-                     path: str | os.PathLike) -> None:
-    """Misaligned rate (general, with its interval), task metric and likelihood shift (out-of-domain probes,
-    with its interval) against step: one column per (model, dataset, method, setting), seeds overlaid, with the
-    convergence step (dotted), EM onset (dashed) and early stop (dash-dot) of each seed marked. Without curves:
-    one panel saying no checkpoint was evaluated."""
+                     path: str | os.PathLike, *, signals: pd.DataFrame | None = None,
+                     monitor: pd.DataFrame | None = None):
+    """Misaligned rate (general, with its interval), task metric, likelihood shift and persona projection against
+    step: one column per (model, dataset, method, setting), seeds overlaid, with each seed's convergence step
+    (dotted), EM onset (dashed), early stop (dash-dot) and the monitor's stop (solid; thin when it only would have
+    stopped) marked (:func:`emergence_marks`). Returns the figure (drawn and saved).
+
+    The likelihood shift is the checkpoints' (out-of-domain probes, with its interval) and, where the monitor ran,
+    the one it logged during training (thin, ``x``); the persona projection is the monitor's only. ``signals``:
+    :func:`emguard.report.monitor.logged_signals` of the runs' train logs; ``monitor``: the monitor table
+    (``monitor.csv``), whose thresholds are drawn on the two signal panels (grey). Without them (the monitor off, or
+    a run it did not watch) those parts are left out. Without curves: one panel saying no checkpoint was
+    evaluated."""
+    from emguard.report.monitor import signal_thresholds
+
     if isinstance(curves, (list, tuple)):
         curves = pd.concat(curves, ignore_index=True) if curves else None
     if curves is None or curves.empty:
         fig = _new_figure(6.0, 3.0)
         _empty_axes(fig.subplots(1, 1), "no checkpoints evaluated (the config's checkpoints section is off)")
         _save_png(fig, path)
-        return
+        return fig
+    marks = emergence_marks(rows, monitor).set_index("run_id") if rows is not None else None
+    logged = signals if signals is not None else pd.DataFrame(columns=["run_id", "step", "ll_shift", "persona_proj"])
+    thresholds = signal_thresholds(monitor)
     groups = list(curves.groupby(list(_GROUP), sort=False))
-    fig = _new_figure(4.2 * len(groups), 8.4)
-    axes = fig.subplots(3, len(groups), squeeze=False)
-    panels = (("misaligned_rate", "misaligned_lo", "misaligned_hi"), ("task_metric", "task_metric_lo", "task_metric_hi"),
-              ("ll_shift", "ll_shift_lo", "ll_shift_hi"))
-    marks = (("convergence_step", ":", "converged"), ("onset_step", "--", "EM onset"),
-             ("early_stop_step", "-.", "early stop"))
+    fig = _new_figure(4.2 * len(groups), 11.0)
+    axes = fig.subplots(4, len(groups), squeeze=False)
+    # (curve column, interval columns, logged signal drawn on the same panel)
+    panels = (("misaligned_rate", "misaligned_lo", "misaligned_hi", None),
+              ("task_metric", "task_metric_lo", "task_metric_hi", None),
+              ("ll_shift", "ll_shift_lo", "ll_shift_hi", "ll_shift"),
+              (None, None, None, "persona_proj"))
     for col, (key, g) in enumerate(groups):
         name = g["task_metric_name"].iloc[0]
         drawn = [False] * len(panels)
         for j, (seed, c) in enumerate(g.groupby("seed", sort=True)):
             c = c.sort_values("step")
+            run_id = c["run_id"].iloc[0]
             color = _SERIES_COLORS[j % len(_SERIES_COLORS)]
             x = c["step"].to_numpy()
-            r = rows[rows["run_id"] == c["run_id"].iloc[0]] if rows is not None else pd.DataFrame()
-            for p, (ax, (y, lo, hi)) in enumerate(zip(axes[:, col], panels)):
-                if y not in c or c[y].isna().all():
+            mine = logged[logged["run_id"].astype(str) == str(run_id)]
+            m = marks.loc[run_id] if marks is not None and run_id in marks.index else None
+            for p, (ax, (y, lo, hi, sig)) in enumerate(zip(axes[:, col], panels)):
+                if y is not None and y in c and not c[y].isna().all():
+                    drawn[p] = True
+                    ax.plot(x, c[y].to_numpy(dtype=float), marker="o", ms=3, color=color, label=f"seed {seed}")
+                    if lo in c and hi in c:
+                        ax.fill_between(x, c[lo].to_numpy(dtype=float), c[hi].to_numpy(dtype=float), color=color,
+                                        alpha=0.15, lw=0)
+                if sig is not None and sig in mine and mine[sig].notna().any():
+                    d = mine.dropna(subset=[sig])
+                    drawn[p] = True
+                    ax.plot(d["step"].to_numpy(), d[sig].to_numpy(dtype=float), marker="x", ms=3, lw=0.8,
+                            color=color, alpha=0.8, label=f"seed {seed} (monitor)" if y is not None else f"seed {seed}")
+                if not drawn[p] or m is None:
                     continue
-                drawn[p] = True
-                ax.plot(x, c[y].to_numpy(dtype=float), marker="o", ms=3, color=color, label=f"seed {seed}")
-                if lo in c and hi in c:
-                    ax.fill_between(x, c[lo].to_numpy(dtype=float), c[hi].to_numpy(dtype=float), color=color,
-                                    alpha=0.15, lw=0)
-                for field, style, label in marks:
-                    if len(r) and not pd.isna(r[field].iloc[0]):
-                        ax.axvline(int(r[field].iloc[0]), color=color, ls=style, lw=1.0, alpha=0.8,
-                                   label=f"{label} (seed {seed})")
+                for field, style, label in FIGURE_MARKS:
+                    if pd.isna(m[field]):
+                        continue
+                    would = field == "monitor_step" and not m["monitor_stopped"]
+                    text = (f"monitor would stop, {m['monitor_signal']}" if would else
+                            f"monitor stop, {m['monitor_signal']}" if field == "monitor_step" else label)
+                    ax.axvline(int(m[field]), color=color, ls=style, lw=0.7 if would else 1.0, alpha=0.8,
+                               label=f"{text} (seed {seed})")
+        model = str(key[0])
+        for p, sig in ((2, "ll_shift"), (3, "persona_proj")):
+            thr = thresholds.get((model, sig))
+            if thr is not None and drawn[p]:
+                axes[p, col].axhline(thr, color="0.5", ls="--", lw=0.8, label=f"monitor threshold {thr:.3g}")
         axes[0, col].set_title(" · ".join(str(v) for v in key[1:]), fontsize=9)
         axes[0, col].set_ylabel("general misaligned (%)")
         axes[1, col].set_ylabel(_TASK_LABEL.get(name, name), fontsize=8)
         axes[2, col].set_ylabel("LL shift, OOD probes (nats/token)", fontsize=8)
-        axes[2, col].set_xlabel("training step")
+        axes[3, col].set_ylabel("persona projection (monitor)", fontsize=8)
+        axes[3, col].set_xlabel("training step")
+        empty = ("not judged", "no values", "no values", "no persona projection logged (monitor off for this run)")
         for p, ax in enumerate(axes[:, col]):
             if drawn[p]:
                 ax.grid(alpha=0.3)
             else:
-                _empty_axes(ax, "not judged" if p == 0 else "no values")
+                _empty_axes(ax, empty[p])
         # the shift panel has every seed (judged or not); else the last panel with lines
-        legend_ax = next((ax for p, ax in reversed(list(enumerate(axes[:, col]))) if drawn[p]), None)
+        legend_ax = next((axes[p, col] for p in (2, 3, 1, 0) if drawn[p]), None)
         if legend_ax is not None:
             legend_ax.legend(fontsize=6, loc="best")
     _save_png(fig, path)
+    return fig
 
 
 def emergence_report(curve_paths: Sequence[str], metrics: pd.DataFrame | None, md: str, csv: str, figure: str, *,
-                     convergence_tolerance: float, onset_threshold: float, confidence: float = 0.95) -> None:
+                     convergence_tolerance: float, onset_threshold: float, confidence: float = 0.95,
+                     train_logs: dict[str, pd.DataFrame] | None = None, monitor_csv: str | None = None) -> None:
     """``emergence.md`` / ``.csv`` and ``emergence.png`` from the runs' ``checkpoint_curve.parquet`` files (none:
-    both say no checkpoint was evaluated)."""
+    both say no checkpoint was evaluated). ``train_logs`` (run id -> ``train_log.parquet`` frame): the monitor's
+    logged signals for the figure; ``monitor_csv``: the monitor table (``results/tables/monitor.csv``), its stops
+    and thresholds."""
     from emguard.io import read_parquet
     from emguard.report._common import write_table
+    from emguard.report.monitor import logged_signals
 
     curves = [read_parquet(p) for p in curve_paths]
     markdown, rows = emergence_table(curves, metrics, convergence_tolerance=convergence_tolerance,
                                      onset_threshold=onset_threshold, confidence=confidence)
     write_table(markdown, rows, md, csv)
-    figure_emergence(curves, rows if len(rows) else None, figure)
+    wanted = set(pd.concat(curves)["run_id"].astype(str)) if curves else set()
+    signals = logged_signals({k: v for k, v in (train_logs or {}).items() if str(k) in wanted})
+    monitor = pd.read_csv(monitor_csv) if monitor_csv else None
+    figure_emergence(curves, rows if len(rows) else None, figure, signals=signals, monitor=monitor)

@@ -11,6 +11,7 @@ rule judge_calibration:
     output:
         scores="results/judge/calibration.parquet",
         summary="results/judge/calibration_summary.parquet",
+        usage="results/judge/calibration_usage.json",
     log:
         "results/logs/judge/calibration.log",
     params:

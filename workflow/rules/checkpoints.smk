@@ -89,6 +89,7 @@ if CHECKPOINT_RUNS:
         output:
             CHECKPOINT_EVAL + "/metrics.parquet",
             questions=CHECKPOINT_EVAL + "/question_metrics.parquet",
+            labels=CHECKPOINT_EVAL + "/label_metrics.parquet",
         log:
             "results/logs/checkpoint_metrics/" + CHECKPOINT_LOG,
 

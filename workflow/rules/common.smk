@@ -352,9 +352,28 @@ def consistency_runs():
 
 
 def all_judge_usage():
-    """Every judge job's usage record (calls, cache hits, tokens, cost), for the report's judge usage table; the
-    judged checkpoints' jobs too (checkpoints.smk)."""
-    return [m.replace("metrics.parquet", "judge_usage.json") for m in all_run_metrics()] + checkpoint_judge_usage()
+    """Every judge-calling job's usage record (calls, cache hits, tokens, cost), for the report's judge usage table:
+    the judge jobs (the judged checkpoints' too, checkpoints.smk), and persona extraction / validation and the judge
+    calibration where the config runs them."""
+    persona = f"results/persona/{MODEL}/{TRAIT}"
+    return ([m.replace("metrics.parquet", "judge_usage.json") for m in all_run_metrics()] + checkpoint_judge_usage()
+            + ([f"{persona}/judge_usage_extract.json"] if persona_extraction_planned() else [])
+            + ([f"{persona}/judge_usage_validate.json"] if persona_validation_input() else [])
+            + (["results/judge/calibration_usage.json"] if calibration_summary() else []))
+
+
+def persona_extraction_planned():
+    """Whether some job reads the vectors rule persona_extract makes (none given in the config): a persona run
+    (SFT or RL) or the monitor's persona projection."""
+    made = f"results/persona/{MODEL}/{TRAIT}/vectors.safetensors"
+    read = []
+    if "persona" in METHODS:
+        read.append(persona_vectors_file())
+    if MONITOR["enabled"] and MONITOR["persona"] and STEERING_LAYER is not None and any(r.trained for r in RUNS):
+        read.append(persona_vectors_file())
+    if any(r.method == "persona" for r in RL_RUNS):
+        read.append(rl_persona_vectors())
+    return made in read
 
 
 def all_task_metrics():

@@ -8,6 +8,8 @@ rule run_metrics:
     output:
         "results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/metrics.parquet",
         questions="results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/question_metrics.parquet",
+        # the label judge's distributions (questions of type free_form_judge; no rows without any)
+        labels="results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/label_metrics.parquet",
     log:
         "results/logs/metrics/{model}/{dataset}/{method}/{setting}/seed{seed}.log",
     params:
@@ -25,6 +27,7 @@ rule report:
     input:
         metrics=all_run_metrics(),
         question_metrics=[m.replace("metrics.parquet", "question_metrics.parquet") for m in all_run_metrics()],
+        label_metrics=[m.replace("metrics.parquet", "label_metrics.parquet") for m in all_run_metrics()],
         train_logs=list(all_train_logs().values()),
         persona_validation=persona_validation_input(),
         task_metrics=all_task_metrics(),
@@ -38,6 +41,8 @@ rule report:
         judge_usage=all_judge_usage(),
         # each checkpointed run's curve (checkpoints.smk); none: the emergence table and figure say so
         curves=all_checkpoint_curves(),
+        # the monitor's stops and thresholds, marked on the emergence figure (monitor.smk; none when it is off)
+        monitor=["results/tables/monitor.csv"] if MONITOR["enabled"] else [],
     output:
         # the HTML report's front page (workflow/report/workflow.rst) opens with this file
         headline_md=report("results/tables/headline.md", caption="../report/headline.rst", category="Headline"),
@@ -45,6 +50,8 @@ rule report:
         table_csv="results/tables/em.csv",
         questions_md=report("results/tables/em_questions.md", caption="../report/em_questions.rst", category="EM"),
         questions_csv="results/tables/em_questions.csv",
+        labels_md=report("results/tables/em_labels.md", caption="../report/em_labels.rst", category="EM"),
+        labels_csv="results/tables/em_labels.csv",
         metrics="results/metrics/em.parquet",
         figure_em=report("results/figures/em_vs_incoherence.png", caption="../report/em_vs_incoherence.rst",
                          category="EM"),

@@ -1,7 +1,7 @@
 # The training-time EM monitor (config monitor; emguard.training.monitor): every trained run logs two judge-free signals in
 # its train_log.parquet (rule train). monitor_thresholds calibrates the stop thresholds on the aligned runs' logged
 # signals (monitor.stop: calibrated; the other runs' training waits for it); monitor_report compares, per run, where
-# the monitor stopped or would have stopped with the judged EM onset of the checkpoint curves.
+# the monitor stopped or would have stopped with the judged EM onset of the checkpoint curves (table and figure).
 
 
 rule monitor_thresholds:
@@ -32,6 +32,7 @@ rule monitor_report:
     output:
         md=report("results/tables/monitor.md", caption="../report/monitor.rst", category="Checkpoints"),
         csv="results/tables/monitor.csv",
+        figure=report("results/figures/monitor.png", caption="../report/monitor_figure.rst", category="Checkpoints"),
     log:
         "results/logs/monitor_report.log",
     params:

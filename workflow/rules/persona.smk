@@ -10,6 +10,8 @@ rule persona_extract:
     output:
         vectors="results/persona/{model}/{trait}/vectors.safetensors",
         rollouts="results/persona/{model}/{trait}/rollouts.parquet",
+        # what the trait and coherence judging cost (the report's judge usage table)
+        usage="results/persona/{model}/{trait}/judge_usage_extract.json",
     log:
         "results/logs/persona_extract/{model}/{trait}.log",
     params:
@@ -34,6 +36,7 @@ rule persona_validate:
         vectors="results/persona/{model}/{trait}/vectors.safetensors",
     output:
         "results/persona/{model}/{trait}/steering_validation.parquet",
+        usage="results/persona/{model}/{trait}/judge_usage_validate.json",
     log:
         "results/logs/persona_validate/{model}/{trait}.log",
     params:
