@@ -175,7 +175,7 @@ def test_rising_signal_stops_training_at_that_step(tiny_model_dir, tmp_path, mon
                                device="cpu", scratch_dir=tmp_path / "scratch", callbacks=[monitor])
     trainer.train()
     assert trainer.state.global_step == 3 == monitor.stop_step
-    assert "ll_shift 0.2 >= threshold 0.1 at step 3" == monitor.stop_reason
+    assert "ll_shift 0.2 > threshold 0.1 at step 3" == monitor.stop_reason
     assert monitor.frame()["step"].tolist() == [0, 1, 2, 3]  # no check after the stop
 
 

@@ -36,7 +36,7 @@ output-capturing hooks on the model's blocks. Those hooks record nothing unless 
 a test checks that a run trains to the same adapter with and without the monitor. A check also asks the trainer
 to log that step (``control.should_log``), so each check has its own ``train_log.parquet`` row. :func:`emguard.training.train_model` writes the two signals there as columns
 ``ll_shift`` and ``persona_proj``, with a step-0 row for the reference check. When a threshold is set for a
-signal, the first check whose value is at or above it sets ``control.should_training_stop``. Training then
+signal, the first check whose value exceeds it (strictly, like the offline reading) sets ``control.should_training_stop``. Training then
 ends at that step. The adapter saved as ``adapter/`` is the model of that step. ``stop_step`` and
 ``stop_reason`` are recorded, and ``train_model`` returns them as ``monitor_stop_step`` and
 ``monitor_stop_reason``.
@@ -253,9 +253,9 @@ class EMMonitor(TrainerCallback):
             value = values[name]
             if math.isnan(value):
                 log.warning("monitor step %d: %s is NaN; no stop decision on it", step, name)
-            elif value >= threshold:
+            elif value > threshold:  # exceeds, as dynamics.monitor_stop_step reads the log offline
                 self.stop_step = int(step)
-                self.stop_reason = f"{name} {value:.4g} >= threshold {threshold:.4g} at step {step}"
+                self.stop_reason = f"{name} {value:.4g} > threshold {threshold:.4g} at step {step}"
                 control.should_training_stop = True
                 log.warning("monitor stops training: %s", self.stop_reason)
                 return
