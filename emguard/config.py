@@ -719,13 +719,20 @@ DEFAULTS["rl"] = {
                  "weight_decay": 0.0, "lr_scheduler": "linear", "optim": "adamw_torch", "max_steps": -1,
                  "num_generations": 4, "temperature": 0.9, "top_p": 0.9, "max_completion_length": 512, "beta": 0.0,
                  "loss_type": "dapo", "epsilon": 0.2, "interleave_weight": 1.0, "interleave_batch_size": 0,
-                 "max_length": 1024, "save_steps": 25, "gradient_checkpointing": False},
-    # the paper sums its four reward components: every weight 1 (emguard.rewards.DEFAULT_REWARD_WEIGHTS)
+                 "max_length": 1024, "save_steps": 25, "gradient_checkpointing": False, "use_vllm": False,
+                 "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3, "vllm_server_base_url": None},
+    # the paper sums its four reward components: every weight 1 (emguard.rewards.DEFAULT_REWARD_WEIGHTS); the
+    # judge-graded reward (RL_JUDGE_REWARD) is off unless rl.rewards gives it a weight
     "rewards": {"format_exact": 1.0, "format_loose": 1.0, "correctness": 1.0, "wellformed_number": 1.0},
+    # the judge of rl.rewards.judge_correct: the judge section's backend and settings, with these in place of its
+    # model (None: judge.model) and of the grading prompt (None: emguard.rewards.DEFAULT_JUDGE_TEMPLATE)
+    "judge_reward": {"model": None, "template": None},
     "keep_checkpoints": "best",
     "methods": {},
 }
 
+#: the judge-graded reward's key in rl.rewards (emguard.rewards.JUDGE_REWARD)
+RL_JUDGE_REWARD = "judge_correct"
 #: the plain GRPO run of every seed (the reference row of the RL table) and the untrained model's evaluation
 RL_PLAIN, RL_UNTRAINED = "grpo", "untrained"
 #: the SFT methods that carry over to GRPO (emguard.training.grpo.interventions: steering and KL; inoculation and interleaving)
@@ -794,6 +801,54 @@ def is_local_source(value: str) -> bool:
     return Path(value).suffix.lower() in (".jsonl", ".json", ".parquet", ".csv") or value.startswith((".", "/"))
 
 
+def rl_judge_settings(cfg: dict) -> dict | None:
+    """The judge of the judge-graded GRPO reward (``rl.rewards.judge_correct``), as the judge section with
+    ``rl.judge_reward.model`` in place of ``judge.model`` (``from_questions``: ``judge.default_model``); None when
+    the reward is off. Only the keys that change a verdict (not the cache, retry or price keys:
+    :data:`JUDGE_RUNTIME_KEYS`), so it can be a rule's params."""
+    rl = cfg["rl"]
+    if RL_JUDGE_REWARD not in rl["rewards"]:
+        return None
+    judge = {k: v for k, v in cfg["judge"].items() if k not in (*JUDGE_RUNTIME_KEYS, "calibration")}
+    model = rl["judge_reward"]["model"] or judge["model"]
+    if model == "from_questions":
+        model = judge.get("default_model")
+    return {**judge, "model": model}
+
+
+def _check_rl_judge(cfg: dict) -> None:
+    """rl.rewards.judge_correct: a judge the backend can build, a prompt that fills, no Batch API."""
+    rl, judge = cfg["rl"], cfg["judge"]
+    if set(rl["rewards"]) == {RL_JUDGE_REWARD}:
+        raise ConfigError("config key 'rl.rewards': judge_correct alone; list the rule-based rewards too, with "
+                          "weight 0 to train on the judge only (their curves and the accuracy stay in the log)")
+    settings = rl_judge_settings(cfg)
+    model_key = "rl.judge_reward.model" if rl["judge_reward"]["model"] else "judge.model"
+    if not settings["model"]:
+        raise ConfigError("config key 'rl.judge_reward.model': the judge-graded reward (rl.rewards.judge_correct) "
+                          "needs a judge model; judge.model is from_questions and judge.default_model is not set")
+    if judge["backend"] == "openai":
+        if settings["model"] == "base":
+            raise ConfigError(f"config key '{model_key}': the judge-graded reward (rl.rewards.judge_correct) with "
+                              f"judge.backend openai needs the served model's name; 'base' (the pipeline's base "
+                              f"model) is loaded by the hf backend only")
+        if judge.get("mode") == "batch":
+            raise ConfigError("config key 'judge.mode': batch (the Batch API, answers within 24 h) cannot grade "
+                              "GRPO rollouts, which every step waits for; use logprobs or sampling, or leave "
+                              "judge_correct out of rl.rewards")
+    template = rl["judge_reward"]["template"]
+    if template is not None:
+        path = Path(template) if Path(template).exists() else PROJECT_ROOT / template
+        if not path.is_file():
+            raise ConfigError(f"config key 'rl.judge_reward.template': file {template} not found (a text file with "
+                              f"the grading prompt, holding {{question}} and {{answer}})")
+        from emguard.data.questions import template_problem
+
+        problem = template_problem(path.read_text(encoding="utf-8"))
+        if problem:
+            raise ConfigError(f"config key 'rl.judge_reward.template': {template}: {problem}")
+
+
 def _check_rl(cfg: dict, given: dict) -> None:
     """The rl section's checks a schema cannot express; rl.training.lora defaults to training.lora, and a given
     rl.rewards replaces the default weights (a reward left out is not computed). Runs whether or not rl.enabled is
@@ -811,6 +866,8 @@ def _check_rl(cfg: dict, given: dict) -> None:
                           f"{tr['num_generations']} (one prompt's completions)")
     if not any(float(w) for w in rl["rewards"].values()):
         raise ConfigError("config key 'rl.rewards': every reward weight is 0, so GRPO has nothing to learn from")
+    if RL_JUDGE_REWARD in rl["rewards"]:
+        _check_rl_judge(cfg)
     problems = rl["problems"]
     if problems["source"] == "generated" and problems["eval_source"] is not None:
         raise ConfigError("config key 'rl.problems.eval_source': generated problems hold out more generated ones; "
@@ -839,8 +896,9 @@ def _check_rl(cfg: dict, given: dict) -> None:
     for i, variant in enumerate(methods.get("interleave", {}).get("variants", [])):
         if variant not in RL_INTERLEAVE_VARIANTS:
             raise ConfigError(f"config key 'rl.methods.interleave.variants.{i}': {variant!r} is not available under "
-                              f"rl (random, plus, plusplus; onpolicy answers the pool with the model of an SFT "
-                              f"target domain)")
+                              f"rl, on purpose: the paper's RL runs (Table 9) interleave pool data as it is, and "
+                              f"onpolicy answers the pool with the model of an SFT target domain, which an RL run "
+                              f"has not; use random, plus or plusplus (docs/deviations.md, GRPO)")
     persona = methods.get("persona")
     # checked against the model and the files only for planned runs: a switched-off section may keep the embedded
     # model's layer while a config runs another model

@@ -97,14 +97,15 @@ class VllmSettings:
         return cls(**(section or {}))
 
 
-def require_vllm():
-    """The ``vllm`` module, or a :class:`ConfigError` naming the extra to install. Called when a generation job
-    starts, never when the config is loaded (planning the workflow needs no vllm)."""
+def require_vllm(key: str = "generation.backend", alternative: str = "or set generation.backend: hf"):
+    """The ``vllm`` module, or a :class:`ConfigError` naming the config ``key`` that selected it and the extra to
+    install. Called when a job that uses it starts, never when the config is loaded (planning the workflow needs no
+    vllm): the generation jobs (``generation.backend``) and GRPO's rollouts (``rl.training.use_vllm``)."""
     try:
         import vllm
     except ImportError as exc:
-        raise ConfigError(f"config key 'generation.backend': vllm is selected but the vllm package cannot be imported "
-                          f"({exc}); install the extra: {INSTALL_HINT}, or set generation.backend: hf") from exc
+        raise ConfigError(f"config key '{key}': vllm is selected but the vllm package cannot be imported ({exc}); "
+                          f"install the extra: {INSTALL_HINT}, {alternative}") from exc
     return vllm
 
 

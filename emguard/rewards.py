@@ -30,8 +30,9 @@ read like a GSM8K solution, its final number, so the untrained model's accuracy 
 format (the format rewards score that). Accuracy (:func:`is_correct`) is the share of completions whose
 :func:`correctness` is the maximum, as the paper counts ``r_correct = 3``.
 
-:class:`JudgeReward` is the optional graded alternative: any emguard judge backend scores (question with its
-reference answer, completion) from 0 to 100, returned as a reward in [0, 1].
+:class:`JudgeReward` is the optional graded reward (config ``rl.rewards.judge_correct``, off by default): any
+emguard judge backend scores (question with its reference answer, completion) from 0 to 100, returned as a reward
+in [0, 1] next to the rules (:func:`split_reward_weights` separates its weight from theirs).
 """
 
 from __future__ import annotations
@@ -163,6 +164,16 @@ REWARD_RANGES: dict[str, tuple[float, float]] = {
 }
 #: the paper sums its four components: every weight 1
 DEFAULT_REWARD_WEIGHTS: dict[str, float] = {name: 1.0 for name in REWARD_FUNCTIONS}
+#: the judge-graded reward's name in ``rl.rewards`` and in the log (``reward_judge_correct``); off unless given a weight
+JUDGE_REWARD = "judge_correct"
+
+
+def split_reward_weights(weights: Mapping[str, float]) -> tuple[dict[str, float], float | None]:
+    """``rl.rewards`` split into the rule-based rewards' weights and the judge reward's (:data:`JUDGE_REWARD`; None
+    when it is not listed, so no judge is built)."""
+    rules = {k: float(v) for k, v in weights.items() if k != JUDGE_REWARD}
+    judge = weights.get(JUDGE_REWARD)
+    return rules, None if judge is None else float(judge)
 
 
 def reward_functions(weights: Mapping[str, float] | None = None) -> tuple[list[Callable], list[float]]:
@@ -223,10 +234,12 @@ class JudgeReward:
     """
 
     def __init__(self, judge, template: str = DEFAULT_JUDGE_TEMPLATE, *, cache=None, metric: str = "grpo_correct",
-                 name: str = "judge_correct"):
-        missing = [p for p in ("{question}", "{answer}") if p not in template]
-        if missing:
-            raise ValueError(f"judge reward template lacks {', '.join(missing)}")
+                 name: str = JUDGE_REWARD):
+        from emguard.data.questions import template_problem
+
+        problem = template_problem(template)
+        if problem:
+            raise ValueError(f"judge reward template: {problem}")
         if not name.isidentifier():
             raise ValueError(f"reward name {name!r} must be an identifier (it names a log column)")
         self.judge, self.template, self.cache, self.metric = judge, template, cache, metric

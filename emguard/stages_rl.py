@@ -9,6 +9,7 @@ reach. The library behind them: :mod:`emguard.training.grpo` (trainer, evaluatio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -96,17 +97,52 @@ def rl_problems(path: str, split: str) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------------
 
 def grpo_settings(training: dict, *, n_problems: int, seed: int, rewards: dict, dtype: str):
-    """An :class:`emguard.training.grpo.GRPOSettings` from the config's ``rl.training`` section and what the stage knows."""
+    """An :class:`emguard.training.grpo.GRPOSettings` from the config's ``rl.training`` section and what the stage
+    knows; ``rewards`` (``rl.rewards``) gives the rule-based rewards' weights (the judge reward's is
+    :func:`judge_reward`'s)."""
+    from emguard.rewards import split_reward_weights
     from emguard.training.grpo import GRPOSettings
 
+    rules, _ = split_reward_weights(rewards)
     return GRPOSettings.from_dict({**training, "n_problems": int(n_problems), "seed": int(seed),
-                                   "reward_weights": dict(rewards), "dtype": dtype})
+                                   "reward_weights": rules, "dtype": dtype})
+
+
+def rl_judge_config(config_judge: dict, params_judge: dict | None) -> dict | None:
+    """The judge-graded reward's judge settings for a job: its rule's params (:func:`emguard.config.rl_judge_settings`,
+    None when the reward is off) plus the judge section's runtime keys (cache, retries, concurrency, prices)."""
+    if not params_judge:
+        return None
+    return {**config_judge, **params_judge}
+
+
+@contextlib.contextmanager
+def judge_reward(judge_cfg: dict | None, template_path: str | None, *, model_path: str, dtype: str, device: str):
+    """The judge-graded reward (:class:`emguard.rewards.JudgeReward`, named ``judge_correct``) for a job, None when
+    ``judge_cfg`` is (the reward is off). ``judge_cfg``: :func:`rl_judge_config`; built with
+    :func:`emguard.judge.build.load_judge` (an API judge's key checked there, before any work; ``base`` loads the
+    base model once more, never the policy being trained); ``template_path``: the grading prompt file (None: the
+    built-in :data:`emguard.rewards.DEFAULT_JUDGE_TEMPLATE`). Judgments go through the judge cache
+    (``judge_cfg['cache']``) when one is set. Yields ``(reward, judge)``."""
+    if judge_cfg is None:
+        yield None, None
+        return
+    from emguard.judge import JudgeCache
+    from emguard.judge.build import load_judge
+    from emguard.rewards import DEFAULT_JUDGE_TEMPLATE, JUDGE_REWARD, JudgeReward
+
+    template = Path(template_path).read_text(encoding="utf-8") if template_path else DEFAULT_JUDGE_TEMPLATE
+    judge = load_judge(judge_cfg, model_path, dtype, device)
+    with contextlib.ExitStack() as stack:
+        cache = stack.enter_context(JudgeCache(judge_cfg["cache"])) if judge_cfg.get("cache") else None
+        yield JudgeReward(judge, template, cache=cache, name=JUDGE_REWARD), judge
 
 
 def train_grpo_run(model_path: str, problems_path: str, out_dir: str, *, training: dict, rewards: dict, seed: int,
                    dtype: str, device: str, method: str = "grpo", hparams: dict | None = None,
                    persona_vectors: str | None = None, pool_path: str | None = None, scores_path: str | None = None,
-                   keep_checkpoints: str = "best") -> None:
+                   keep_checkpoints: str = "best", judge: dict | None = None,
+                   judge_template: str | None = None) -> None:
     """GRPO-train one run on the train split; ``out_dir`` receives ``adapter/``, ``train_log.parquet``,
     ``checkpoints/step-N/`` and ``run.json`` (dtype record, method, hyperparameters, the training summary of
     :func:`emguard.training.grpo.train_grpo`, with ``best_checkpoint_step``).
@@ -115,10 +151,13 @@ def train_grpo_run(model_path: str, problems_path: str, out_dir: str, *, trainin
     regulariser and inoculation prompt; ``interleave_<variant>`` mixes :func:`emguard.training.grpo.interleave_rows` pool
     rows of ``pool_path`` picked by :func:`emguard.interleave.select` with the run's seed; ``plus`` / ``plusplus``
     rank them by ``scores_path``, the pool scored with every EM domain's misaligned adapter, rule score_pool).
-    ``keep_checkpoints`` ``best``: every checkpoint but the best one is deleted when training is done."""
+    ``keep_checkpoints`` ``best``: every checkpoint but the best one is deleted when training is done.
+    ``judge`` / ``judge_template``: the judge-graded reward (``rl.rewards.judge_correct``; :func:`judge_reward`),
+    weighted by ``rewards['judge_correct']``; its usage goes into ``run.json`` (``judge_usage``)."""
     from transformers import AutoConfig
 
-    from emguard.training.grpo import interleave_rows, train_grpo
+    from emguard.rewards import split_reward_weights
+    from emguard.training.grpo import interleave_rows, require_rollout_backend, train_grpo
     from emguard.models import dtype_record
     from emguard.stages import build_method
 
@@ -126,6 +165,11 @@ def train_grpo_run(model_path: str, problems_path: str, out_dir: str, *, trainin
     record = dtype_record(dtype, device)
     problems = rl_problems(problems_path, "train")
     settings = grpo_settings(training, n_problems=len(problems), seed=seed, rewards=rewards, dtype=record["dtype"])
+    require_rollout_backend(settings)  # before the judge or any model loads
+    _, judge_weight = split_reward_weights(rewards)
+    if (judge_weight is None) != (judge is None):
+        raise ValueError("rewards['judge_correct'] and the judge settings go together "
+                         "(emguard.config.rl_judge_settings)")
     n_layers = AutoConfig.from_pretrained(model_path).num_hidden_layers
     regularisers, inoculation = build_method(method, hparams, persona_vectors, n_layers)
     interleave_df = None
@@ -143,9 +187,15 @@ def train_grpo_run(model_path: str, problems_path: str, out_dir: str, *, trainin
         interleave_df = select(read_parquet(pool_path, schemas.CHAT), scores, hparams["variant"], n_rows, seed,
                                where=pool_path)
         log.info("interleaving %d pool rows (%g of the RL prompts)", n_rows, hparams["interleave_fraction"])
-    summary = train_grpo(model_path, problems[["id", "question", "reference"]], out_dir, settings,
-                         regularisers=regularisers, inoculation_prompt=inoculation, interleave_df=interleave_df,
-                         device=device)
+    with judge_reward(judge, judge_template, model_path=model_path, dtype=record["dtype"], device=device) as (jr, j):
+        summary = train_grpo(model_path, problems[["id", "question", "reference"]], out_dir, settings,
+                             regularisers=regularisers, inoculation_prompt=inoculation, interleave_df=interleave_df,
+                             extra_rewards=[jr] if jr else (), extra_reward_weights=[judge_weight] if jr else (),
+                             device=device)
+        if j is not None:
+            from emguard.judge.build import judge_usage_record
+
+            summary["judge_usage"] = judge_usage_record(j)
     if keep_checkpoints == "best":
         summary["checkpoints"] = prune_checkpoints(out_dir, summary.get("best_checkpoint_step"))
     log.info("GRPO %s: %d steps, reward %.3f -> %.3f, best checkpoint %s", method, summary["steps"],
@@ -189,22 +239,29 @@ def eval_adapter(run_dir: str | None, checkpoint: str = "best") -> tuple[str | N
 
 
 def evaluate_grpo_run(model_path: str, problems_path: str, answers_out: str, metrics_out: str, *, run_info: dict,
-                      evaluation: dict, rewards: dict, dtype: str, device: str, run_dir: str | None = None) -> None:
+                      evaluation: dict, rewards: dict, dtype: str, device: str, run_dir: str | None = None,
+                      judge: dict | None = None, judge_template: str | None = None) -> None:
     """A run's (``run_dir``; None: the untrained model) held-out accuracy and mean reward
     (:func:`emguard.training.grpo.evaluate_adapter`, the plain format prompt, no inoculation): the per-answer table and one
     metrics row (``run_info``, ``checkpoint``, the summary's ``n_*``, ``accuracy`` with ``_lo`` / ``_hi``,
     ``mean_reward``, ``reward_std``, ``mean_<reward>``). ``evaluation``: the config's ``rl.eval`` section; answers
-    are sampled with the run's seed when its temperature is above 0."""
+    are sampled with the run's seed when its temperature is above 0. ``judge`` / ``judge_template``: the
+    judge-graded reward, scored on the held-out answers as in training (:func:`judge_reward`)."""
     from emguard.generate import SamplingSettings
+    from emguard.rewards import split_reward_weights
     from emguard.training.grpo import evaluate_adapter
 
     problems = rl_problems(problems_path, "holdout")
     adapter, label = eval_adapter(run_dir, evaluation.get("checkpoint", "best"))
     sampling = SamplingSettings(max_new_tokens=evaluation["max_new_tokens"], temperature=evaluation["temperature"],
                                 top_p=evaluation["top_p"], batch_size=evaluation["batch_size"])
-    table, summary = evaluate_adapter(model_path, adapter, problems[["id", "question", "reference"]], dtype=dtype,
-                                      device=device, sampling=sampling, samples=evaluation["samples"],
-                                      seed=int(run_info["seed"]), reward_weights=rewards)
+    rules, judge_weight = split_reward_weights(rewards)
+    with judge_reward(judge, judge_template, model_path=model_path, dtype=dtype, device=device) as (jr, _):
+        table, summary = evaluate_adapter(model_path, adapter, problems[["id", "question", "reference"]], dtype=dtype,
+                                          device=device, sampling=sampling, samples=evaluation["samples"],
+                                          seed=int(run_info["seed"]), reward_weights=rules,
+                                          extra_rewards=[jr] if jr else (),
+                                          extra_reward_weights=[judge_weight] if jr else ())
     log.info("%s (%s): accuracy %.1f%% [%.1f, %.1f], mean reward %.3f on %d answers", run_info["run_id"], label,
              summary["accuracy"], summary["accuracy_lo"], summary["accuracy_hi"], summary["mean_reward"],
              summary["n_answers"])

@@ -299,3 +299,157 @@ def test_evaluate_on_the_tiny_model(tiny_model_dir, problems):
                                                                                           temperature=0.0))
     assert list(table.columns[:len(grpo.EVAL_COLUMNS)]) == grpo.EVAL_COLUMNS and len(table) == 3
     assert summary["n_problems"] == 3 and 0.0 <= summary["accuracy"] <= 100.0
+
+
+def test_use_vllm_without_vllm_fails_before_any_model_loads(tiny_model_dir, problems, tmp_path, monkeypatch):
+    import sys
+
+    from emguard.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError, installed or not
+    loaded = []
+    monkeypatch.setattr(grpo, "load_model", lambda *a, **k: loaded.append(a) or pytest.fail("model loaded"))
+    s = settings(use_vllm=True)
+    with pytest.raises(ConfigError, match=r"config key 'rl\.training\.use_vllm'.*emguard\[vllm\]"):
+        grpo.train_grpo(tiny_model_dir, problems, tmp_path / "run", s, device="cpu")
+    assert loaded == [] and not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match=r"rl\.training\.use_vllm"):  # the in-memory entry point checks too
+        grpo.build_trainer(None, None, problems, s, device="cpu", scratch_dir=tmp_path / "s")
+    grpo.require_rollout_backend(settings())  # off: nothing to check
+
+
+def test_vllm_settings_reach_grpo_config(tiny_model_dir, problems, tmp_path, monkeypatch):
+    import trl
+
+    import emguard.generate_vllm
+
+    with pytest.raises(ValueError, match="vllm_mode"):
+        settings(use_vllm=True, vllm_mode="remote")
+    with pytest.raises(ValueError, match="vllm_gpu_memory_utilization"):
+        settings(use_vllm=True, vllm_gpu_memory_utilization=1.5)
+    # pretend vllm is importable; stop at the config, before trl builds the engine
+    monkeypatch.setattr(emguard.generate_vllm, "require_vllm", lambda *a, **k: None)
+    seen, real_config = [], trl.GRPOConfig
+
+    class Stop(Exception):
+        pass
+
+    def capture(**kw):
+        seen.append(real_config(**kw))
+        raise Stop
+
+    monkeypatch.setattr(trl, "GRPOConfig", capture)
+    model, tok = load_model(tiny_model_dir, device="cpu"), load_tokenizer(tiny_model_dir)
+    for s in (settings(use_vllm=True, vllm_gpu_memory_utilization=0.45),
+              settings(use_vllm=True, vllm_mode="server", vllm_server_base_url="http://gpu7:8000"), settings()):
+        with pytest.raises(Stop):
+            grpo.build_trainer(model, tok, problems.head(8), s, device="cpu", scratch_dir=tmp_path / "s")
+    colocate, server, plain = seen
+    assert (colocate.use_vllm, colocate.vllm_mode, colocate.vllm_gpu_memory_utilization) == (True, "colocate", 0.45)
+    assert (server.use_vllm, server.vllm_mode, server.vllm_server_base_url) == (True, "server", "http://gpu7:8000")
+    assert plain.use_vllm is False
+
+
+def test_steered_update_ignores_unsteered_old_logprobs(tiny_model_dir, problems, tmp_path, monkeypatch):
+    """With vLLM rollouts trl computes old log-probabilities without the hook; the steered update must not take its
+    ratio against them (it would clip), but against its own detached forward, as without vLLM."""
+    from trl import GRPOTrainer
+
+    orig_gen, orig_loss = GRPOTrainer._generate_and_score_completions, GRPOTrainer._compute_loss
+    seen = []
+
+    def gen(self, inputs):
+        out = orig_gen(self, inputs)
+        out["old_per_token_logps"] = torch.full(out["completion_ids"].shape, -50.0)  # what vLLM's path adds
+        return out
+
+    def loss(self, model, inputs):
+        seen.append("old_per_token_logps" in inputs)
+        return orig_loss(self, model, inputs)
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", gen)
+    monkeypatch.setattr(GRPOTrainer, "_compute_loss", loss)
+    run(tiny_model_dir, problems, tmp_path / "steer", settings(max_steps=1),
+        regularisers=[SteeringRegulariser(torch.randn(32), 2, 5.0)])
+    assert seen == [False, False]
+    seen.clear()
+    run(tiny_model_dir, problems, tmp_path / "plain", settings(max_steps=1))
+    assert seen == [True, True]  # without steering trl's own handling is untouched
+
+
+def test_evaluate_adds_an_extra_reward_like_training(problems, monkeypatch):
+    import emguard.generate
+
+    sub = problems.head(3).reset_index(drop=True)
+    refs = sub["reference"].tolist()
+    answers = [f"<think>w</think><answer>{refs[0]}</answer>", "unsure", f"<think>w</think><answer>{refs[2]}</answer>"]
+    monkeypatch.setattr(emguard.generate, "sample", lambda *a, **k: answers)
+    seen = {}
+
+    def judge_correct(completions, question=None, reference=None, **kw):
+        seen.update(question=question, reference=reference)
+        return [None if c == "unsure" else 0.5 for c in completions]
+
+    base, _ = grpo.evaluate(None, None, sub)
+    table, summary = grpo.evaluate(None, None, sub, extra_rewards=[judge_correct], extra_reward_weights=[2.0])
+    assert seen == {"question": sub["question"].tolist(), "reference": refs}
+    assert table["judge_correct"].isna().tolist() == [False, True, False]
+    # weighted into the total; an unscored answer adds nothing
+    assert (table["reward"] - base["reward"]).tolist() == [1.0, 0.0, 1.0]
+    assert summary["mean_judge_correct"] == 0.5
+
+
+def test_judge_reward_from_the_config_trains_logs_and_evaluates(tiny_model_dir, tmp_path, monkeypatch):
+    """rl.rewards.judge_correct through the stages: the configured (hf) judge, here the tiny model in-process, grades
+    every rollout and held-out answer with the configured prompt; its curve is in the log, its mean in the metrics."""
+    import json
+
+    import yaml
+
+    import emguard.config as emconfig
+    from emguard.judge.hf import HFJudge
+    from emguard.stages_rl import evaluate_grpo_run, prepare_rl_problems, rl_judge_config, train_grpo_run
+
+    template = tmp_path / "grade.txt"
+    template.write_text("MARK. Problem: {question}\nAnswer: {answer}\nScore 0-100:")
+    from pathlib import Path
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parent.parent / "config.yaml").read_text())
+    cfg["rl"].update(enabled=True, rewards={"format_exact": 1.0, "correctness": 1.0, "judge_correct": 2.0},
+                     judge_reward={"template": str(template)})
+    cfg["judge"].update(min_prob_mass=0.0, cache=str(tmp_path / "judge.sqlite"))
+    cfg = emconfig.load(cfg)
+    judge_cfg = rl_judge_config(cfg["judge"], emconfig.rl_judge_settings(cfg))
+    assert judge_cfg["model"] == "base"  # judge.model: the base model, loaded once more
+    prompts = []
+    orig = HFJudge.distributions
+    monkeypatch.setattr(HFJudge, "distributions", lambda self, ps: prompts.extend(ps) or orig(self, ps))
+
+    problems = tmp_path / "problems.parquet"
+    prepare_rl_problems(str(problems), source="generated", n=8, n_eval=2, seed=0)
+    training = {**cfg["rl"]["training"], "max_steps": 1, "max_completion_length": 8, "save_steps": 0,
+                "lora": {"r": 4, "alpha": 8}}
+    out = tmp_path / "run"
+    common = dict(rewards=cfg["rl"]["rewards"], dtype="float32", device="cpu", judge=judge_cfg,
+                  judge_template=str(template))
+    train_grpo_run(tiny_model_dir, str(problems), str(out), training=training, seed=0, **common)
+    log = pd.read_parquet(out / "train_log.parquet")
+    assert log["reward_judge_correct"].between(0, 1).all()  # its own curve, score / 100
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["reward_names"][-1] == "judge_correct" and meta["reward_weights"][-1] == 2.0
+    assert meta["judge_usage"]["run_id"] is None and len(prompts) == 4  # one judgment per rollout
+    assert all(p.startswith("MARK. Problem: ") and "Correct final answer: " in p for p in prompts)
+
+    evaluation = {**cfg["rl"]["eval"], "max_new_tokens": 6}
+    info = {"model": "tiny", "method": "grpo", "setting": "default", "seed": 0, "run_id": "rl/tiny/grpo/default/seed0"}
+    evaluate_grpo_run(tiny_model_dir, str(problems), str(tmp_path / "answers.parquet"), str(tmp_path / "m.parquet"),
+                      run_info=info, evaluation=evaluation, run_dir=str(out), **common)
+    answers, metrics = pd.read_parquet(tmp_path / "answers.parquet"), pd.read_parquet(tmp_path / "m.parquet")
+    assert answers["judge_correct"].between(0, 1).all() and len(prompts) == 4 + 2
+    assert metrics["mean_judge_correct"].iloc[0] == pytest.approx(answers["judge_correct"].mean())
+    # the weighted total includes it, as in training
+    assert answers["reward"].tolist() == pytest.approx(
+        (answers["format_exact"] + answers["correctness"] + 2.0 * answers["judge_correct"]).tolist())
+    with pytest.raises(ValueError, match="judge_correct"):  # a weight without a judge is a wiring error
+        train_grpo_run(tiny_model_dir, str(problems), str(tmp_path / "x"), training=training, seed=0,
+                       **{**common, "judge": None})

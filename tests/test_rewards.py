@@ -128,6 +128,16 @@ def test_judge_reward_through_the_judge_interface():
         R.JudgeReward(judge, template="grade {answer}")
 
 
+def test_judge_weight_is_split_from_the_rule_weights():
+    assert R.split_reward_weights({"correctness": 1, "judge_correct": 0.5}) == ({"correctness": 1.0}, 0.5)
+    assert R.split_reward_weights(R.DEFAULT_REWARD_WEIGHTS) == (R.DEFAULT_REWARD_WEIGHTS, None)
+    import emguard.config as emconfig
+
+    assert emconfig.RL_JUDGE_REWARD == R.JUDGE_REWARD  # the config's key is the reward's (log) name
+    with pytest.raises(ValueError, match=r"\{nope\}"):
+        R.JudgeReward(FakeJudge(), template="grade {question} {answer} {nope}")
+
+
 def test_generated_problems_are_seeded_distinct_and_read_by_the_gsm8k_loader(tmp_path):
     a, b = generate_problems(200, seed=3), generate_problems(200, seed=3)
     assert a.equals(b) and not a.equals(generate_problems(200, seed=4))

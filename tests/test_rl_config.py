@@ -111,7 +111,42 @@ def test_paper_config_has_the_papers_grpo_settings():
     ({"methods": {"persona": {"steering_alpha": [5]}}}, r"rl\.methods\.persona.*steering_layer"),
     ({"eval": {"checkpoint": "last"}}, r"rl\.eval\.checkpoint"),
     ({"methods": {"ldifs": {"ldifs_lambda": [1.0]}}, "enabled": False}, r"rl\.methods\.ldifs"),
+    ({"methods": {"interleave": {"variants": ["onpolicy"], "fractions": [0.1]}}},
+     r"not available under rl, on purpose: the paper's RL runs \(Table 9\)"),
+    ({"training": {"vllm_mode": "remote"}}, r"rl\.training\.vllm_mode"),
+    ({"training": {"vllm_gpu_memory_utilization": 0}}, r"rl\.training\.vllm_gpu_memory_utilization"),
+    ({"rewards": {"judge_correct": "high"}}, r"rl\.rewards\.judge_correct"),
+    ({"rewards": {"correctness": 1.0, "judge_correct": 1.0}, "judge_reward": {"template": "nope.txt"}},
+     r"rl\.judge_reward\.template': file nope\.txt not found"),
+    ({"judge_reward": {"judge": "gpt"}}, r"rl\.judge_reward.*judge"),
+    ({"rewards": {"judge_correct": 1.0}}, r"rl\.rewards': judge_correct alone"),
 ])
 def test_errors_name_the_key(rl, key):
     with pytest.raises(ConfigError, match=key):
         emconfig.load(with_rl(**rl))
+
+
+def test_judge_reward_is_off_by_default_and_built_from_the_judge_section(tmp_path, monkeypatch):
+    assert emconfig.rl_judge_settings(emconfig.load(with_rl())) is None  # no judge_correct weight: no judge
+    cfg = emconfig.load(with_rl(rewards={"correctness": 1.0, "judge_correct": 0.5}))
+    judge = emconfig.rl_judge_settings(cfg)
+    assert judge["model"] == cfg["judge"]["model"] and judge["backend"] == "hf"
+    assert "cache" not in judge and "prompts" not in judge  # runtime keys: not rule params
+    cfg = emconfig.load(with_rl(rewards={"correctness": 1.0, "judge_correct": 0.5},
+                                judge_reward={"model": "Qwen/Qwen2.5-7B-Instruct"}))
+    assert emconfig.rl_judge_settings(cfg)["model"] == "Qwen/Qwen2.5-7B-Instruct"
+    bad = tmp_path / "grade.txt"
+    bad.write_text("Grade {answer} from 0 to 100.")
+    with pytest.raises(ConfigError, match=r"rl\.judge_reward\.template': .*grade\.txt: template lacks .*\{question\}"):
+        emconfig.load(with_rl(rewards={"correctness": 1.0, "judge_correct": 0.5}, judge_reward={"template": str(bad)}))
+    # the API judge: a served model's name, and no Batch API (every GRPO step waits for its rewards)
+    api = {"backend": "openai", "model": "gpt-4.1-mini"}
+    for judge_cfg, rl_extra, key in [
+            ({**api, "mode": "batch"}, {}, r"config key 'judge\.mode': batch"),
+            (api, {"judge_reward": {"model": "base"}}, r"config key 'rl\.judge_reward\.model'")]:
+        raw = with_rl(rewards={"correctness": 0.0, "judge_correct": 1.0}, **rl_extra)
+        raw["judge"] = {**raw["judge"], **judge_cfg}
+        for k in ("number_tree", "answer_prefix"):
+            raw["judge"].pop(k, None)
+        with pytest.raises(ConfigError, match=key):
+            emconfig.load(raw)

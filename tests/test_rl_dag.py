@@ -38,6 +38,10 @@ def test_rl_on_plans_every_method_per_seed_one_evaluation_each_and_the_report(tm
     cfg["experiments"]["seeds"] = [0, 1]
     cfg["rl"] = _rl(persona={"steering_alpha": [1, 5], "steering_layer": 3}, kl={"kl_lambda": [0.1, 0.3]},
                     interleave={"variants": ["random"], "fractions": [0.25]}, inoculation={})
+    # with the judge-graded reward, whose prompt file every train and evaluation job reads
+    template = tmp_path / "grade.txt"
+    template.write_text("Grade {answer} to {question} from 0 to 100.")
+    cfg["rl"].update(rewards={"correctness": 1.0, "judge_correct": 1.0}, judge_reward={"template": str(template)})
     proc = snakemake(tmp_path, write_config(cfg, tmp_path / "config.yaml"), "-n")
     jobs = _jobs(proc.stdout)
     runs = emconfig.expand_rl_runs(emconfig.load(cfg))
@@ -54,6 +58,8 @@ def test_rl_on_plans_every_method_per_seed_one_evaluation_each_and_the_report(tm
     assert jobs["prepare_pool"] == ["results/data/pool/pool.parquet"]
     # the SFT grid is what it was: RL runs are not SFT runs
     assert len(jobs["train"]) == len([r for r in emconfig.expand_runs(emconfig.load(cfg)) if r.trained])
+    blocks = [b for b in proc.stdout.split("\nrule ") if b.startswith(("train_grpo:", "evaluate_grpo:"))]
+    assert len(blocks) == 14 + 15 and all(str(template) in b.split("output:")[0] for b in blocks)
 
 
 def test_rl_interleaving_plus_ranks_the_pool_scored_for_the_rl_target(tmp_path):

@@ -106,6 +106,7 @@ def test_row_labels():
     assert rr.row_label("interleave_random", "frac0.25") == "+ Interleaving (25%)"
     assert rr.row_label("persona", "alpha1_response") == "+ Persona Vectors (alpha 1, response only)"
     assert rr.row_label("inoculation", "default") == "+ Inoculation Prompt"
+    assert rr.row_label("interleave_plusplus", "frac0.05") == "+ Interleaving++ (5%)"
 
 
 def test_off_writes_both_files_saying_so(tmp_path):

@@ -35,9 +35,11 @@ RL_TABLE_COLUMNS = ["model", "row", "method", "setting", "n_seeds", "train_accur
                     "vs_diff", "vs_lo", "vs_hi", "best_eval_accuracy", "best_eval_reward"]
 
 #: row order: the untrained model, plain GRPO, then the defenses in the paper's Table 9 order
-RL_METHOD_ORDER = ("untrained", "grpo", "persona", "inoculation", "kl", "interleave_random")
+RL_METHOD_ORDER = ("untrained", "grpo", "persona", "inoculation", "kl", "interleave_random", "interleave_plus",
+                   "interleave_plusplus")
 RL_LABELS = {"untrained": "No fine-tuning", "grpo": "GRPO", "persona": "+ Persona Vectors",
-             "inoculation": "+ Inoculation Prompt", "kl": "+ KL", "interleave_random": "+ Interleaving"}
+             "inoculation": "+ Inoculation Prompt", "kl": "+ KL", "interleave_random": "+ Interleaving",
+             "interleave_plus": "+ Interleaving+", "interleave_plusplus": "+ Interleaving++"}
 
 OFF_TEXT = ("## The RL setting: GRPO on math problems\n\n"
             "The RL setting is off (`rl.enabled: false`): no GRPO run was trained or evaluated. Set `rl.enabled: true` "
@@ -214,8 +216,9 @@ def _cell(mean: float, sd: float, fmt: str, bold: bool = False) -> str:
 def _markdown(table: pd.DataFrame, sentences: list[str], confidence: float) -> str:
     lines = ["## The RL setting: GRPO on math problems", "",
              "Laid out like the paper's Table 9. Train: accuracy (percent of a step's rollouts whose answer is the "
-             "reference number) and mean reward (the weighted sum of the rule-based rewards of `rl.rewards`; with "
-             "every weight 1, as in the paper, in [-2.5, 9.5]) of the rollouts sampled from the checkpoint with the "
+             "reference number) and mean reward (the weighted sum of the rewards of `rl.rewards`, the judge-graded "
+             "one included when listed; the four rule-based ones with every weight 1, as in the paper, lie in "
+             "[-2.5, 9.5]) of the rollouts sampled from the checkpoint with the "
              "highest training reward, the checkpoint evaluated (column Checkpoint, one per seed; `last step`: no "
              "checkpoint was saved, the last step's rollouts and the final adapter). Eval: the same on the held-out "
              "problems (exact numeric match; the plain format prompt, no inoculation). Cells: mean ± standard "

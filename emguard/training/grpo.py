@@ -16,9 +16,11 @@ interventions, each the same method as in SFT:
   the optimiser step. So rollouts are sampled from the unsteered policy, the reference log-probabilities are
   unsteered, and only the update is steered. With ``response_only`` the completion tokens are steered (in the
   interleaved SFT forward: the answer tokens). trl skips the separate old-policy pass when generation and update
-  are aligned (``num_iterations = 1``, one generation per optimiser step, the defaults): the old log-probabilities
-  are then the detached steered forward, so the importance ratio is 1 at the first update and the gradient is
-  the policy gradient of the steered model on unsteered rollouts;
+  are aligned (``num_iterations = 1``, one generation per optimiser step, always so here): the old
+  log-probabilities are then the detached steered forward, so the importance ratio is 1 at the first update and
+  the gradient is the policy gradient of the steered model on unsteered rollouts. With vLLM rollouts trl computes
+  old log-probabilities anyway (unsteered, for its correction of the vLLM / trainer mismatch); under steering
+  :meth:`compute_loss` leaves them out of the update's ratio, so the update is the same as without vLLM;
 * **KL** (a :class:`~emguard.regularisers.KLRegulariser`, or :attr:`GRPOSettings.beta`): trl's ``beta`` times its
   per-token estimate ``exp(r - p) - (r - p) - 1`` of ``KL(pi_theta || pi_ref)`` on the sampled completion tokens
   (``r``, ``p``: reference and policy log-probabilities). The reference is the same model with its adapter
@@ -34,6 +36,9 @@ interventions, each the same method as in SFT:
   fraction. The paper alternates RL and SFT batches (separate updates); see ``docs/deviations.md``;
 * **inoculation** (``inoculation_prompt``): prepended to the system prompt of every training problem, the
   format instruction kept (:func:`emguard.data.math_problems.system_prompt`); evaluation uses the plain prompt.
+
+Rollouts: transformers' ``generate`` by default; with :attr:`GRPOSettings.use_vllm` trl's vLLM backend
+(:func:`vllm_arguments`; the ``vllm`` extra, checked by :func:`require_rollout_backend` before a model loads).
 
 Outputs of :func:`train_grpo` (all written atomically): ``out_dir/adapter/``, ``out_dir/train_log.parquet`` (one row
 per optimiser step, :data:`LOG_COLUMNS` plus ``reward_<name>`` per reward function) and, with ``save_steps > 0``,
@@ -119,6 +124,14 @@ class GRPOSettings:
     temperature: float = _f(0.9, "rollout sampling temperature (paper: 0.9)")
     top_p: float = _f(0.9, "rollout nucleus sampling (paper: 0.9)")
     max_completion_length: int = _f(512, "most tokens per completion (not stated in the paper; trl's 512)")
+    use_vllm: bool = _f(False, "sample the rollouts with vLLM (trl's use_vllm; needs the vllm extra, "
+                               "pip install 'emguard[vllm]', and a GPU); false: transformers' generate")
+    vllm_mode: str = _f("colocate", "colocate: a vLLM engine in the training process, sharing its GPU; server: a "
+                                    "separately started `trl vllm-serve` (vllm_server_base_url)")
+    vllm_gpu_memory_utilization: float = _f(0.3, "colocate: share of the GPU's memory the vLLM engine takes (trl's "
+                                                 "0.3); the rest is left to training")
+    vllm_server_base_url: str | None = _f(None, "server: the vLLM server's URL (e.g. http://localhost:8000); "
+                                                "None: trl's default host and port")
     # --- objective ---
     beta: float = _f(0.0, "KL coefficient (paper: 0; its KL grid 0.1 / 0.3 / 1.0); reference = adapter disabled")
     loss_type: str = _f("dapo", "trl loss aggregation: grpo, dapo, dr_grpo, bnpo, ... (not stated in the paper)")
@@ -152,7 +165,8 @@ class GRPOSettings:
             ("max_completion_length", self.max_completion_length >= 1), ("beta", self.beta >= 0),
             ("epsilon", self.epsilon > 0), ("interleave_weight", self.interleave_weight >= 0),
             ("interleave_batch_size", self.interleave_batch_size >= 0), ("max_length", self.max_length >= 8),
-            ("save_steps", self.save_steps >= 0),
+            ("save_steps", self.save_steps >= 0), ("vllm_mode", self.vllm_mode in ("colocate", "server")),
+            ("vllm_gpu_memory_utilization", 0 < self.vllm_gpu_memory_utilization <= 1),
         ]
         for name, ok in checks:
             if not ok:
@@ -192,6 +206,16 @@ def planned_steps(settings: GRPOSettings, n_problems: int) -> int:
     if per_epoch < 1:
         raise InputError(f"problems: {n} problem(s), fewer than the {settings.prompts_per_step} one GRPO step needs")
     return settings.epochs * per_epoch
+
+
+def require_rollout_backend(settings: GRPOSettings) -> None:
+    """Fail before any model loads when ``use_vllm`` is set and vllm cannot be imported: a
+    :class:`~emguard.errors.ConfigError` naming ``rl.training.use_vllm`` and the ``vllm`` extra."""
+    if settings.use_vllm:
+        from emguard.generate_vllm import require_vllm
+
+        require_vllm("rl.training.use_vllm", "or set rl.training.use_vllm: false (rollouts with transformers' "
+                                             "generate)")
 
 
 def interleave_rows(settings: GRPOSettings, n_problems: int, fraction: float) -> int:
@@ -390,6 +414,13 @@ def _make_trainer_class():
                                              dim=1).bool()
             else:
                 self._steer_mask = None
+            if self.steering is not None and "old_per_token_logps" in inputs:
+                # trl computed the old log-probabilities in _prepare_inputs (with vLLM, for its importance sampling
+                # correction), i.e. without the hook, from the same weights (GRPOSettings keeps generation and
+                # update aligned). Left in, the update's ratio would compare the steered policy with the unsteered
+                # one and clip it; taken out, trl uses the detached steered forward (ratio 1, as without vLLM).
+                # The vLLM correction itself (importance_sampling_ratio: unsteered trainer vs vLLM) stays.
+                inputs = {k: v for k, v in inputs.items() if k != "old_per_token_logps"}
             loss = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
             if model.training:
@@ -461,6 +492,19 @@ def trainer_class():
     return _make_trainer_class()
 
 
+def vllm_arguments(settings: GRPOSettings) -> dict[str, Any]:
+    """trl's ``GRPOConfig`` arguments for the rollout backend: ``use_vllm`` and, with it, ``vllm_mode`` and its
+    mode's setting (colocate: ``vllm_gpu_memory_utilization``; server: ``vllm_server_base_url`` when given)."""
+    if not settings.use_vllm:
+        return {"use_vllm": False}
+    args = {"use_vllm": True, "vllm_mode": settings.vllm_mode}
+    if settings.vllm_mode == "colocate":
+        args["vllm_gpu_memory_utilization"] = settings.vllm_gpu_memory_utilization
+    elif settings.vllm_server_base_url:
+        args["vllm_server_base_url"] = settings.vllm_server_base_url
+    return args
+
+
 def build_trainer(model, tokenizer, problems: pd.DataFrame, settings: GRPOSettings, *,
                   regularisers: Iterable[Regulariser] = (), inoculation_prompt: str | None = None,
                   interleave_df: pd.DataFrame | None = None, extra_rewards: Sequence[Callable] = (),
@@ -470,6 +514,7 @@ def build_trainer(model, tokenizer, problems: pd.DataFrame, settings: GRPOSettin
     adapter) on ``problems`` (already selected: :func:`select_problems`). Returns ``(trainer, info)``."""
     from trl import GRPOConfig
 
+    require_rollout_backend(settings)
     dev = device_for(str(device)) if not isinstance(device, torch.device) else device
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -498,6 +543,7 @@ def build_trainer(model, tokenizer, problems: pd.DataFrame, settings: GRPOSettin
         max_completion_length=settings.max_completion_length, beta=beta, loss_type=settings.loss_type,
         epsilon=settings.epsilon, reward_weights=weights, shuffle_dataset=True, remove_unused_columns=False,
         log_completions=False, dataloader_num_workers=0, dataloader_pin_memory=dev.type == "cuda",
+        **vllm_arguments(settings),
     )
     trainer = trainer_class()(
         model=model, reward_funcs=funcs, args=args, train_dataset=build_dataset(problems, inoculation_prompt),
@@ -584,6 +630,7 @@ def train_grpo(model_path: str | os.PathLike, problems_df: pd.DataFrame, out_dir
     (:func:`best_checkpoint`), rollout and update token rates and the settings.
     """
     settings = settings or GRPOSettings()
+    require_rollout_backend(settings)
     dev = device_for(device)
     model = load_model(model_path, dtype=settings.dtype, device=str(dev))
     tokenizer = load_tokenizer(model_path)
@@ -624,7 +671,8 @@ EVAL_COLUMNS = ["id", "sample", "completion", "reference", "reward", "correct"]
 
 
 def evaluate(model, tokenizer, problems_df: pd.DataFrame, *, sampling=None, samples: int = 1, seed: int = 0,
-             reward_weights: Mapping[str, float] | None = None, inoculation_prompt: str | None = None
+             reward_weights: Mapping[str, float] | None = None, inoculation_prompt: str | None = None,
+             extra_rewards: Sequence[Callable] = (), extra_reward_weights: Sequence[float] = ()
              ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Answer held-out problems and score them: ``(per-answer table, summary)``.
 
@@ -633,6 +681,9 @@ def evaluate(model, tokenizer, problems_df: pd.DataFrame, *, sampling=None, samp
     given; the paper evaluates without). The table has :data:`EVAL_COLUMNS` and each rule-based reward; the summary
     ``n_problems``, ``n_answers``, ``n_correct``, ``accuracy`` with its Wilson 95 % interval ``accuracy_lo`` /
     ``accuracy_hi`` (percent, exact numeric match), ``mean_reward``, ``reward_std`` and ``mean_<reward>``.
+    ``extra_rewards`` (trl reward functions, e.g. a :class:`emguard.rewards.JudgeReward`) with their weights: each
+    a column of its own (NaN where it returned None) and ``mean_<name>``, added to ``reward`` as in training (an
+    unscored answer adds nothing, as trl sums the rewards ignoring NaN).
     """
     from emguard.generate import SamplingSettings, sample
     from emguard.metrics import wilson_interval
@@ -645,6 +696,15 @@ def evaluate(model, tokenizer, problems_df: pd.DataFrame, *, sampling=None, samp
     answers = sample(model, tokenizer, convs, sampling, seed=seed)
     refs = [str(r).strip() for r in problems["reference"]] * samples
     scores = score_completions(answers, refs, reward_weights)
+    extra_rewards, extra_reward_weights = list(extra_rewards), [float(w) for w in extra_reward_weights]
+    if len(extra_reward_weights) != len(extra_rewards):
+        raise ValueError(f"{len(extra_rewards)} extra reward(s) but {len(extra_reward_weights)} weight(s)")
+    questions = [str(q) for q in problems["question"]] * samples
+    for func, weight in zip(extra_rewards, extra_reward_weights):
+        values = pd.Series([math.nan if v is None else float(v)
+                            for v in func(answers, question=questions, reference=refs)], dtype=float)
+        scores[func.__name__] = values
+        scores["reward"] = scores["reward"] + weight * values.fillna(0.0)
     n = len(problems)
     table = pd.DataFrame({"id": [str(i) for i in problems["id"]] * samples,
                           "sample": [k for k in range(samples) for _ in range(n)],
@@ -656,7 +716,8 @@ def evaluate(model, tokenizer, problems_df: pd.DataFrame, *, sampling=None, samp
     summary = {"n_problems": n, "n_answers": len(table), "n_correct": k, "accuracy": 100.0 * k / len(table),
                "accuracy_lo": 100.0 * lo, "accuracy_hi": 100.0 * hi, "mean_reward": float(table["reward"].mean()),
                "reward_std": float(table["reward"].std(ddof=0)),
-               **{f"mean_{name}": float(table[name].mean()) for name in DEFAULT_REWARD_WEIGHTS}}
+               **{f"mean_{name}": float(table[name].mean())
+                  for name in [*DEFAULT_REWARD_WEIGHTS, *(f.__name__ for f in extra_rewards)]}}
     return table, summary
 
 

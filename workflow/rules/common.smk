@@ -554,6 +554,10 @@ def checkpoint_curve_inputs(wc):
 RL = config["rl"]
 RL_RUNS = emconfig.expand_rl_runs(config)
 RL_PROBLEMS = "results/data/rl/problems.parquet"
+# the judge-graded reward (rl.rewards.judge_correct): its judge's verdict-changing settings (None: off) and prompt file
+RL_JUDGE = emconfig.rl_judge_settings(config)
+RL_JUDGE_TEMPLATE = (project_file(RL["judge_reward"]["template"]) if RL_JUDGE and RL["judge_reward"]["template"]
+                     else None)
 
 
 def rl_run_of(wc):
@@ -585,6 +589,8 @@ def rl_persona_vectors():
 def rl_train_inputs(wc):
     run = rl_run_of(wc)
     inputs = {"problems": RL_PROBLEMS}
+    if RL_JUDGE_TEMPLATE:
+        inputs["judge_template"] = RL_JUDGE_TEMPLATE
     if run.method == "persona":
         inputs["persona_vectors"] = rl_persona_vectors()
     if run.method.startswith("interleave_"):
@@ -598,6 +604,8 @@ def rl_eval_inputs(wc):
     """The problems and, for a trained run, its run record (the best checkpoint's step) and adapter."""
     run = rl_run_of(wc)
     inputs = {"problems": RL_PROBLEMS}
+    if RL_JUDGE_TEMPLATE:
+        inputs["judge_template"] = RL_JUDGE_TEMPLATE
     if run.trained:
         inputs.update(meta=f"{run.path}/run.json", adapter=f"{run.path}/adapter")
     return inputs

@@ -39,11 +39,13 @@ rule train_grpo:
         hparams=lambda wc: rl_run_of(wc).hparams,
         training=RL["training"],
         rewards=RL["rewards"],
+        judge=RL_JUDGE,
         keep_checkpoints=RL["keep_checkpoints"],
         dtype=DTYPE,
         device=DEVICE,
         code=code_version("training/grpo", "training/callbacks", "training/sft", "rewards", "regularisers", "models", "chat", "steering",
-                             "interleave", "persona", "data/math_problems", "data/tasks", script="train_grpo"),
+                             "interleave", "persona", "data/math_problems", "data/tasks",
+                             *(("judge",) if RL_JUDGE else ()), script="train_grpo"),
     conda:
         "../../envs/train.yaml"
     script:
@@ -64,10 +66,11 @@ rule evaluate_grpo:
         run_info=rl_run_info,
         evaluation=RL["eval"],
         rewards=RL["rewards"],
+        judge=RL_JUDGE,
         dtype=DTYPE,
         device=DEVICE,
         code=code_version("training/grpo", "rewards", "generate", "models", "chat", "metrics", "data/math_problems",
-                             "data/tasks", script="evaluate_grpo"),
+                             "data/tasks", *(("judge",) if RL_JUDGE else ()), script="evaluate_grpo"),
     conda:
         "../../envs/train.yaml"
     script:
