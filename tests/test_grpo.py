@@ -195,6 +195,22 @@ def test_response_only_steering_masks_the_prompt(tiny_model_dir, problems, tmp_p
         assert torch.equal(mask[:, n_prompt:], completion_mask.bool())
 
 
+def _live_weight_bytes(shapes: set[tuple[int, ...]]) -> int:
+    """Bytes of the distinct storages behind every live 2-D tensor shaped like a base-model weight (the memory the
+    weights occupy, however many tensors view them)."""
+    import gc
+
+    gc.collect()  # models dropped earlier (reference cycles) are not memory the trainer holds
+    seen, total = set(), 0
+    for obj in gc.get_objects():
+        if isinstance(obj, torch.Tensor) and obj.dim() == 2 and tuple(obj.shape) in shapes:
+            storage = obj.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+    return total
+
+
 def test_kl_uses_the_adapter_disabled_model_and_no_second_copy(tiny_model_dir, problems, tmp_path, monkeypatch):
     from transformers import LlamaForCausalLM
 
@@ -209,15 +225,21 @@ def test_kl_uses_the_adapter_disabled_model_and_no_second_copy(tiny_model_dir, p
     ref_passes = []
     orig_logps = cls._get_per_token_logps_and_entropies
 
+    weight_bytes_at_ref = []
+
     def logps(self, model, *a, **k):
         if not torch.is_grad_enabled():  # the no-grad passes of _prepare_inputs: here only the reference
             lora = [m for m in model.modules() if hasattr(m, "disable_adapters") and hasattr(m, "lora_A")]
             ref_passes.append(all(m.disable_adapters for m in lora) and len(lora) > 0)
+            weight_bytes_at_ref.append(_live_weight_bytes(weight_shapes))
         return orig_logps(self, model, *a, **k)
 
     monkeypatch.setattr(cls, "_get_per_token_logps_and_entropies", logps)
     model = load_model(tiny_model_dir, device="cpu")
     tok = load_tokenizer(tiny_model_dir)
+    weight_shapes = {tuple(p.shape) for p in model.parameters() if p.dim() == 2}
+    model_weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.dim() == 2)
+    base_params = sum(p.numel() for p in model.parameters())
     monkeypatch.setattr(LlamaForCausalLM, "__init__", counting_init)
     trainer, info = grpo.build_trainer(model, tok, problems.head(16), settings(max_steps=3),
                                        regularisers=[KLRegulariser(0.5)], extra_rewards=[length_reward],
@@ -225,11 +247,13 @@ def test_kl_uses_the_adapter_disabled_model_and_no_second_copy(tiny_model_dir, p
     assert info["beta"] == 0.5 and trainer.beta == 0.5
     assert built == [] and trainer.ref_model is None  # no reference model was built or loaded
     assert set(trainer.model.peft_config) == {"default"}  # and no frozen "ref" adapter either
-    base_params = sum(p.numel() for p in load_model(tiny_model_dir, device="cpu").parameters())
     lora_params = sum(p.numel() for n, p in trainer.model.named_parameters() if "lora_" in n)
     assert sum(p.numel() for p in trainer.model.parameters()) == base_params + lora_params
     trainer.train()
     assert ref_passes == [True] * 3  # one reference pass per generation, every one with the adapter disabled
+    # memory while the reference log-probs are computed: the base weights live in memory once (a reference copy,
+    # in any form, would hold a second tensor of each weight's shape)
+    assert weight_bytes_at_ref == [model_weight_bytes] * 3
     kl = [r["kl"] for r in trainer.log_rows]
     assert kl[0] == pytest.approx(0.0, abs=1e-6)  # the untrained adapter is the reference
     assert kl[-1] > 0  # the policy moved away from it
