@@ -6,7 +6,8 @@ Parts (one file each): :mod:`._common` (row labels and order, cell formatting, t
 :mod:`.likelihood` (judge-free shift columns, table and figure), :mod:`.emergence` (EM over training
 checkpoints, early stopping), :mod:`.headline`, :mod:`.calibration`
 (the judge's agreement with labelled answers, stated next to every judged EM table), :mod:`.judge_usage`
-(what judging cost) and :mod:`.consistency` (EM consistency across seeds). Everything a
+(what judging cost), :mod:`.consistency` (EM consistency across seeds) and :mod:`.model_size` (EM rate against
+model size across base models). Everything a
 caller uses is re-exported here, so ``from emguard import report as rp; rp.em_table(...)`` works.
 """
 
@@ -16,6 +17,7 @@ from emguard.report._common import (BASE_DATASET, DEFAULT_METHOD_ORDER, DEFAULT_
 from emguard.report.calibration import CALIBRATION_REQUIRED, NOT_JUDGED, calibration_note, calibration_table
 from emguard.report.consistency import CONSISTENCY_TABLE_COLUMNS, consistency_table
 from emguard.report.em_questions import QUESTION_COLUMNS, question_table
+from emguard.report.model_size import MODEL_SIZE_COLUMNS, SIZE_EM_COLUMNS, model_sizes, size_em_table
 from emguard.report.em_table import EM_REQUIRED, TABLE_COLUMNS, em_table, emphasis
 from emguard.report.emergence import EMERGENCE_CSV_COLUMNS, emergence_rows, emergence_table, figure_emergence
 from emguard.report.eps import EPS_LENGTH_COLUMNS, NO_SCORED_VARIANT, eps_length_table
@@ -39,6 +41,8 @@ __all__ = [
     "shift_table", "write_table",
     # EM consistency across seeds
     "CONSISTENCY_TABLE_COLUMNS", "consistency_table",
+    # EM rate against model size across base models
+    "MODEL_SIZE_COLUMNS", "SIZE_EM_COLUMNS", "model_sizes", "size_em_table",
     # the per-question EM table
     "QUESTION_COLUMNS", "question_table",
     # the benign real tasks (FoQA, GSM8K)
