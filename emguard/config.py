@@ -4,7 +4,7 @@
 dotted key), fills defaults, and runs the semantic checks a schema cannot express (layers inside the
 model, domains that exist). :func:`expand_runs` turns the validated config into one :class:`Run` per
 (dataset, method, setting, seed[, learning rate]): every grid value becomes its own run, and so its own DAG
-branch.
+branch; with several base models (``models``, :func:`models`) once per model.
 """
 
 from __future__ import annotations
@@ -164,8 +164,18 @@ def schema_errors(config: dict, schema_path: Path = SCHEMA_PATH) -> list[str]:
         if err.validator == "oneOf" and err.schema.get("description"):
             # "is not valid under any of the given schemas" alone does not say what is; the key's description does
             message += f" (expected {err.schema['description']})"
-        messages.append(f"config key '{_dotted(path)}': {message}")
+        messages.append(f"config key '{_dotted(path)}': {message}{_model_named(config, path)}")
     return messages
+
+
+def _model_named(config: dict, path: list) -> str:
+    """`` (model 'x')`` for a key inside ``models.<i>`` whose item has a name, so an error names the model too."""
+    if len(path) < 2 or path[0] != "models" or not isinstance(path[1], int):
+        return ""
+    items = config.get("models")
+    item = items[path[1]] if isinstance(items, list) and path[1] < len(items) else None
+    name = item.get("name") if isinstance(item, dict) else None
+    return f" (model {name!r})" if isinstance(name, str) else ""
 
 
 def load(config: dict | str | Path) -> dict:
@@ -180,6 +190,7 @@ def load(config: dict | str | Path) -> dict:
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
     cfg = _merge(DEFAULTS, config)
+    _check_models(config, cfg)
     _check_judge(config.get("judge") or {}, cfg)
     _check_generation(cfg)
     # The pool is scored at the length the model is trained at unless set: its NLLs then see the same (untruncated)
@@ -189,6 +200,89 @@ def load(config: dict | str | Path) -> dict:
     _check_semantics(cfg)
     _check_rl(cfg, config.get("rl") or {})
     return cfg
+
+
+# --------------------------------------------------------------------------------------------------
+# Base models: one (``model``) or several (``models``)
+# --------------------------------------------------------------------------------------------------
+
+def models(cfg: dict) -> list[dict]:
+    """The config's base models in order, each a ``model`` mapping: ``models`` (several; defaults filled in by
+    :func:`load`), or ``[model]`` for a config with one ``model`` mapping (that mapping itself)."""
+    return list(cfg["models"]) if "models" in cfg else [cfg["model"]]
+
+
+def model_key(cfg: dict, index: int) -> str:
+    """The dotted config key of the ``index``-th model: ``model`` or ``models.<i>``."""
+    return f"models.{index}" if "models" in cfg else "model"
+
+
+def model_steering_layer(model: dict, persona: dict | None) -> int | None:
+    """A model's persona steering layer: its own ``steering_layer``, else that of the method section ``persona``
+    (``experiments.methods.persona`` or ``rl.methods.persona``; None when the section is absent)."""
+    if model.get("steering_layer") is not None:
+        return int(model["steering_layer"])
+    return int(persona["steering_layer"]) if persona and persona.get("steering_layer") is not None else None
+
+
+def _check_models(given: dict, cfg: dict) -> None:
+    """Exactly one of ``model`` / ``models``; several models: names unique (the ``{model}`` part of every result path),
+    defaults filled per model, and no setting that holds for one model only (a judge that is the base model, one
+    persona vector file)."""
+    if ("model" in given) == ("models" in given):
+        raise ConfigError("config key 'model': " + ("give model (one base model) or models (a list), not both"
+                                                     if "model" in given else
+                                                     "missing: give model (one base model) or models (a list)"))
+    if "models" not in given:
+        return
+    cfg.pop("model", None)  # DEFAULTS' dtype / device only
+    cfg["models"] = [_merge(DEFAULTS["model"], m) for m in given["models"]]
+    seen: dict[str, int] = {}
+    for i, m in enumerate(cfg["models"]):
+        if m["name"] in seen:
+            raise ConfigError(f"config key 'models.{i}.name': {m['name']!r} is also the name of "
+                              f"models.{seen[m['name']]}; each model needs its own (it names the model's result "
+                              f"folders)")
+        seen[m["name"]] = i
+    if len(cfg["models"]) < 2:
+        return
+    if cfg["judge"].get("model", "base") == "base":
+        raise ConfigError(f"config key 'judge.model': 'base' is the base model judging its own answers; with "
+                          f"{len(cfg['models'])} models each would be judged by another judge. Name one judge for all "
+                          f"(a hub id with judge.backend hf, or an API model)")
+    sections = (("experiments.methods.persona", ((given.get("experiments") or {}).get("methods") or {}).get("persona")),
+                ("rl.methods.persona", ((given.get("rl") or {}).get("methods") or {}).get("persona")))
+    for where, persona in sections:
+        if persona and persona.get("vectors"):
+            raise ConfigError(f"config key '{where}.vectors': a vector file is one model's; with several models each "
+                              f"model's vectors are extracted (drop the key)")
+
+
+def _check_model_layers(cfg: dict) -> None:
+    """Every model's steering layer (its own or a persona method's) and LDIFS layers inside its num_layers; an error
+    names the key, and the model when there are several."""
+    methods = cfg["experiments"]["methods"]
+    several = "models" in cfg
+    for i, model in enumerate(models(cfg)):
+        n_layers = model.get("num_layers")
+        which = f" (model {model['name']!r}, {model_key(cfg, i)})" if several else ""
+        if model.get("steering_layer") is not None and n_layers and not 1 <= model["steering_layer"] <= n_layers:
+            raise ConfigError(f"config key '{model_key(cfg, i)}.steering_layer': {model['steering_layer']} is outside "
+                              f"the model's layers 1..{n_layers}")
+        if not n_layers:
+            continue
+        if "persona" in methods and model.get("steering_layer") is None \
+                and not 1 <= methods["persona"]["steering_layer"] <= n_layers:
+            raise ConfigError(f"config key 'experiments.methods.persona.steering_layer': "
+                              f"{methods['persona']['steering_layer']} is outside the model's layers "
+                              f"1..{n_layers}{which}")
+        if "ldifs" in methods:
+            try:
+                _check_ldifs(methods["ldifs"], n_layers)
+            except ConfigError as exc:
+                raise ConfigError(f"{exc}{which}") from None
+    if "ldifs" in methods and not any(m.get("num_layers") for m in models(cfg)):
+        _check_ldifs(methods["ldifs"], None)
 
 
 def _check_judge(given: dict, cfg: dict) -> None:
@@ -271,13 +365,7 @@ def _check_semantics(cfg: dict) -> None:
     _check_tasks(cfg)
     _check_learning_rates(cfg)
     methods = cfg["experiments"]["methods"]
-    n_layers = cfg["model"].get("num_layers")
-    if n_layers:
-        if "persona" in methods and not 1 <= methods["persona"]["steering_layer"] <= n_layers:
-            raise ConfigError(f"config key 'experiments.methods.persona.steering_layer': "
-                              f"{methods['persona']['steering_layer']} is outside the model's layers 1..{n_layers}")
-    if "ldifs" in methods:
-        _check_ldifs(methods["ldifs"], n_layers)
+    _check_model_layers(cfg)
     vectors = methods.get("persona", {}).get("vectors")
     if vectors and not Path(vectors).exists():
         raise ConfigError(f"config key 'experiments.methods.persona.vectors': persona vector file {vectors} not found")
@@ -494,27 +582,39 @@ def expand_runs(cfg: dict) -> list[Run]:
     held-out problems, no adapter), an SFT baseline (method ``sft``) and every method, all trained on the
     benign OpSwap train rows; then the same for each benign task of ``data.tasks`` (dataset ``foqa`` /
     ``gsm8k``). With several ``experiments.learning_rates``, a seed's trained runs come once per rate, in the
-    grid's order, each with the rate tagged on its setting (see :class:`Run`); the untrained runs once per seed."""
-    model = cfg["model"]["name"]
+    grid's order, each with the rate tagged on its setting (see :class:`Run`); the untrained runs once per seed.
+    With several base models (``models``) all of that once per model, in the list's order; a persona run steers at
+    its model's layer (:func:`model_steering_layer`)."""
     exp = cfg["experiments"]
     rates = learning_rates(cfg)
     runs: list[Run] = []
-    for seed in exp["seeds"]:
-        per_seed = _seed_runs(cfg, model, exp, seed)
-        # every trained run once per learning rate, in the seed's order; the untrained model once per seed
-        for i, lr in enumerate(rates):
-            for run in per_seed:
-                if not run.trained:
-                    if i == 0:
-                        runs.append(run)
-                    continue
-                setting = lr_setting(run.setting, lr) if len(rates) > 1 else run.setting
-                runs.append(dataclasses.replace(run, setting=setting, learning_rate=lr))
+    for model in models(cfg):
+        methods = _model_methods(exp["methods"], model)
+        for seed in exp["seeds"]:
+            per_seed = _seed_runs(cfg, model["name"], {**exp, "methods": methods}, seed)
+            # every trained run once per learning rate, in the seed's order; the untrained model once per seed
+            for i, lr in enumerate(rates):
+                for run in per_seed:
+                    if not run.trained:
+                        if i == 0:
+                            runs.append(run)
+                        continue
+                    setting = lr_setting(run.setting, lr) if len(rates) > 1 else run.setting
+                    runs.append(dataclasses.replace(run, setting=setting, learning_rate=lr))
     return runs
 
 
+def _model_methods(methods: dict, model: dict) -> dict:
+    """A method section (``experiments.methods``, ``rl.methods``) as it applies to one model: persona steering at the
+    model's own ``steering_layer`` where it sets one."""
+    if "persona" not in methods or model.get("steering_layer") is None:
+        return methods
+    return {**methods, "persona": {**methods["persona"], "steering_layer": model_steering_layer(model, None)}}
+
+
 def _seed_runs(cfg: dict, model: str, exp: dict, seed: int) -> list[Run]:
-    """One seed's runs at the configured learning rate (:func:`expand_runs` repeats them over the grid)."""
+    """One seed's runs of one model at the configured learning rate (:func:`expand_runs` repeats them over the
+    grid); ``exp``: ``experiments`` with the model's ``methods``."""
     runs: list[Run] = []
     if "untrained" in exp["baselines"]:
         runs.append(Run(model, BASE_DATASET, "untrained", "default", seed))
@@ -657,11 +757,15 @@ METHOD_GRIDS: dict[str, Any] = {
 }
 
 
-def find_run(runs: list[Run], dataset: str, method: str, setting: str, seed: int | str) -> Run:
+def find_run(runs: list[Run], dataset: str, method: str, setting: str, seed: int | str,
+             model: str | None = None) -> Run:
+    """The run with these descriptors (of ``model``; None: the first model's)."""
     for r in runs:
-        if (r.dataset, r.method, r.setting, r.seed) == (dataset, method, setting, int(seed)):
+        if (r.dataset, r.method, r.setting, r.seed) == (dataset, method, setting, int(seed)) \
+                and model in (None, r.model):
             return r
-    raise KeyError(f"no run {dataset}/{method}/{setting}/seed{seed} in the config")
+    where = f"{model}/" if model else ""
+    raise KeyError(f"no run {where}{dataset}/{method}/{setting}/seed{seed} in the config")
 
 
 def leave_one_out(domains, target: str) -> list[str]:
@@ -778,22 +882,27 @@ def expand_rl_runs(cfg: dict) -> list[RLRun]:
     rl = cfg["rl"]
     if not rl["enabled"]:
         return []
-    model, seeds = cfg["model"]["name"], list(cfg["experiments"]["seeds"])
+    seeds = list(cfg["experiments"]["seeds"])
     untrained_seeds = seeds if rl["eval"]["temperature"] > 0 else seeds[:1]
-    runs = [RLRun(model, RL_UNTRAINED, "default", s) for s in untrained_seeds]
-    for seed in seeds:
-        runs.append(RLRun(model, RL_PLAIN, "default", seed))
-        for method, spec in rl["methods"].items():
-            runs += [RLRun(model, name, setting, seed, hparams=hp)
-                     for name, setting, hp in METHOD_GRIDS[method](spec, cfg)]
+    runs: list[RLRun] = []
+    for model_cfg in models(cfg):  # several base models: every run once per model
+        model, methods = model_cfg["name"], _model_methods(rl["methods"], model_cfg)
+        runs += [RLRun(model, RL_UNTRAINED, "default", s) for s in untrained_seeds]
+        for seed in seeds:
+            runs.append(RLRun(model, RL_PLAIN, "default", seed))
+            for method, spec in methods.items():
+                runs += [RLRun(model, name, setting, seed, hparams=hp)
+                         for name, setting, hp in METHOD_GRIDS[method](spec, cfg)]
     return runs
 
 
-def find_rl_run(runs: list[RLRun], method: str, setting: str, seed: int | str) -> RLRun:
+def find_rl_run(runs: list[RLRun], method: str, setting: str, seed: int | str, model: str | None = None) -> RLRun:
+    """The RL run with these descriptors (of ``model``; None: the first model's)."""
     for r in runs:
-        if (r.method, r.setting, r.seed) == (method, setting, int(seed)):
+        if (r.method, r.setting, r.seed) == (method, setting, int(seed)) and model in (None, r.model):
             return r
-    raise KeyError(f"no RL run {method}/{setting}/seed{seed} in the config")
+    where = f"{model}/" if model else ""
+    raise KeyError(f"no RL run {where}{method}/{setting}/seed{seed} in the config")
 
 
 def is_local_source(value: str) -> bool:
@@ -903,10 +1012,12 @@ def _check_rl(cfg: dict, given: dict) -> None:
     # checked against the model and the files only for planned runs: a switched-off section may keep the embedded
     # model's layer while a config runs another model
     if persona and rl["enabled"]:
-        n_layers = cfg["model"].get("num_layers")
-        if n_layers and not 1 <= persona["steering_layer"] <= n_layers:
-            raise ConfigError(f"config key 'rl.methods.persona.steering_layer': {persona['steering_layer']} is "
-                              f"outside the model's layers 1..{n_layers}")
+        for i, model in enumerate(models(cfg)):
+            n_layers = model.get("num_layers")
+            which = f" (model {model['name']!r}, {model_key(cfg, i)})" if "models" in cfg else ""
+            if model.get("steering_layer") is None and n_layers and not 1 <= persona["steering_layer"] <= n_layers:
+                raise ConfigError(f"config key 'rl.methods.persona.steering_layer': {persona['steering_layer']} is "
+                                  f"outside the model's layers 1..{n_layers}{which}")
         vectors = persona.get("vectors")
         if vectors and not Path(vectors).exists() and not (PROJECT_ROOT / vectors).exists():
             raise ConfigError(f"config key 'rl.methods.persona.vectors': persona vector file {vectors} not found")

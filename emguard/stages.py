@@ -871,13 +871,14 @@ def eps_label(eps) -> str:
 
 
 def eps_lengths(out_md: str, out_csv: str, *, nll_path: str | None = None, pool_path: str | None = None,
-                targets: dict | None = None, interleave: dict | None = None) -> None:
+                targets: dict | None = None, interleave: dict | None = None, note: str | None = None) -> None:
     """Answer lengths Interleaving+ / ++ select with eps = 1e-6 and with the configured ``interleave.eps``,
     against the pool's (:func:`emguard.interleave.eps_length_comparison`, from the stored pool NLLs).
 
     ``targets``: target -> ``{"adapters": [...], "em": <EM file>, "subset": ..., "selections": [[variant,
     fraction], ...]}``; n for a fraction is what the run mixes in (:func:`interleave_count`). No targets
-    (no plus / plusplus run in the config): a one-line table saying so.
+    (no plus / plusplus run in the config): a one-line table saying so. ``note``: a line above the table (which
+    model's pool NLLs it reads, when there are several).
     """
     from emguard import report as rp
     from emguard.interleave import DIVISION_ONLY_EPS, eps_length_comparison
@@ -894,14 +895,16 @@ def eps_lengths(out_md: str, out_csv: str, *, nll_path: str | None = None, pool_
     comparison = eps_length_comparison(read_parquet(nll_path, schemas.POOL_NLL), read_parquet(pool_path, schemas.CHAT),
                                        plan, eps_settings=settings, where=pool_path, nll_where=nll_path,
                                        **_refusal_kwargs(interleave))
-    rp.write_table(*rp.eps_length_table(comparison), out_md, out_csv)
+    markdown, table = rp.eps_length_table(comparison)
+    rp.write_table(f"{note}\n\n{markdown}" if note else markdown, table, out_md, out_csv)
 
 
 def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: str, table_csv: str,
            metrics_out: str, figure_em: str, figure_loss: str, persona_validation: str | None = None,
            persona_md: str | None = None, task_metrics_paths: list[str] = (), opswap_md: str | None = None,
            opswap_csv: str | None = None, eps_md: str | None = None, eps_csv: str | None = None,
-           eps_inputs: dict | None = None, shifts_path: str | None = None, headline_md: str | None = None,
+           eps_inputs: dict | None = None, shifts_path: str | list[str] | None = None,
+           headline_md: str | None = None,
            likelihood_md: str | None = None, likelihood_csv: str | None = None,
            figure_shift: str | None = None, calibration_path: str | None = None,
            calibration_md: str | None = None, judge_usage_paths: list[str] = (), judge_usage_md: str | None = None,
@@ -912,7 +915,8 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
            tasks_md: str | None = None, tasks_csv: str | None = None, consistency_md: str | None = None,
            consistency_csv: str | None = None, em_runs: list[dict] | None = None, curve_paths: list[str] = (),
            emergence: dict | None = None, emergence_md: str | None = None, emergence_csv: str | None = None,
-           figure_emergence: str | None = None, monitor_csv: str | None = None) -> None:
+           figure_emergence: str | None = None, monitor_csv: str | None = None,
+           model_sizes: list[dict] | None = None, size_md: str | None = None, size_csv: str | None = None) -> None:
     """Every table and figure of the report.
 
     ``metric_definition``: the config's ``metrics`` section; the EM tables state it (and refuse metrics
@@ -922,9 +926,10 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
     distributions (:func:`emguard.report.label_table`) from every run's ``label_metrics.parquet``
     (``label_metrics_paths``).
 
-    ``shifts_path``: the likelihood-shift summary (Parquet, :data:`emguard.report.SHIFT_COLUMNS`); when
-    given, the EM table gains its shift columns and ``likelihood_md`` / ``likelihood_csv`` (the
-    per-probe-set table) and ``figure_shift`` (in-domain vs OOD shift) are written. ``headline_md``: the
+    ``shifts_path``: the likelihood-shift summary (Parquet, :data:`emguard.report.SHIFT_COLUMNS`), or a list of
+    them (one per base model, read as one table); when given, the EM table gains its shift columns and
+    ``likelihood_md`` / ``likelihood_csv`` (the per-probe-set table) and ``figure_shift`` (in-domain vs OOD shift)
+    are written. ``headline_md``: the
     headline findings (also without a summary: then from the judged metrics only), at the confidence of
     the metrics rows (``metrics.confidence``). ``calibration_path``: the judge's agreement summary
     (:mod:`emguard.calibration`); its note (with a warning when the judge is near chance) stands above the judged
@@ -939,7 +944,9 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
     task (FoQA, GSM8K) rows: the OpSwap ones make ``opswap_md`` / ``_csv``, the others ``tasks_md`` / ``_csv``.
     ``consistency_md`` / ``_csv``: EM consistency across seeds (:func:`emguard.report.consistency_table`) at
     ``metric_definition``'s ``em_threshold``, listing every EM run of ``em_runs`` (the config's plan, judged or
-    not); the headline states its verdicts.
+    not); the headline states its verdicts. ``size_md`` / ``_csv``: EM rate against model size across the base
+    models (:func:`emguard.report.size_em_table` on the consistency table, sizes from ``model_sizes``: the
+    config's ``{model, params_b, hub, path}`` per model, :func:`emguard.report.model_sizes`).
     """
     from emguard import report as rp
     from emguard.io import write_text
@@ -987,7 +994,9 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
     else:  # eval.judged off: no judged rates, the likelihood columns only
         metrics = pd.DataFrame(columns=list(rp.EM_REQUIRED))
     write_parquet(metrics, metrics_out)
-    shifts = read_parquet(shifts_path, rp.SHIFT_REQUIRED, allow_empty=True) if shifts_path else None
+    shift_paths = [shifts_path] if isinstance(shifts_path, (str, Path)) else list(shifts_path or ())
+    shifts = (pd.concat([read_parquet(p, rp.SHIFT_REQUIRED, allow_empty=True) for p in shift_paths], ignore_index=True)
+              if shift_paths else None)
     from emguard.metrics import MetricDefinition
 
     definition = MetricDefinition.from_config(metric_definition) if metric_definition is not None else None
@@ -1037,6 +1046,10 @@ def report(metrics_paths: list[str], train_logs: dict[str, str], *, table_md: st
         threshold = (metric_definition or {}).get("em_threshold", DEFAULTS["metrics"]["em_threshold"])
         consistency_text, consistency = rp.consistency_table(metrics, threshold=threshold, runs=em_runs)
         rp.write_table(consistency_text, consistency, consistency_md, consistency_csv)
+        if size_md:
+            confidence = float((metric_definition or {}).get("confidence", DEFAULTS["metrics"]["confidence"]))
+            rp.write_table(*rp.size_em_table(consistency, rp.model_sizes(model_sizes or []), confidence=confidence),
+                           size_md, size_csv)
     if headline_md:
         conf = pd.to_numeric(metrics["confidence"], errors="coerce").dropna() if "confidence" in metrics else ()
         headline = rp.headline_findings(metrics, shifts, confidence=float(conf.iloc[0]) if len(conf) else 0.95,

@@ -8,8 +8,9 @@ run_stage(snakemake, report, metrics_paths=list(i.metrics), train_logs=snakemake
           opswap_md=o.get("opswap_md"), opswap_csv=o.get("opswap_csv"), eps_md=o.get("eps_md"),
           eps_csv=o.get("eps_csv"),
           eps_inputs={"nll_path": i.eps_nll[0], "pool_path": i.eps_pool[0], "targets": snakemake.params.eps_targets,
-                      "interleave": snakemake.params.interleave} if i.eps_nll else None,
-          shifts_path=i.get("shifts"), headline_md=o.get("headline_md"), likelihood_md=o.get("likelihood_md"),
+                      "interleave": snakemake.params.interleave, "note": snakemake.params.get("eps_note")}
+          if i.eps_nll else None,
+          shifts_path=list(i.get("shifts", [])), headline_md=o.get("headline_md"), likelihood_md=o.get("likelihood_md"),
           likelihood_csv=o.get("likelihood_csv"), figure_shift=o.get("figure_shift"),
           calibration_path=i.calibration[0] if i.get("calibration") else None, calibration_md=o.get("calibration_md"),
           judge_usage_paths=list(i.get("judge_usage", [])), judge_usage_md=o.get("judge_usage_md"),
@@ -23,4 +24,5 @@ run_stage(snakemake, report, metrics_paths=list(i.metrics), train_logs=snakemake
           em_runs=snakemake.params.get("em_runs"),
           curve_paths=list(i.get("curves", [])), emergence=snakemake.params.emergence,
           emergence_md=o.get("emergence_md"), emergence_csv=o.get("emergence_csv"),
-          figure_emergence=o.get("figure_emergence"), monitor_csv=i.monitor[0] if i.get("monitor") else None)
+          figure_emergence=o.get("figure_emergence"), monitor_csv=i.monitor[0] if i.get("monitor") else None,
+          model_sizes=snakemake.params.get("model_sizes"), size_md=o.get("size_md"), size_csv=o.get("size_csv"))

@@ -27,7 +27,8 @@ def _cfg(**judge):
 
 
 def test_profile_env_sizes_the_model_and_the_judge():
-    assert profile_env(_cfg()) == {"EMGUARD_MODEL_B": "7", "EMGUARD_JUDGE_B": "7", "EMGUARD_JUDGE_GPUS": "1"}
+    assert profile_env(_cfg()) == {"EMGUARD_MODEL_B": "7", "EMGUARD_MODELS_B": "{'qwen2.5-7b-instruct': 7}",
+                                   "EMGUARD_JUDGE_B": "7", "EMGUARD_JUDGE_GPUS": "1"}
     assert profile_env(_cfg(model="Qwen/Qwen2.5-32B-Instruct"))["EMGUARD_JUDGE_B"] == "32"
     assert profile_env(_cfg(backend="openai"))["EMGUARD_JUDGE_GPUS"] == "0"
     gguf = {"model": {"name": "smollm2-135m", "source": {"gguf_package": "x", "version": "1", "file": "f"}},
@@ -42,10 +43,15 @@ def test_export_keeps_a_value_the_user_set_and_puts_the_source_first_on_pythonpa
     assert environ["PYTHONPATH"].split(os.pathsep) == [str(tmp_path), "/a"]
 
 
-def _eval(expr: str, env: dict, attempt: int = 1):
-    for key, value in env.items():
-        expr = expr.replace(f"${key}", value)
-    return eval(expr, {"attempt": attempt, "max": max, "int": int})
+def _eval(expr: str, env: dict, attempt: int = 1, **wildcards):
+    """A profile expression as Snakemake evaluates it: ``$VAR`` expanded (os.path.expandvars), then eval'd with the
+    job's wildcards and attempt."""
+    import re
+
+    from snakemake.iocontainers import Wildcards
+
+    expr = re.sub(r"\$(\w+)", lambda m: env.get(m.group(1), m.group(0)), expr)
+    return eval(expr, {"attempt": attempt, "max": max, "int": int, "wildcards": Wildcards(fromdict=wildcards)})
 
 
 def test_slurm_profile_scales_memory_and_runtime_by_model_size_and_attempt():
@@ -97,3 +103,30 @@ def test_paper_grid_plans_with_the_slurm_profile(tmp_path):
     assert jobs["judge_calibration"] == 1  # the judge measured once, on the labelled set
     assert jobs["rl_report"] == 1  # the RL report says the setting is off (rl.enabled false)
     assert sum(jobs.values()) == 1282 + jobs["train"] + 3 + 1 + 1
+
+
+def _two_models(**extra):
+    return {"models": [{"name": "small-1.5b", "source": {"hub": "org/small-1.5B"}},
+                       {"name": "big", "source": {"hub": "org/big"}, "params_b": 14, **extra}],
+            "judge": {"backend": "openai", "model": "gpt-4o-mini"}}
+
+
+def test_each_model_of_a_list_is_sized_by_its_own_parameters():
+    env = profile_env(_two_models())
+    # params_b wins over the name; the fallback for jobs of no one model is the largest
+    assert env["EMGUARD_MODEL_B"] == "14" and env["EMGUARD_MODELS_B"] == "{'small-1.5b': 1.5, 'big': 14}"
+    train = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]["train"]
+    small, big = (_eval(train["mem_mb"], env, model=m) for m in ("small-1.5b", "big"))
+    # each model's train job asks for what a config of that model alone would ask for
+    alone = profile_env({"model": {"name": "x", "source": {"hub": "org/x-1.5B"}}, "judge": {"backend": "hf"}})
+    assert small == _eval(train["mem_mb"], alone) and big == int((4 + 3 * 14) * 1024)
+    assert _eval(train["runtime"], env, model="small-1.5b") < _eval(train["runtime"], env, model="big")
+    assert _eval(train["mem_mb"], env) == big  # no {model} wildcard: the largest model
+
+
+def test_a_size_the_user_exports_sizes_every_model(tmp_path):
+    environ = {"EMGUARD_MODEL_B": "70"}
+    got = export_workflow_env(_two_models(), tmp_path, environ)
+    assert got["EMGUARD_MODEL_B"] == "70"
+    assert {m: _eval("$EMGUARD_MODELS_B.get(wildcards.get('model'), 0)", got, model=m) for m in ("small-1.5b", "big")} \
+        == {"small-1.5b": 70, "big": 70}

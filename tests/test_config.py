@@ -234,7 +234,7 @@ def test_every_config_builds_its_optimizer(path):
     from emguard.training import optimizer_settings
 
     cfg = emconfig.load(path)
-    settings = train_settings({**cfg["training"], "dtype": cfg["model"]["dtype"]}, seed=0)
+    settings = train_settings({**cfg["training"], "dtype": emconfig.models(cfg)[0]["dtype"]}, seed=0)
     try:
         import bitsandbytes  # noqa: F401
         bnb = True

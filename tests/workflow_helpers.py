@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -109,3 +110,34 @@ def planned_outputs(out: str) -> dict[str, list[str]]:
     for rule, output in found:
         jobs.setdefault(rule, []).append(output)
     return jobs
+
+
+#: a dry run through Snakemake's API: every planned job's rule, outputs and evaluated params, as JSON
+_PLAN_SCRIPT = r"""
+import json, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings, StorageSettings
+
+snakefile, workdir, configfile, out = sys.argv[1:5]
+with SnakemakeApi(OutputSettings()) as api:
+    wf = api.workflow(resource_settings=ResourceSettings(cores=1), storage_settings=StorageSettings(),
+                      config_settings=ConfigSettings(configfiles=[Path(configfile)]), snakefile=Path(snakefile),
+                      workdir=Path(workdir))
+    wf.dag(DAGSettings()).execute_workflow(executor="dryrun")
+    jobs = [{"rule": job.rule.name, "input": sorted(str(i) for i in job.input),
+             "output": sorted(str(o) for o in job.output), "params": dict(job.params.items())}
+            for job in wf._workflow.dag.jobs]
+Path(out).write_text(json.dumps(jobs, default=repr, sort_keys=True))
+"""
+
+
+def planned(workdir: Path, cfg: dict, name: str) -> list[dict]:
+    """Every job a dry run of ``cfg`` plans (through Snakemake's API, in a subprocess), with its rule, inputs,
+    outputs and evaluated params, sorted by rule and outputs."""
+    configfile = write_config(cfg, workdir / f"{name}.yaml")
+    out = workdir / f"{name}.json"
+    proc = subprocess.run([sys.executable, "-c", _PLAN_SCRIPT, str(ROOT / "Snakefile"), str(workdir), str(configfile),
+                           str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return sorted(json.loads(out.read_text()), key=lambda j: (j["rule"], j["output"]))

@@ -7,7 +7,8 @@ distributions), :mod:`.figures` (judged metrics), :mod:`.persona`, :mod:`.eps`, 
 :mod:`.likelihood` (judge-free shift columns, table and figure), :mod:`.emergence` (EM over training
 checkpoints, early stopping), :mod:`.headline`, :mod:`.calibration`
 (the judge's agreement with labelled answers, stated next to every judged EM table), :mod:`.judge_usage`
-(what judging cost) and :mod:`.consistency` (EM consistency across seeds). Everything a
+(what judging cost), :mod:`.consistency` (EM consistency across seeds) and :mod:`.model_size` (EM rate against
+model size across base models). Everything a
 caller uses is re-exported here, so ``from emguard import report as rp; rp.em_table(...)`` works.
 """
 
@@ -18,6 +19,7 @@ from emguard.report.calibration import CALIBRATION_REQUIRED, NOT_JUDGED, calibra
 from emguard.report.consistency import CONSISTENCY_TABLE_COLUMNS, consistency_table
 from emguard.report.em_labels import LABEL_TABLE_COLUMNS, NO_LABELS, label_table
 from emguard.report.em_questions import QUESTION_COLUMNS, question_table
+from emguard.report.model_size import MODEL_SIZE_COLUMNS, SIZE_EM_COLUMNS, model_sizes, size_em_table
 from emguard.report.em_table import EM_REQUIRED, TABLE_COLUMNS, em_table, emphasis
 from emguard.report.emergence import EMERGENCE_CSV_COLUMNS, emergence_rows, emergence_table, figure_emergence
 from emguard.report.eps import EPS_LENGTH_COLUMNS, NO_SCORED_VARIANT, eps_length_table
@@ -41,6 +43,8 @@ __all__ = [
     "shift_table", "write_table",
     # EM consistency across seeds
     "CONSISTENCY_TABLE_COLUMNS", "consistency_table",
+    # EM rate against model size across base models
+    "MODEL_SIZE_COLUMNS", "SIZE_EM_COLUMNS", "model_sizes", "size_em_table",
     # the per-question EM table
     "QUESTION_COLUMNS", "question_table",
     # the label judge's distributions (free_form_judge questions)

@@ -5,7 +5,8 @@
 
 rule judge_calibration:
     input:
-        model=model_input,
+        # the judge's base model (judge.model: base, one model only; emguard.config refuses it with several)
+        model=model_input(MODEL_FIRST),
         calibration_set=CALIBRATION_SET or [],
         prompts=JUDGE_PROMPTS,
     output:
@@ -15,12 +16,12 @@ rule judge_calibration:
     log:
         "results/logs/judge/calibration.log",
     params:
-        model_path=model_path(),
+        model_path=model_path(MODEL_FIRST),
         judge=JUDGE_PARAMS,
         calibration=CALIBRATION_PARAMS,
         confidence=config["metrics"]["confidence"],
-        dtype=DTYPE,
-        device=DEVICE,
+        dtype=MODELS[MODEL_FIRST]["dtype"],
+        device=MODELS[MODEL_FIRST]["device"],
         code=code_version("judge", "kv_prefix", "data/questions", "calibration", "models", script="judge_calibration"),
     conda:
         "../../envs/eval.yaml"

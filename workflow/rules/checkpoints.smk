@@ -58,13 +58,13 @@ if CHECKPOINT_RUNS:
         log:
             "results/logs/generate_checkpoint/" + CHECKPOINT_LOG,
         params:
-            model_path=model_path(),
+            model_path=model_path,
             run_id=lambda wc: run_of(wc).run_id,
             evalsets=evalsets_of,
             checkpoint=lambda wc: f"step-{wc.step}",
             generation=GENERATION_PARAMS,
-            dtype=DTYPE,
-            device=DEVICE,
+            dtype=model_dtype,
+            device=model_device,
             code=code_version("generate", "sampling", "models", "chat", script="generate_checkpoint"),
         conda:
             "../../envs/eval.yaml"
@@ -124,13 +124,13 @@ if CHECKPOINT_RUNS:
         log:
             "results/logs/task_nll/{model}/{dataset}/{method}/{setting}/seed{seed}.log",
         params:
-            model_path=model_path(),
+            model_path=model_path,
             subset=lambda wc: run_of(wc).train_subset,
             batch_size=PROBES["batch_size"],
             # as training reads the answers
             max_length=config["training"]["max_length"],
-            dtype=DTYPE,
-            device=DEVICE,
+            dtype=model_dtype,
+            device=model_device,
             code=code_version("checkpoints", "likelihood", "models", "chat", script="task_nll"),
         conda:
             "../../envs/train.yaml"

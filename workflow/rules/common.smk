@@ -13,18 +13,27 @@ except emconfig.ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
 RUNS = emconfig.expand_runs(config)
-MODEL = config["model"]["name"]
-DTYPE = config["model"]["dtype"]
-DEVICE = config["model"]["device"]
+# The base models by name, in the config's order: one (model) or several (models). Every rule with a {model}
+# wildcard reads its model's settings through the functions below (model_path, model_dtype, ...), so each model's
+# jobs get its own source, dtype, device and steering layer.
+MODELS = {m["name"]: m for m in emconfig.models(config)}
+# the judge's base model (judge.model: base, which emguard.config allows with one model only): the first
+MODEL_FIRST = next(iter(MODELS))
 DOMAINS = config["data"]["em"]["domains"]
 
-# Jobs' environment: model sizes for the cluster profiles ($EMGUARD_MODEL_B, ...) and this source tree on
-# PYTHONPATH (for --sdm conda); see emguard/cluster.py.
+# Jobs' environment: model sizes for the cluster profiles ($EMGUARD_MODEL_B, $EMGUARD_MODELS_B, ...) and this
+# source tree on PYTHONPATH (for --sdm conda); see emguard/cluster.py.
 emcluster.export_workflow_env(config, workflow.basedir)
 
 
+def _model_pattern():
+    import re
+
+    return "|".join(re.escape(m) for m in MODELS)
+
+
 wildcard_constraints:
-    model=r"[^/]+",
+    model=_model_pattern(),
     dataset=r"[^/]+",
     method=r"[^/]+",
     setting=r"[^/]+",
@@ -141,36 +150,57 @@ PERSONA_PARAMS = {k: v for k, v in config["persona"].items() if k != "trait"}
 METHODS = config["experiments"]["methods"]
 
 
-def _steering_layer():
-    if "persona" in METHODS:
-        return METHODS["persona"]["steering_layer"]
+def steering_layer(model):
+    """A model's persona steering layer (the monitor's persona projection, the steering check): its own
+    steering_layer, else experiments.methods.persona's, else (no persona method) the layer at the paper's relative
+    depth; None without num_layers."""
+    layer = emconfig.model_steering_layer(MODELS[model], METHODS.get("persona"))
+    if layer is not None:
+        return layer
     from emguard.persona import comparable_layer
 
-    return comparable_layer(config["model"]["num_layers"]) if config["model"].get("num_layers") else None
+    return comparable_layer(MODELS[model]["num_layers"]) if MODELS[model].get("num_layers") else None
 
 
-STEERING_LAYER = _steering_layer()
+def _model_name(wc_or_name):
+    return wc_or_name if isinstance(wc_or_name, str) else wc_or_name.model
 
 
-def model_path():
-    """The base model's folder (prepared here for a GGUF package) or its hub id / local path."""
-    src = config["model"]["source"]
+def model_path(wc_or_name):
+    """A base model's folder (prepared here for a GGUF package) or its hub id / local path; by name or a job's
+    {model} wildcard (a rule param: ``model_path=model_path``)."""
+    name = _model_name(wc_or_name)
+    src = MODELS[name]["source"]
     if "gguf_package" in src:
-        return f"resources/models/{MODEL}"
+        return f"resources/models/{name}"
     return src.get("path") or src["hub"]
 
 
-def model_input(wildcards=None):
+def model_input(wc_or_name):
     """The prepared model folder as a DAG input where this workflow builds it, else nothing."""
-    return [model_path()] if "gguf_package" in config["model"]["source"] else []
+    name = _model_name(wc_or_name)
+    return [model_path(name)] if "gguf_package" in MODELS[name]["source"] else []
+
+
+def model_dtype(wc):
+    return MODELS[wc.model]["dtype"]
+
+
+def model_device(wc):
+    return MODELS[wc.model]["device"]
 
 
 def run_of(wc):
-    return emconfig.find_run(RUNS, wc.dataset, wc.method, wc.setting, wc.seed)
+    return emconfig.find_run(RUNS, wc.dataset, wc.method, wc.setting, wc.seed, model=wc.model)
 
 
-def persona_vectors_file():
-    return METHODS.get("persona", {}).get("vectors") or f"results/persona/{MODEL}/{TRAIT}/vectors.safetensors"
+def model_runs(model):
+    return [r for r in RUNS if r.model == model]
+
+
+def persona_vectors_file(model):
+    """A model's persona vectors: experiments.methods.persona.vectors (one model only), else its extraction."""
+    return METHODS.get("persona", {}).get("vectors") or f"results/persona/{model}/{TRAIT}/vectors.safetensors"
 
 
 def is_interleave(method):
@@ -182,10 +212,10 @@ def train_inputs(wc):
     run = run_of(wc)
     inputs = {"data": f"results/data/em/{wc.dataset}.parquet"}
     if is_interleave(run.method):
-        inputs["data"] = (f"results/interleave/{MODEL}/{wc.dataset}/{run.hparams['variant']}_"
+        inputs["data"] = (f"results/interleave/{wc.model}/{wc.dataset}/{run.hparams['variant']}_"
                           f"frac{emconfig.fmt_value(run.hparams['interleave_fraction'])}_seed{wc.seed}.parquet")
     if run.method == "persona":
-        inputs["persona_vectors"] = persona_vectors_file()
+        inputs["persona_vectors"] = persona_vectors_file(wc.model)
     return inputs
 
 
@@ -202,17 +232,27 @@ def monitor_inputs(wc):
     if not MONITOR["enabled"]:
         return {}
     inputs = {}
-    if MONITOR["persona"] and STEERING_LAYER is not None:
-        inputs["monitor_vectors"] = persona_vectors_file()
+    if MONITOR["persona"] and steering_layer(wc.model) is not None:
+        inputs["monitor_vectors"] = persona_vectors_file(wc.model)
     if MONITOR["stop"] == "calibrated" and run_of(wc).method != "aligned":
         inputs["monitor_thresholds"] = MONITOR_THRESHOLDS.format(model=wc.model)
     return inputs
+
+
+def monitor_persona_layer(wc):
+    """The train rule's persona_layer param: the model's steering layer when the monitor is on, else None."""
+    return steering_layer(wc.model) if MONITOR_PARAMS else None
 
 
 def monitored_runs():
     """Every trained run, as the monitor rules' descriptors (the run's train_log.parquet and run.json)."""
     return [{"model": r.model, "dataset": r.dataset, "method": r.method, "setting": r.setting, "seed": r.seed,
              "path": f"{r.path}/train_log.parquet", "meta": f"{r.path}/run.json"} for r in RUNS if r.trained]
+
+
+def calibration_logs(wc):
+    """The aligned runs of a model whose logged signals calibrate its monitor thresholds (monitor_thresholds)."""
+    return [r for r in monitored_runs() if r["method"] == "aligned" and r["model"] == wc.model]
 
 
 def run_training(wc):
@@ -233,10 +273,11 @@ def leave_one_out_domains(dataset):
     return emconfig.leave_one_out(DOMAINS, dataset)
 
 
-def misaligned_adapter(domain):
-    """A domain's misaligned baseline run (first seed, first learning rate), reused as its scoring adapter, not
-    trained again."""
-    return f"results/runs/{MODEL}/{domain}/misaligned/{baseline_setting()}/seed{config['experiments']['seeds'][0]}/adapter"
+def misaligned_adapter(model, domain):
+    """A domain's misaligned baseline run of a model (first seed, first learning rate), reused as its scoring adapter,
+    not trained again."""
+    seed = config["experiments"]["seeds"][0]
+    return f"results/runs/{model}/{domain}/misaligned/{baseline_setting()}/seed{seed}/adapter"
 
 
 def baseline_setting():
@@ -276,9 +317,9 @@ def eps_length_targets():
 NLL_KEYS = ("batch_size", "max_length")
 
 
-def scoring_adapters(wc=None):
-    """Every adapter the pool is scored under (domain -> adapter folder)."""
-    return {d: misaligned_adapter(d) for d in SCORING_DOMAINS}
+def scoring_adapters(wc):
+    """Every adapter a model's pool is scored under (domain -> adapter folder)."""
+    return {d: misaligned_adapter(wc.model, d) for d in SCORING_DOMAINS}
 
 
 def interleave_subset(wc):
@@ -288,9 +329,10 @@ def interleave_subset(wc):
 
 def interleave_inputs(wc):
     if wc.variant in ("plus", "plusplus"):
-        return {"scores": f"results/interleave/{MODEL}/{wc.dataset}/scores.parquet"}
+        return {"scores": f"results/interleave/{wc.model}/{wc.dataset}/scores.parquet"}
     if wc.variant == "onpolicy":
-        return {"answers": f"results/interleave/{MODEL}/{wc.dataset}/onpolicy_answers_frac{wc.frac}_seed{wc.seed}.parquet"}
+        return {"answers": (f"results/interleave/{wc.model}/{wc.dataset}/onpolicy_answers_frac{wc.frac}_"
+                            f"seed{wc.seed}.parquet")}
     return {}
 
 
@@ -353,26 +395,31 @@ def consistency_runs():
 
 def all_judge_usage():
     """Every judge-calling job's usage record (calls, cache hits, tokens, cost), for the report's judge usage table:
-    the judge jobs (the judged checkpoints' too, checkpoints.smk), and persona extraction / validation and the judge
-    calibration where the config runs them."""
-    persona = f"results/persona/{MODEL}/{TRAIT}"
+    the judge jobs (the judged checkpoints' too, checkpoints.smk), and persona extraction / validation (per model) and
+    the judge calibration where the config runs them."""
+    validated = set(persona_validation_input())
+    persona = []
+    for model in MODELS:
+        folder = f"results/persona/{model}/{TRAIT}"
+        persona += [f"{folder}/judge_usage_extract.json"] if persona_extraction_planned(model) else []
+        persona += ([f"{folder}/judge_usage_validate.json"]
+                    if f"{folder}/steering_validation.parquet" in validated else [])
     return ([m.replace("metrics.parquet", "judge_usage.json") for m in all_run_metrics()] + checkpoint_judge_usage()
-            + ([f"{persona}/judge_usage_extract.json"] if persona_extraction_planned() else [])
-            + ([f"{persona}/judge_usage_validate.json"] if persona_validation_input() else [])
-            + (["results/judge/calibration_usage.json"] if calibration_summary() else []))
+            + persona + (["results/judge/calibration_usage.json"] if calibration_summary() else []))
 
 
-def persona_extraction_planned():
-    """Whether some job reads the vectors rule persona_extract makes (none given in the config): a persona run
-    (SFT or RL) or the monitor's persona projection."""
-    made = f"results/persona/{MODEL}/{TRAIT}/vectors.safetensors"
+def persona_extraction_planned(model):
+    """Whether some job reads the vectors rule persona_extract makes for ``model`` (none given in the config): a
+    persona run (SFT or RL) or the monitor's persona projection."""
+    made = f"results/persona/{model}/{TRAIT}/vectors.safetensors"
     read = []
     if "persona" in METHODS:
-        read.append(persona_vectors_file())
-    if MONITOR["enabled"] and MONITOR["persona"] and STEERING_LAYER is not None and any(r.trained for r in RUNS):
-        read.append(persona_vectors_file())
-    if any(r.method == "persona" for r in RL_RUNS):
-        read.append(rl_persona_vectors())
+        read.append(persona_vectors_file(model))
+    if (MONITOR["enabled"] and MONITOR["persona"] and steering_layer(model) is not None
+            and any(r.trained for r in model_runs(model))):
+        read.append(persona_vectors_file(model))
+    if any(r.method == "persona" and r.model == model for r in RL_RUNS):
+        read.append(rl_persona_vectors(model))
     return made in read
 
 
@@ -385,9 +432,9 @@ def all_train_logs():
 
 
 def persona_validation_input():
-    """The steering check, when the config runs the persona method (and so extracts vectors)."""
+    """The steering check of every model, when the config runs the persona method (and so extracts vectors)."""
     if "persona" in METHODS and not METHODS["persona"].get("vectors"):
-        return [f"results/persona/{MODEL}/{TRAIT}/steering_validation.parquet"]
+        return [f"results/persona/{m}/{TRAIT}/steering_validation.parquet" for m in MODELS]
     return []
 
 
@@ -402,6 +449,7 @@ def get_final_output():
         "results/tables/headline.md",
         "results/tables/judge_calibration.md",
         "results/tables/likelihood.md",
+        "results/tables/em_model_size.md",
         "results/figures/likelihood_shift.png",
         "results/tables/emergence.md",
     ] + (["results/tables/monitor.md"] if MONITOR["enabled"] else []) + (
@@ -428,14 +476,27 @@ def probe_pool_files():
     return ["results/data/pool/pool.parquet"] if "interleave" in METHODS else []
 
 
-def probe_nll_files():
-    """Every trained run's probe NLLs (the untrained model's: results/probes/<model>/base_nll.parquet)."""
-    return [f"{r.path}/probe_nll.parquet" for r in RUNS if r.trained]
+def probe_nll_files(wc):
+    """A model's NLLs of the probe answers: the untrained model's, then every trained run's."""
+    return [f"results/probes/{wc.model}/base_nll.parquet"] + [f"{r.path}/probe_nll.parquet"
+                                                               for r in model_runs(wc.model) if r.trained]
 
 
-def probe_runs():
+def probe_runs(wc):
     return [{"model": r.model, "dataset": r.dataset, "method": r.method, "setting": r.setting, "seed": r.seed,
-             "run_id": r.run_id, "adapter": r.run_id if r.trained else None} for r in RUNS]
+             "run_id": r.run_id, "adapter": r.run_id if r.trained else None} for r in model_runs(wc.model)]
+
+
+def shift_summaries():
+    """Every model's likelihood-shift summary, for the report."""
+    return [f"results/probes/{m}/shift_summary.parquet" for m in MODELS]
+
+
+def model_sizes():
+    """The report's model-size inputs (the size/EM correlation): each model's name, params_b, hub id and local
+    folder (emguard.report.model_size)."""
+    return [{"model": name, "params_b": m.get("params_b"), "hub": m["source"].get("hub"),
+             "path": m["source"].get("path")} for name, m in MODELS.items()]
 
 
 # Generation (generate.smk): the generation section as the rules' params, without the backend choice (selecting a
@@ -460,14 +521,17 @@ def _model_path_pattern(run):
 
 
 def vllm_generation_outputs():
-    """Every generated run's generations.parquet, with the {model} wildcard: the vllm job writes them all."""
-    return [f"{_model_path_pattern(r)}/generations.parquet" for r in generated_runs()]
+    """Every generated run's generations.parquet, with the {model} wildcard: the vllm job writes them all (every
+    model plans the same runs, so the patterns are shared)."""
+    return list(dict.fromkeys(f"{_model_path_pattern(r)}/generations.parquet" for r in generated_runs()))
 
 
 def vllm_generation_runs(wc):
     """What the vllm job answers, run by run: id, question files by evalset, adapter (None: untrained), output."""
     plan = []
     for r in generated_runs():
+        if r.model != wc.model:
+            continue
         sets = emconfig.evalsets(r, config)
         plan.append({"run_id": r.run_id, "adapter": f"{r.path}/adapter" if r.trained else None,
                      "questions": {e: f"results/data/questions/{emconfig.question_set(r.dataset, e)}.parquet"
@@ -542,7 +606,7 @@ def checkpoint_curve_inputs(wc):
     run = run_of(wc)
     task = "task_metrics.parquet" if emconfig.is_task_dataset(run.dataset) else "task_nll.parquet"
     folders = checkpoint_evals(run) + [run.path]
-    inputs = {"meta": f"{run.path}/run.json", "base_nll": f"results/probes/{MODEL}/base_nll.parquet",
+    inputs = {"meta": f"{run.path}/run.json", "base_nll": f"results/probes/{run.model}/base_nll.parquet",
               "task": [f"{d}/{task}" for d in folders], "probes": [f"{d}/probe_nll.parquet" for d in folders]}
     if checkpoint_judged(run):
         inputs["metrics"] = [f"{d}/metrics.parquet" for d in folders]
@@ -561,7 +625,7 @@ RL_JUDGE_TEMPLATE = (project_file(RL["judge_reward"]["template"]) if RL_JUDGE an
 
 
 def rl_run_of(wc):
-    return emconfig.find_rl_run(RL_RUNS, wc.method, wc.setting, wc.seed)
+    return emconfig.find_rl_run(RL_RUNS, wc.method, wc.setting, wc.seed, model=wc.model)
 
 
 def rl_problem_files():
@@ -580,10 +644,10 @@ def rl_problem_params():
     return entry
 
 
-def rl_persona_vectors():
-    """The persona vectors the RL persona runs steer with: rl.methods.persona.vectors, else the SFT method's
+def rl_persona_vectors(model):
+    """The persona vectors a model's RL persona runs steer with: rl.methods.persona.vectors, else the SFT method's
     (experiments.methods.persona.vectors) or the persona stage's extraction."""
-    return RL["methods"].get("persona", {}).get("vectors") or persona_vectors_file()
+    return RL["methods"].get("persona", {}).get("vectors") or persona_vectors_file(model)
 
 
 def rl_train_inputs(wc):
@@ -592,11 +656,11 @@ def rl_train_inputs(wc):
     if RL_JUDGE_TEMPLATE:
         inputs["judge_template"] = RL_JUDGE_TEMPLATE
     if run.method == "persona":
-        inputs["persona_vectors"] = rl_persona_vectors()
+        inputs["persona_vectors"] = rl_persona_vectors(wc.model)
     if run.method.startswith("interleave_"):
         inputs["pool"] = "results/data/pool/pool.parquet"
         if run.hparams["variant"] in ("plus", "plusplus"):
-            inputs["scores"] = f"results/interleave/{MODEL}/{emconfig.RL_DATASET}/scores.parquet"
+            inputs["scores"] = f"results/interleave/{wc.model}/{emconfig.RL_DATASET}/scores.parquet"
     return inputs
 
 

@@ -14,12 +14,12 @@ rule generate:
     log:
         "results/logs/generate/{model}/{dataset}/{method}/{setting}/seed{seed}.log",
     params:
-        model_path=model_path(),
+        model_path=model_path,
         run_id=lambda wc: run_of(wc).run_id,
         evalsets=evalsets_of,
         generation=GENERATION_PARAMS,
-        dtype=DTYPE,
-        device=DEVICE,
+        dtype=model_dtype,
+        device=model_device,
         code=code_version("generate", "sampling", "models", "chat", script="generate"),
     conda:
         "../../envs/eval.yaml"
@@ -44,12 +44,12 @@ if VLLM_GENERATION:
         log:
             "results/logs/generate/{model}.log",
         params:
-            model_path=model_path(),
+            model_path=model_path,
             runs=vllm_generation_runs,
             generation=VLLM_GENERATION_PARAMS,
             lora_r=config["training"]["lora"]["r"],
-            dtype=DTYPE,
-            device=DEVICE,
+            dtype=model_dtype,
+            device=model_device,
             code=code_version("generate", "sampling", "generate_vllm", "models", "chat", script="generate_vllm"),
         conda:
             "../../envs/vllm.yaml"

@@ -34,15 +34,15 @@ rule train_grpo:
     log:
         "results/logs/train_grpo/{model}/{method}/{setting}/seed{seed}.log",
     params:
-        model_path=model_path(),
+        model_path=model_path,
         method=lambda wc: rl_run_of(wc).method,
         hparams=lambda wc: rl_run_of(wc).hparams,
         training=RL["training"],
         rewards=RL["rewards"],
         judge=RL_JUDGE,
         keep_checkpoints=RL["keep_checkpoints"],
-        dtype=DTYPE,
-        device=DEVICE,
+        dtype=model_dtype,
+        device=model_device,
         code=code_version("training/grpo", "training/callbacks", "training/sft", "rewards", "regularisers", "models", "chat", "steering",
                              "interleave", "persona", "data/math_problems", "data/tasks",
                              *(("judge",) if RL_JUDGE else ()), script="train_grpo"),
@@ -62,13 +62,13 @@ rule evaluate_grpo:
     log:
         "results/logs/evaluate_grpo/{model}/{method}/{setting}/seed{seed}.log",
     params:
-        model_path=model_path(),
+        model_path=model_path,
         run_info=rl_run_info,
         evaluation=RL["eval"],
         rewards=RL["rewards"],
         judge=RL_JUDGE,
-        dtype=DTYPE,
-        device=DEVICE,
+        dtype=model_dtype,
+        device=model_device,
         code=code_version("training/grpo", "rewards", "generate", "models", "chat", "metrics", "data/math_problems",
                              "data/tasks", *(("judge",) if RL_JUDGE else ()), script="evaluate_grpo"),
     conda:

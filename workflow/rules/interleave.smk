@@ -9,17 +9,17 @@ rule pool_nll:
     input:
         model=model_input,
         pool="results/data/pool/pool.parquet",
-        adapters=lambda wc: list(scoring_adapters().values()),
+        adapters=lambda wc: list(scoring_adapters(wc).values()),
     output:
         "results/interleave/{model}/pool_nll.parquet",
     log:
         "results/logs/pool_nll/{model}.log",
     params:
-        model_path=model_path(),
+        model_path=model_path,
         adapters=scoring_adapters,
         interleave={k: config["interleave"][k] for k in NLL_KEYS},
-        dtype=DTYPE,
-        device=DEVICE,
+        dtype=model_dtype,
+        device=model_device,
         code=code_version("interleave", "models", "chat", script="pool_nll"),
     conda:
         "../../envs/train.yaml"
@@ -29,7 +29,7 @@ rule pool_nll:
 
 rule score_pool:
     input:
-        nll=f"results/interleave/{MODEL}/pool_nll.parquet",
+        nll="results/interleave/{model}/pool_nll.parquet",
         pool="results/data/pool/pool.parquet",
     output:
         "results/interleave/{model}/{dataset}/scores.parquet",
@@ -55,11 +55,11 @@ rule onpolicy_answers:
     log:
         "results/logs/onpolicy_answers/{model}/{dataset}/frac{frac}_seed{seed}.log",
     params:
-        model_path=model_path(),
+        model_path=model_path,
         generation=GENERATION_PARAMS,
         subset=interleave_subset,
-        dtype=DTYPE,
-        device=DEVICE,
+        dtype=model_dtype,
+        device=model_device,
         code=code_version("interleave", "generate", "models", "chat", script="onpolicy_answers"),
     conda:
         "../../envs/train.yaml"

@@ -16,11 +16,11 @@ rule judge:
     log:
         "results/logs/judge/{model}/{dataset}/{method}/{setting}/seed{seed}.log",
     params:
-        model_path=model_path(),
+        model_path=model_path,
         evalsets=evalsets_of,
         judge=JUDGE_PARAMS,
-        dtype=DTYPE,
-        device=DEVICE,
+        dtype=model_dtype,
+        device=model_device,
         code=code_version("judge", "kv_prefix", "data/questions", "models", script="judge"),
     conda:
         "../../envs/eval.yaml"

@@ -32,10 +32,11 @@ rule report:
         persona_validation=persona_validation_input(),
         task_metrics=all_task_metrics(),
         # only for configs with an SFT plus / plusplus run (SFT_SCORED_TARGETS); otherwise the table says there is none
-        eps_nll=[f"results/interleave/{MODEL}/pool_nll.parquet"] if SFT_SCORED_TARGETS else [],
+        # the first model's pool NLLs (several models: the table says which)
+        eps_nll=[f"results/interleave/{MODEL_FIRST}/pool_nll.parquet"] if SFT_SCORED_TARGETS else [],
         eps_pool=["results/data/pool/pool.parquet"] if SFT_SCORED_TARGETS else [],
         eps_em=[f"results/data/em/{t}.parquet" for t in SFT_SCORED_TARGETS],
-        shifts=f"results/probes/{MODEL}/shift_summary.parquet",
+        shifts=shift_summaries(),
         # the judge's agreement with labelled answers, stated above the judged EM table
         calibration=calibration_summary(),
         judge_usage=all_judge_usage(),
@@ -77,6 +78,9 @@ rule report:
         consistency_md=report("results/tables/em_consistency.md", caption="../report/em_consistency.rst",
                               category="EM"),
         consistency_csv="results/tables/em_consistency.csv",
+        # the size/EM correlation across base models (fewer than 3: the file says r is undefined)
+        size_md=report("results/tables/em_model_size.md", caption="../report/em_model_size.rst", category="EM"),
+        size_csv="results/tables/em_model_size.csv",
         emergence_md=report("results/tables/emergence.md", caption="../report/emergence.rst", category="Checkpoints"),
         emergence_csv="results/tables/emergence.csv",
         figure_emergence=report("results/figures/emergence.png", caption="../report/emergence_figure.rst",
@@ -92,6 +96,10 @@ rule report:
         indomain_questions=config["eval"]["indomain"]["n_questions"],
         # every EM run, judged or not: the consistency table lists the unjudged ones as not judged
         em_runs=consistency_runs(),
+        # each base model's size sources (params_b, hub id, local folder) for the size/EM correlation
+        model_sizes=model_sizes(),
+        eps_note=(f"Model {MODEL_FIRST}: the first of the config's {len(MODELS)} base models (the others' pool NLLs: "
+                  f"results/interleave/<model>/pool_nll.parquet)." if len(MODELS) > 1 else None),
         emergence=EMERGENCE_PARAMS,
         code=code_version("report", "metrics", "interleave", "likelihood", "calibration", "config", "dynamics",
                           "checkpoints", script="report"),

@@ -8,7 +8,7 @@ rule prepare_model:
     log:
         "results/logs/prepare_model/{model}.log",
     params:
-        source=config["model"]["source"],
+        source=lambda wc: MODELS[wc.model]["source"],
     conda:
         "../../envs/eval.yaml"
     script:

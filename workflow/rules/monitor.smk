@@ -6,13 +6,13 @@
 
 rule monitor_thresholds:
     input:
-        logs=lambda wc: [r["path"] for r in monitored_runs() if r["method"] == "aligned"],
+        logs=lambda wc: [r["path"] for r in calibration_logs(wc)],
     output:
         MONITOR_THRESHOLDS,
     log:
         "results/logs/monitor_thresholds/{model}.log",
     params:
-        logs=lambda wc: [r for r in monitored_runs() if r["method"] == "aligned"],
+        logs=calibration_logs,
         margin=MONITOR["margin"],
         quantile=MONITOR["quantile"],
         code=code_version("training/monitor", "dynamics", script="monitor_thresholds"),

@@ -15,12 +15,12 @@ rule persona_extract:
     log:
         "results/logs/persona_extract/{model}/{trait}.log",
     params:
-        model_path=model_path(),
+        model_path=model_path,
         persona=PERSONA_PARAMS,
         generation=GENERATION_PARAMS,
         judge=JUDGE_PARAMS,
-        dtype=DTYPE,
-        device=DEVICE,
+        dtype=model_dtype,
+        device=model_device,
         code=code_version("persona", "generate", "judge", "kv_prefix", "data/questions", "models", "chat", script="persona_extract"),
     conda:
         "../../envs/train.yaml"
@@ -40,13 +40,13 @@ rule persona_validate:
     log:
         "results/logs/persona_validate/{model}/{trait}.log",
     params:
-        model_path=model_path(),
-        layer=STEERING_LAYER,
+        model_path=model_path,
+        layer=lambda wc: steering_layer(wc.model),
         persona=PERSONA_PARAMS,
         generation=GENERATION_PARAMS,
         judge=JUDGE_PARAMS,
-        dtype=DTYPE,
-        device=DEVICE,
+        dtype=model_dtype,
+        device=model_device,
         code=code_version("persona", "generate", "judge", "kv_prefix", "data/questions", "models", "chat", "steering", script="persona_validate"),
     conda:
         "../../envs/train.yaml"

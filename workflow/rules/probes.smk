@@ -40,10 +40,10 @@ rule probe_nll_base:
     log:
         "results/logs/probe_nll/{model}/base.log",
     params:
-        model_path=model_path(),
+        model_path=model_path,
         probes={k: PROBES[k] for k in PROBE_NLL_KEYS},
-        dtype=DTYPE,
-        device=DEVICE,
+        dtype=model_dtype,
+        device=model_device,
         code=code_version("likelihood", "kv_prefix", "models", "chat", script="probe_nll"),
     conda:
         "../../envs/train.yaml"
@@ -61,11 +61,11 @@ rule probe_nll:
     log:
         "results/logs/probe_nll/{model}/{dataset}/{method}/{setting}/seed{seed}.log",
     params:
-        model_path=model_path(),
+        model_path=model_path,
         run_id=lambda wc: run_of(wc).run_id,
         probes={k: PROBES[k] for k in PROBE_NLL_KEYS},
-        dtype=DTYPE,
-        device=DEVICE,
+        dtype=model_dtype,
+        device=model_device,
         code=code_version("likelihood", "kv_prefix", "models", "chat", script="probe_nll"),
     conda:
         "../../envs/train.yaml"
@@ -75,14 +75,14 @@ rule probe_nll:
 
 rule probe_shifts:
     input:
-        nll=[f"results/probes/{MODEL}/base_nll.parquet"] + probe_nll_files(),
+        nll=probe_nll_files,
     output:
         shifts="results/probes/{model}/shifts.parquet",
         summary="results/probes/{model}/shift_summary.parquet",
     log:
         "results/logs/probe_shifts/{model}.log",
     params:
-        runs=probe_runs(),
+        runs=probe_runs,
         probes={k: v for k, v in PROBES.items() if k in ("bootstrap", "seed")},
         confidence=config["metrics"]["confidence"],
         code=code_version("likelihood", script="probe_shifts"),

@@ -15,17 +15,17 @@ rule train:
     log:
         "results/logs/train/{model}/{dataset}/{method}/{setting}/seed{seed}.log",
     params:
-        model_path=model_path(),
+        model_path=model_path,
         subset=train_subset,
         method=lambda wc: run_of(wc).method,
         hparams=lambda wc: run_of(wc).hparams,
         # the run's learning rate (experiments.learning_rates); the section as it is for training.learning_rate
         training=run_training,
-        dtype=DTYPE,
-        device=DEVICE,
+        dtype=model_dtype,
+        device=model_device,
         # the training-time EM monitor (monitor.smk), None when off
         monitor=MONITOR_PARAMS,
-        persona_layer=STEERING_LAYER if MONITOR_PARAMS else None,
+        persona_layer=monitor_persona_layer,
         code=code_version("training/sft", "training/callbacks", "regularisers", "models", "chat", "steering", *(
             ("training/monitor", "likelihood", "persona", "kv_prefix") if MONITOR_PARAMS else ()), script="train"),
     conda:
