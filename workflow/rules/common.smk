@@ -1,5 +1,6 @@
 # Config validation, the experiment grid, and every input function: rule files stay declarative.
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -44,6 +45,47 @@ wildcard_constraints:
     step=r"\d+",
 
 
+def _source_segments(text, nodes):
+    """``ast.get_source_segment(text, node)`` for each node, with the text split into lines once: the library
+    function splits the whole file on every call, which made parsing the Snakefile (32 code_version calls over
+    ~2,800 top-level nodes) take most of a dry run's time."""
+    import re
+
+    lines, start = [], 0
+    for m in re.finditer(r"\r\n|\r|\n", text):  # the line breaks ast honours (not form feeds)
+        lines.append(text[start:m.end()])
+        start = m.end()
+    if start < len(text):
+        lines.append(text[start:])
+    out = []
+    for n in nodes:
+        first, last = lines[n.lineno - 1].encode(), lines[n.end_lineno - 1].encode()
+        if n.lineno == n.end_lineno:
+            out.append(first[n.col_offset:n.end_col_offset].decode())
+        else:
+            out.append(first[n.col_offset:].decode() + "".join(lines[n.lineno:n.end_lineno - 1])
+                       + last[:n.end_col_offset].decode())
+    return out
+
+
+@functools.cache
+def _stage_module(m):
+    """A stage module's top-level statements other than definitions (source), and ``name -> (module, node,
+    source)`` for its functions and classes; parsed once per Snakemake process."""
+    import ast
+
+    text = (Path(workflow.basedir) / "emguard" / f"{m}.py").read_text()
+    body = ast.parse(text).body
+    is_def = [isinstance(n, (ast.FunctionDef, ast.ClassDef)) for n in body]
+    sources = _source_segments(text, body)
+    heads = [src for src, d in zip(sources, is_def) if not d]
+    defs = {}
+    for n, src, d in zip(body, sources, is_def):
+        if d:
+            defs.setdefault(n.name, (m, n, src))
+    return heads, defs
+
+
 def _stage_sources(script, modules=("stages", "stages_rl")):
     """The stage code a rule's script runs: the functions it imports from the stage modules (emguard.stages, and
     emguard.stages_rl for the RL rules) with every stage function they reach, by name, across modules (a stages_rl
@@ -51,15 +93,11 @@ def _stage_sources(script, modules=("stages", "stages_rl")):
     every module reached."""
     import ast
 
-    root = Path(workflow.basedir) / "emguard"
     heads, defs = {}, {}
     for m in modules:
-        text = (root / f"{m}.py").read_text()
-        body = ast.parse(text).body
-        heads[m] = [ast.get_source_segment(text, n) for n in body if not isinstance(n, (ast.FunctionDef, ast.ClassDef))]
-        for n in body:
-            if isinstance(n, (ast.FunctionDef, ast.ClassDef)):
-                defs.setdefault(n.name, (m, n, ast.get_source_segment(text, n)))
+        heads[m], module_defs = _stage_module(m)
+        for name, d in module_defs.items():
+            defs.setdefault(name, d)
     entry = ast.parse((Path(workflow.basedir) / "scripts" / f"{script}.py").read_text())
     wanted = {f"emguard.{m}" for m in modules}
     todo = [a.name for n in ast.walk(entry) if isinstance(n, ast.ImportFrom) and n.module in wanted for a in n.names]
