@@ -36,7 +36,7 @@ study: setup
 # two workers, one test file per worker at a time (module fixtures built once): every test pins torch to one thread
 # (tests/conftest.py), so two files run side by side on 2 cores; the end-to-end runs ask Snakemake for 2 cores each
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 clean:
 	rm -rf results .snakemake

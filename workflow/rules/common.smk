@@ -1,10 +1,9 @@
 # Config validation, the experiment grid, and every input function: rule files stay declarative.
 
-import functools
-import hashlib
 from pathlib import Path
 
 import emguard.cluster as emcluster
+import emguard.codeversion as emcodeversion
 import emguard.config as emconfig
 
 # Validate first: a wrong key or value stops here with a message naming it.
@@ -45,88 +44,11 @@ wildcard_constraints:
     step=r"\d+",
 
 
-def _source_segments(text, nodes):
-    """``ast.get_source_segment(text, node)`` for each node, with the text split into lines once: the library
-    function splits the whole file on every call, which made parsing the Snakefile (32 code_version calls over
-    ~2,800 top-level nodes) take most of a dry run's time."""
-    import re
-
-    lines, start = [], 0
-    for m in re.finditer(r"\r\n|\r|\n", text):  # the line breaks ast honours (not form feeds)
-        lines.append(text[start:m.end()])
-        start = m.end()
-    if start < len(text):
-        lines.append(text[start:])
-    out = []
-    for n in nodes:
-        first, last = lines[n.lineno - 1].encode(), lines[n.end_lineno - 1].encode()
-        if n.lineno == n.end_lineno:
-            out.append(first[n.col_offset:n.end_col_offset].decode())
-        else:
-            out.append(first[n.col_offset:].decode() + "".join(lines[n.lineno:n.end_lineno - 1])
-                       + last[:n.end_col_offset].decode())
-    return out
-
-
-@functools.cache
-def _stage_module(m):
-    """A stage module's top-level statements other than definitions (source), and ``name -> (module, node,
-    source)`` for its functions and classes; parsed once per Snakemake process."""
-    import ast
-
-    text = (Path(workflow.basedir) / "emguard" / f"{m}.py").read_text()
-    body = ast.parse(text).body
-    is_def = [isinstance(n, (ast.FunctionDef, ast.ClassDef)) for n in body]
-    sources = _source_segments(text, body)
-    heads = [src for src, d in zip(sources, is_def) if not d]
-    defs = {}
-    for n, src, d in zip(body, sources, is_def):
-        if d:
-            defs.setdefault(n.name, (m, n, src))
-    return heads, defs
-
-
-def _stage_sources(script, modules=("stages", "stages_rl")):
-    """The stage code a rule's script runs: the functions it imports from the stage modules (emguard.stages, and
-    emguard.stages_rl for the RL rules) with every stage function they reach, by name, across modules (a stages_rl
-    function calling emguard.stages.build_method reaches it), and the top-level statements (imports, constants) of
-    every module reached."""
-    import ast
-
-    heads, defs = {}, {}
-    for m in modules:
-        heads[m], module_defs = _stage_module(m)
-        for name, d in module_defs.items():
-            defs.setdefault(name, d)
-    entry = ast.parse((Path(workflow.basedir) / "scripts" / f"{script}.py").read_text())
-    wanted = {f"emguard.{m}" for m in modules}
-    todo = [a.name for n in ast.walk(entry) if isinstance(n, ast.ImportFrom) and n.module in wanted for a in n.names]
-    if not todo:
-        raise ValueError(f"scripts/{script}.py imports nothing from {' or '.join(sorted(wanted))}")
-    seen = {}
-    while todo:
-        name = todo.pop()
-        if name in seen or name not in defs:
-            continue
-        seen[name] = defs[name]
-        todo += [n.id for n in ast.walk(defs[name][1]) if isinstance(n, ast.Name)]
-    used = {m for m, _, _ in seen.values()}
-    return "\n".join([h for m in modules if m in used for h in heads[m]] + [seen[n][2] for n in sorted(seen)])
-
-
 def code_version(*modules, script):
     """Hash of the code a rule runs, passed as a param: Snakemake tracks params, so editing it reruns that stage
-    and everything downstream, and nothing above. The code: the emguard modules (``"likelihood"``), subpackages or
-    package modules (``"training/sft"``) named, the shared io / schemas / errors, and of the stage modules only the
-    functions the rule's script calls (and the stage functions those use, :func:`_stage_sources`), so adding or
-    editing one stage does not rerun the others."""
-    root = Path(workflow.basedir) / "emguard"
-    h = hashlib.sha256(_stage_sources(script).encode())
-    for m in ("io", "schemas", "errors") + modules:
-        single = root / f"{m}.py"
-        for f in [single] if single.exists() else sorted((root / m).glob("*.py")):
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    and everything downstream, and nothing above (emguard.codeversion.code_version: the emguard modules named, the
+    shared io / schemas / errors, and of the stage modules only the stage functions the rule's script reaches)."""
+    return emcodeversion.code_version(workflow.basedir, *modules, script=script)
 
 
 def project_file(path):
