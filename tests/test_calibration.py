@@ -358,7 +358,7 @@ def test_config_keys():
 
     base = yaml.safe_load((PROJECT_ROOT / "config.yaml").read_text())
     assert load(base)["judge"]["calibration"] == {"set": "workflow/resources/calibration/judge_calibration.yaml",
-                                                  "max_items": 60, "bootstrap": 2000, "seed": 0}
+                                                  "max_items": 36, "bootstrap": 2000, "seed": 0}
     base["judge"]["calibration"] = {"set": None}
     assert load(base)["judge"]["calibration"]["set"] is None
     base["judge"]["calibration"] = {"max_items": 2, "sets": "x.yaml"}
