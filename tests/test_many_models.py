@@ -302,6 +302,7 @@ def test_two_models_get_their_own_persona_vectors_pool_scores_and_monitor(tmp_pa
     thresholds = {j["output"][0]: {r["model"] for r in j["params"]["logs"]} for j in jobs
                   if j["rule"] == "monitor_thresholds"}
     assert thresholds == {f"results/monitor/{m}/thresholds.json": {m} for m in ("tiny", "tiny2")}
-    validate = {j["output"][0]: j["params"]["layer"] for j in jobs if j["rule"] == "persona_validate"}
+    validate = {next(o for o in j["output"] if o.endswith(".parquet")): j["params"]["layer"] for j in jobs
+                if j["rule"] == "persona_validate"}
     assert validate == {"results/persona/tiny/evil/steering_validation.parquet": 3,
                         "results/persona/tiny2/evil/steering_validation.parquet": 5}
