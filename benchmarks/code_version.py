@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def stage_sources_before(script: str, modules=codeversion.STAGE_MODULES) -> str:
-    """The earlier implementation, kept here as the baseline."""
+    """The earlier way to collect the stage modules' sources, kept here as the baseline: each module parsed on every
+    call, each node cut with ``ast.get_source_segment`` (which splits the whole file again); the walk from the
+    script's imports is the library's (:func:`emguard.codeversion.reached_sources`)."""
     heads, defs = {}, {}
     for m in modules:
         text = (ROOT / "emguard" / f"{m}.py").read_text()
@@ -31,18 +33,7 @@ def stage_sources_before(script: str, modules=codeversion.STAGE_MODULES) -> str:
         for n in body:
             if isinstance(n, (ast.FunctionDef, ast.ClassDef)):
                 defs.setdefault(n.name, (m, n, ast.get_source_segment(text, n)))
-    entry = ast.parse((ROOT / "scripts" / f"{script}.py").read_text())
-    wanted = {f"emguard.{m}" for m in modules}
-    todo = [a.name for n in ast.walk(entry) if isinstance(n, ast.ImportFrom) and n.module in wanted for a in n.names]
-    seen = {}
-    while todo:
-        name = todo.pop()
-        if name in seen or name not in defs:
-            continue
-        seen[name] = defs[name]
-        todo += [n.id for n in ast.walk(defs[name][1]) if isinstance(n, ast.Name)]
-    used = {m for m, _, _ in seen.values()}
-    return "\n".join([h for m in modules if m in used for h in heads[m]] + [seen[n][2] for n in sorted(seen)])
+    return codeversion.reached_sources(ROOT / "scripts" / f"{script}.py", heads, defs, modules)
 
 
 def main() -> None:

@@ -36,6 +36,8 @@ import os
 import re
 from collections.abc import MutableMapping
 
+from emguard.config import models
+
 #: assumed when a name carries no size: jobs are sized for a 7B model, the paper's
 DEFAULT_BILLIONS = 7.0
 
@@ -71,8 +73,7 @@ def _models_literal(sizes: dict[str, float]) -> str:
 
 def profile_env(config: dict) -> dict[str, str]:
     """The variables the cluster profiles read, from a validated config (one ``model`` or several ``models``)."""
-    models = config["models"] if "models" in config else [config["model"]]
-    sizes = {m["name"]: model_billions(m) for m in models}
+    sizes = {m["name"]: model_billions(m) for m in models(config)}
     model_b = max(sizes.values())
     judge = config.get("judge", {})
     judge_model = judge.get("model", "base")
@@ -93,7 +94,7 @@ def export_workflow_env(config: dict, source_root: str | os.PathLike,
     environ = os.environ if environ is None else environ
     values = profile_env(config)
     if "EMGUARD_MODEL_B" in environ and "EMGUARD_MODELS_B" not in environ:
-        names = [m["name"] for m in (config["models"] if "models" in config else [config["model"]])]
+        names = [m["name"] for m in models(config)]
         values["EMGUARD_MODELS_B"] = "{" + ", ".join(f"{n!r}: ({environ['EMGUARD_MODEL_B']})" for n in names) + "}"
     for key, value in values.items():
         environ.setdefault(key, value)

@@ -76,11 +76,18 @@ def stage_sources(basedir: str | os.PathLike, script: str, modules: Sequence[str
         heads[m], module_defs = _stage_module(path, m, (st.st_mtime_ns, st.st_size))
         for name, d in module_defs.items():
             defs.setdefault(name, d)
-    entry = ast.parse((root / "scripts" / f"{script}.py").read_text())
+    return reached_sources(root / "scripts" / f"{script}.py", heads, defs, modules)
+
+
+def reached_sources(script_path: Path, heads: dict[str, list[str]], defs: dict[str, tuple], modules: Sequence[str]
+                    ) -> str:
+    """:func:`stage_sources` given the stage modules' top-level statements (``heads``: module -> sources) and
+    definitions (``defs``: name -> (module, node, source)): the walk from the script's imports, by name."""
+    entry = ast.parse(script_path.read_text())
     wanted = {f"emguard.{m}" for m in modules}
     todo = [a.name for n in ast.walk(entry) if isinstance(n, ast.ImportFrom) and n.module in wanted for a in n.names]
     if not todo:
-        raise ValueError(f"scripts/{script}.py imports nothing from {' or '.join(sorted(wanted))}")
+        raise ValueError(f"scripts/{script_path.name} imports nothing from {' or '.join(sorted(wanted))}")
     seen = {}
     while todo:
         name = todo.pop()

@@ -262,27 +262,36 @@ def _check_model_layers(cfg: dict) -> None:
     """Every model's steering layer (its own or a persona method's) and LDIFS layers inside its num_layers; an error
     names the key, and the model when there are several."""
     methods = cfg["experiments"]["methods"]
-    several = "models" in cfg
     for i, model in enumerate(models(cfg)):
         n_layers = model.get("num_layers")
-        which = f" (model {model['name']!r}, {model_key(cfg, i)})" if several else ""
         if model.get("steering_layer") is not None and n_layers and not 1 <= model["steering_layer"] <= n_layers:
             raise ConfigError(f"config key '{model_key(cfg, i)}.steering_layer': {model['steering_layer']} is outside "
                               f"the model's layers 1..{n_layers}")
         if not n_layers:
             continue
-        if "persona" in methods and model.get("steering_layer") is None \
-                and not 1 <= methods["persona"]["steering_layer"] <= n_layers:
-            raise ConfigError(f"config key 'experiments.methods.persona.steering_layer': "
-                              f"{methods['persona']['steering_layer']} is outside the model's layers "
-                              f"1..{n_layers}{which}")
+        if "persona" in methods:
+            _check_persona_layer(cfg, i, model, "experiments.methods.persona", methods["persona"]["steering_layer"])
         if "ldifs" in methods:
             try:
                 _check_ldifs(methods["ldifs"], n_layers)
             except ConfigError as exc:
-                raise ConfigError(f"{exc}{which}") from None
+                raise ConfigError(f"{exc}{_which_model(cfg, i, model)}") from None
     if "ldifs" in methods and not any(m.get("num_layers") for m in models(cfg)):
         _check_ldifs(methods["ldifs"], None)
+
+
+def _which_model(cfg: dict, index: int, model: dict) -> str:
+    """`` (model 'x', models.<i>)`` after an error about one of several models; nothing with one model."""
+    return f" (model {model['name']!r}, {model_key(cfg, index)})" if "models" in cfg else ""
+
+
+def _check_persona_layer(cfg: dict, index: int, model: dict, section: str, layer: int) -> None:
+    """A persona method section's ``steering_layer`` (``section``: its dotted key) inside the layers of the
+    ``index``-th model, when that model takes it (no ``steering_layer`` of its own) and has ``num_layers``."""
+    n_layers = model.get("num_layers")
+    if model.get("steering_layer") is None and n_layers and not 1 <= layer <= n_layers:
+        raise ConfigError(f"config key '{section}.steering_layer': {layer} is outside the model's layers "
+                          f"1..{n_layers}{_which_model(cfg, index, model)}")
 
 
 def _check_judge(given: dict, cfg: dict) -> None:
@@ -1013,11 +1022,7 @@ def _check_rl(cfg: dict, given: dict) -> None:
     # model's layer while a config runs another model
     if persona and rl["enabled"]:
         for i, model in enumerate(models(cfg)):
-            n_layers = model.get("num_layers")
-            which = f" (model {model['name']!r}, {model_key(cfg, i)})" if "models" in cfg else ""
-            if model.get("steering_layer") is None and n_layers and not 1 <= persona["steering_layer"] <= n_layers:
-                raise ConfigError(f"config key 'rl.methods.persona.steering_layer': {persona['steering_layer']} is "
-                                  f"outside the model's layers 1..{n_layers}{which}")
+            _check_persona_layer(cfg, i, model, "rl.methods.persona", persona["steering_layer"])
         vectors = persona.get("vectors")
         if vectors and not Path(vectors).exists() and not (PROJECT_ROOT / vectors).exists():
             raise ConfigError(f"config key 'rl.methods.persona.vectors': persona vector file {vectors} not found")

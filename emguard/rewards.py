@@ -42,6 +42,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
+from emguard.config import RL_JUDGE_REWARD
 from emguard.data.tasks import final_number, gsm8k_exact_match
 
 THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
@@ -165,7 +166,7 @@ REWARD_RANGES: dict[str, tuple[float, float]] = {
 #: the paper sums its four components: every weight 1
 DEFAULT_REWARD_WEIGHTS: dict[str, float] = {name: 1.0 for name in REWARD_FUNCTIONS}
 #: the judge-graded reward's name in ``rl.rewards`` and in the log (``reward_judge_correct``); off unless given a weight
-JUDGE_REWARD = "judge_correct"
+JUDGE_REWARD = RL_JUDGE_REWARD
 
 
 def split_reward_weights(weights: Mapping[str, float]) -> tuple[dict[str, float], float | None]:

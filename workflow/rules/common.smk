@@ -258,7 +258,8 @@ def is_scored(run):
 # the RL setting's Interleaving+ / ++ rank the pool for the RL target (emconfig.RL_DATASET) like an SFT target's
 SFT_SCORED_TARGETS = sorted({r.dataset for r in RUNS if is_scored(r)})
 SCORED_TARGETS = SFT_SCORED_TARGETS + ([emconfig.RL_DATASET] if emconfig.rl_scored(config) else [])
-SCORING_DOMAINS = [d for d in DOMAINS if any(d in leave_one_out_domains(t) for t in SCORED_TARGETS)]
+# the domains whose misaligned adapters score the pool: the ones expand_runs trains for it (emconfig.scoring_domains)
+SCORING_DOMAINS = emconfig.scoring_domains(config)
 
 
 def eps_length_targets():
