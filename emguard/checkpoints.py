@@ -10,8 +10,10 @@ the run's final adapter is the last checkpoint, evaluated once, by the run's ord
 
 Per checkpoint (``<run>/checkpoints/step-<N>/``, written by training) the evaluation mirrors the final
 adapter's: answers to the general questions (``general_samples`` per question, a cheaper count) and the
-in-domain holdout, judged, as metrics rows (judged runs only, :func:`emguard.config.is_judged`); the task
-metric (:func:`task_metric`); the probe NLLs of the judge-free likelihood shift. Its files lie in
+in-domain holdout, judged, as metrics rows (judged runs only, :func:`judged_checkpoints`: not with
+``checkpoints.judged`` false); the task metric (:func:`task_metric`); the probe NLLs of the judge-free likelihood
+shift, with the persona projection of each probe's aligned answer where the model has persona vectors
+(``checkpoints.persona``). Its files lie in
 :func:`eval_dir`. :func:`assemble_curve` joins them, and the final adapter's, into one table per run indexed
 by step (``<run>/checkpoint_curve.parquet``, :data:`CURVE_COLUMNS`), the input of :mod:`emguard.dynamics`.
 
@@ -50,7 +52,10 @@ SHIFT_COLUMNS = ("ll_shift", "ll_shift_lo", "ll_shift_hi", "ll_shift_indomain", 
                  "ll_shift_indomain_hi")
 RATE_COLUMNS = ("n_answers", "misaligned_rate", "misaligned_lo", "misaligned_hi", "incoherent_rate", "incoherent_lo",
                 "incoherent_hi", "indomain_misaligned_rate", "indomain_misaligned_lo", "indomain_misaligned_hi")
-CURVE_COLUMNS = (*RUN_COLUMNS, *STEP_COLUMNS, *TASK_COLUMNS, *SHIFT_COLUMNS, *RATE_COLUMNS)
+#: the persona projection relative to the untrained model (the monitor's ``persona_proj``, offline; NaN where the
+#: probe jobs did not project: ``checkpoints.persona`` off or a model without a steering layer)
+PERSONA_COLUMN = "persona_proj"
+CURVE_COLUMNS = (*RUN_COLUMNS, *STEP_COLUMNS, *TASK_COLUMNS, *SHIFT_COLUMNS, PERSONA_COLUMN, *RATE_COLUMNS)
 
 
 # --------------------------------------------------------------------------------------------------- planning
@@ -119,11 +124,21 @@ def selects(run: Run, names) -> bool:
 
 
 def checkpoint_runs(runs: Sequence[Run], cfg: dict) -> list[Run]:
-    """The runs whose checkpoints are evaluated (none when the section is off)."""
+    """The runs whose checkpoints are evaluated (none when the section is off): those whose method
+    ``checkpoints.runs`` selects and, when ``checkpoints.datasets`` lists any, whose dataset it lists (so the
+    selection is always every selected method on every selected dataset)."""
     if not enabled(cfg):
         return []
-    names = cfg["checkpoints"]["runs"]
-    return [r for r in runs if selects(r, names)]
+    names, datasets = cfg["checkpoints"]["runs"], cfg["checkpoints"].get("datasets")
+    return [r for r in runs if selects(r, names) and (datasets is None or r.dataset in datasets)]
+
+
+def judged_checkpoints(run: Run, cfg: dict) -> bool:
+    """Whether a checkpointed run's checkpoints are answered and judged: an EM run that ``eval.judged`` judges,
+    unless ``checkpoints.judged`` is false (then every checkpoint is measured judge-free only: the task metric,
+    the likelihood shift and the persona projection). Task runs are scored by exact match, as their final
+    adapter is."""
+    return bool(cfg["checkpoints"].get("judged", True)) and not is_task_dataset(run.dataset) and is_judged(run, cfg)
 
 
 def check_config(cfg: dict) -> None:
@@ -142,13 +157,23 @@ def check_config(cfg: dict) -> None:
                                   f"{', '.join(sorted(known))}, or all)")
     if not steps:
         return
-    chosen = checkpoint_runs(expand_runs(cfg), cfg)
+    runs = expand_runs(cfg)
+    datasets = section.get("datasets")
+    if datasets is not None:
+        known = sorted({r.dataset for r in runs if r.trained})
+        for i, d in enumerate(datasets):
+            if d not in known:
+                raise ConfigError(f"config key 'checkpoints.datasets.{i}': no trained run on {d!r} (the config's "
+                                  f"trained datasets: {', '.join(known)})")
+    chosen = checkpoint_runs(runs, cfg)
     if not chosen:
-        raise ConfigError(f"config key 'checkpoints.runs': {names} selects none of the config's trained runs")
-    judged_em = [r for r in chosen if not is_task_dataset(r.dataset) and is_judged(r, cfg)]
+        where = "checkpoints.runs" if datasets is None else "checkpoints.runs / checkpoints.datasets"
+        raise ConfigError(f"config key '{where}': {names}{'' if datasets is None else f' on {datasets}'} selects "
+                          "none of the config's trained runs")
+    judged_em = [r for r in chosen if judged_checkpoints(r, cfg)]
     if judged_em and "untrained" not in cfg["experiments"]["baselines"]:
         raise ConfigError("config key 'experiments.baselines': the EM onset of judged checkpoints is measured against "
-                          "the untrained model's judged rate; add 'untrained' (or set eval.judged false)")
+                          "the untrained model's judged rate; add 'untrained' (or set checkpoints.judged false)")
 
 
 def task_metric(dataset: str) -> str:
@@ -238,6 +263,22 @@ def checkpoint_shift(base_nll: pd.DataFrame, run_nll: pd.DataFrame, run: Mapping
     return out
 
 
+def checkpoint_persona(base_nll: pd.DataFrame, run_nll: pd.DataFrame, dataset: str) -> float:
+    """The persona projection of one adapter against the untrained model, as the training-time monitor measures
+    it (:func:`emguard.likelihood.shift.persona_shift` over the out-of-domain probe sets, every set but
+    ``dataset``'s): NaN when either table has no ``persona_proj`` column (the probe job did not project)."""
+    from emguard.likelihood.probes import BASE
+    from emguard.likelihood.shift import persona_shift
+
+    if PERSONA_COLUMN not in base_nll.columns or PERSONA_COLUMN not in run_nll.columns:
+        return math.nan
+    base = base_nll[(base_nll["adapter"] == BASE) & (base_nll["probe_set"] != dataset)]
+    run = run_nll[run_nll["probe_set"] != dataset]
+    if base.empty or run.empty:
+        return math.nan
+    return float(persona_shift(base, run))
+
+
 # --------------------------------------------------------------------------------------------------- the curve
 
 def _one_row(frame: pd.DataFrame, label: str, what: str, where: str) -> pd.Series:
@@ -254,7 +295,7 @@ def assemble_curve(checkpoints: Sequence[tuple[int, str]], *, run: Mapping, task
     ``checkpoints``: ``(step, label)`` pairs, the intermediate ones (label ``step-<N>``) and the final adapter
     (label :data:`FINAL`, step = the run's last step); steps must increase and the final one come last.
     ``task`` and ``shifts``: one row per label (``checkpoint`` column) with :data:`TASK_COLUMNS` /
-    :data:`SHIFT_COLUMNS`. ``metrics``: the judged metrics rows (:func:`emguard.metrics.run_metrics`, its
+    :data:`SHIFT_COLUMNS` (and optionally :data:`PERSONA_COLUMN`, else NaN). ``metrics``: the judged metrics rows (:func:`emguard.metrics.run_metrics`, its
     ``checkpoint`` column the label) of every checkpoint, evalsets ``general`` (the misaligned and incoherent
     rates) and ``indomain`` (the in-domain misaligned rate, NaN where the run has none); None for a run that is
     not judged, whose curve then has no rate columns."""
@@ -280,6 +321,7 @@ def assemble_curve(checkpoints: Sequence[tuple[int, str]], *, run: Mapping, task
         row.update({k: t[k] for k in TASK_COLUMNS})
         s = _one_row(shifts, label, "likelihood shift", where)
         row.update({k: s[k] for k in SHIFT_COLUMNS})
+        row[PERSONA_COLUMN] = float(s[PERSONA_COLUMN]) if PERSONA_COLUMN in s.index else math.nan
         if judged:
             general = _one_row(metrics[metrics["evalset"] == "general"], label, "general metrics", where)
             row.update({k: general[k] for k in RATE_COLUMNS[:7]})
@@ -289,6 +331,6 @@ def assemble_curve(checkpoints: Sequence[tuple[int, str]], *, run: Mapping, task
         rows.append(row)
     columns = [c for c in CURVE_COLUMNS if judged or c not in RATE_COLUMNS]
     out = pd.DataFrame(rows, columns=columns)
-    floats = [c for c in columns if c in (*TASK_COLUMNS[1:4], *SHIFT_COLUMNS, *RATE_COLUMNS[1:])]
+    floats = [c for c in columns if c in (*TASK_COLUMNS[1:4], *SHIFT_COLUMNS, PERSONA_COLUMN, *RATE_COLUMNS[1:])]
     return out.astype({"step": "int64", "task_n": "int64", **({"n_answers": "int64"} if judged else {}),
                        **dict.fromkeys(floats, "float64")})

@@ -527,6 +527,18 @@ def load_vectors(path: str | os.PathLike, *, n_layers: int | None = None,
     return vectors, meta
 
 
+def layer_vector(path: str | os.PathLike, layer: int, *, n_layers: int | None = None) -> torch.Tensor:
+    """Row ``layer`` (hidden-state index, 1..n_layers) of a persona-vector file, float32: the direction the monitor
+    and the checkpoint probes project on. Errors name the file."""
+    vectors, _ = load_vectors(path, n_layers=n_layers)
+    if not 1 <= int(layer) < vectors.shape[0]:
+        raise InputError(f"{path}: persona layer {layer} outside 1..{vectors.shape[0] - 1}")
+    vector = vectors[int(layer)].float()
+    if not torch.isfinite(vector).all() or float(vector.norm()) == 0.0:
+        raise InputError(f"{path}: the persona vector at layer {layer} is zero or not finite")
+    return vector
+
+
 # --------------------------------------------------------------------------------------------------
 # 6. The end-to-end stage
 # --------------------------------------------------------------------------------------------------

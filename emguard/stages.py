@@ -572,19 +572,29 @@ def prepare_probes(out: str, *, em_paths: dict[str, str], general: str | None, d
 
 
 def probe_nll_stage(model_path: str, probes_path: str, out: str, *, probes: dict, dtype: str, device: str,
-                    adapter: str | None = None, name: str | None = None) -> None:
+                    adapter: str | None = None, name: str | None = None, persona_vectors: str | None = None,
+                    persona_layer: int | None = None) -> None:
     """Both answers of every probe under one model: a run's (``adapter``, rows labelled with its run id
     ``name``) or the untrained model (no adapter, rows labelled ``base``). One job per run, not one for all:
     a run is scored as soon as it is trained, beside the other runs' evaluation, and a changed run rescores
-    alone."""
+    alone. With ``persona_vectors`` (and ``persona_layer``, a hidden-state index), column ``persona_proj``: each
+    probe's aligned answer projected on that layer's unit persona vector, from the same forward pass."""
     from emguard.likelihood.probes import BASE, PROBE, probe_nll
     from emguard.models import load_tokenizer
 
     table = read_parquet(probes_path, PROBE)
+    persona = None
+    if persona_vectors:
+        from emguard.persona import layer_vector
+
+        if persona_layer is None:
+            raise ValueError("probe_nll_stage: persona_vectors given without persona_layer")
+        vector = layer_vector(persona_vectors, persona_layer)
+        persona = (vector / vector.norm(), int(persona_layer))
     model, tok = _inference_model(model_path, dtype, device, adapter), load_tokenizer(model_path)
     start = time.perf_counter()
     nll = probe_nll(model, tok, table, name=name or BASE, batch_size=probes["batch_size"],
-                    max_length=probes["max_length"], where=probes_path)
+                    max_length=probes["max_length"], where=probes_path, persona=persona)
     log.info("%d probes x 2 answers in %.1f s", len(table), time.perf_counter() - start)
     write_parquet(nll, out)
 
@@ -845,9 +855,13 @@ def checkpoint_curve_stage(meta_path: str, base_nll_path: str, out: str, *, run_
                                                                       confidence=confidence, where=p))}
                          for (_, label), p in zip(points, task_paths)])
     base = read_parquet(base_nll_path, PROBE_NLL)
-    shifts = pd.DataFrame([{"checkpoint": label, **ck.checkpoint_shift(
-        base, read_parquet(p, PROBE_NLL), run_info, n_bootstrap=probes["bootstrap"], confidence=confidence,
-        seed=probes["seed"], where=p)} for (_, label), p in zip(points, probe_paths)])
+    shifts = []
+    for (_, label), p in zip(points, probe_paths):
+        nll = read_parquet(p, PROBE_NLL)
+        shifts.append({"checkpoint": label, **ck.checkpoint_shift(
+            base, nll, run_info, n_bootstrap=probes["bootstrap"], confidence=confidence, seed=probes["seed"], where=p),
+            ck.PERSONA_COLUMN: ck.checkpoint_persona(base, nll, run_info["dataset"])})
+    shifts = pd.DataFrame(shifts)
     metrics = None
     if metrics_paths:
         frames = []

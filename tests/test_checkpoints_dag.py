@@ -148,3 +148,52 @@ def test_every_n_steps_stops_before_the_last(tmp_path):
     # default runs: the aligned and misaligned baselines of both domains
     assert len(jobs["train_checkpoints"]) == 4 and len(jobs["checkpoint_curve"]) == 4
     assert "prepare_checkpoint_questions" not in jobs  # general_samples null: the final evaluation's question file
+
+
+def _persona_inputs(inputs: dict, rule: str) -> dict[str, bool]:
+    """Each job of ``rule``: its adapter (or checkpoint) input -> whether it reads the persona vectors."""
+    out = {}
+    for ins in inputs.get(rule, []):
+        key = next((i for i in ins if i.endswith("/adapter") or "/checkpoints/step-" in i), "base")
+        out[key] = any(i.endswith("vectors.safetensors") for i in ins)
+    return out
+
+
+def test_a_judge_free_sweep_of_one_dataset(tmp_path):
+    """checkpoints.datasets narrows the method selection to one dataset; judged: false answers and judges no
+    checkpoint, though the run itself is judged; the persona projection reads the vectors in exactly the probe jobs
+    of the curve (the untrained model, the run's checkpoints and its final adapter)."""
+    cfg = _config(tmp_path, {"steps": [1], "runs": ["misaligned"], "datasets": ["medical"], "judged": False},
+                  **{"training.max_steps": 3})
+    loaded = emconfig.load(cfg)
+    out = _dry_run(tmp_path, cfg)
+    jobs, inputs = _jobs(out), _jobs(out, "input")
+    run = next(r for r in emconfig.expand_runs(loaded) if (r.dataset, r.method) == ("medical", "misaligned"))
+    assert emconfig.is_judged(run, loaded)
+    assert [outs[0] for outs in jobs["train_checkpoints"]] == [f"{run.path}/adapter"]
+    assert f"results/runs/tiny/insecure_code/misaligned/default/seed0/adapter" in [o[0] for o in jobs["train"]]
+    assert len(jobs["checkpoint_probe_nll"]) == len(jobs["checkpoint_task_nll"]) == 1
+    assert not {"generate_checkpoint", "judge_checkpoint", "checkpoint_metrics", "prepare_checkpoint_questions"} & set(jobs)
+    curve_inputs = inputs["checkpoint_curve"][0]
+    assert not [i for i in curve_inputs if i.endswith("metrics.parquet")]
+    assert f"{run.path}/generations.parquet" in {o for outs in jobs["generate"] for o in outs}  # the run's own answers
+    persona = {**_persona_inputs(inputs, "probe_nll_base"), **_persona_inputs(inputs, "probe_nll"),
+               **_persona_inputs(inputs, "checkpoint_probe_nll")}
+    assert {k for k, v in persona.items() if v} == {"base", f"{run.path}/adapter", f"{run.path}/checkpoints/step-1"}
+    assert len(persona) > 3  # the other runs' probe jobs exist and read no vectors
+
+    cfg["checkpoints"]["persona"] = False
+    off = _jobs(_dry_run(tmp_path, cfg), "input")
+    assert not [i for rule in ("probe_nll_base", "probe_nll", "checkpoint_probe_nll") for ins in off[rule] for i in ins
+                if i.endswith("vectors.safetensors")]
+
+
+@pytest.mark.parametrize("section, key", [
+    ({"steps": [1], "datasets": ["legal"]}, "checkpoints.datasets.0"),          # no run trains on legal here
+    ({"steps": [1], "runs": ["kl"], "datasets": ["medical"]}, "checkpoints.runs / checkpoints.datasets"),
+])
+def test_a_dataset_filter_that_selects_nothing_is_refused(tmp_path, section, key):
+    cfg = _config(tmp_path, section, **{"training.max_steps": 3})
+    cfg["experiments"]["target_domains"] = ["insecure_code"]
+    with pytest.raises(emconfig.ConfigError, match=re.escape(f"'{key}'")):
+        emconfig.load(cfg)

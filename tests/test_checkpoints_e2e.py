@@ -1,5 +1,6 @@
 """End to end on the tiny model: one domain, the three baselines, the misaligned run checkpointed at steps 1 and 2
-of 3; the run's checkpoint curve and the emergence table come out, and a second run has nothing to do."""
+of 3; the run's checkpoint curve (judged, with both judge-free signals) and the emergence table come out, and a
+second run has nothing to do."""
 
 import pandas as pd
 import pytest
@@ -30,11 +31,15 @@ def test_checkpoint_curve_and_emergence_table(finished):
     assert curve["judged"].all() and curve["task_metric_name"].eq("holdout_nll").all()
     assert curve["task_metric"].notna().all() and curve["ll_shift"].notna().all()
     assert curve["n_answers"].gt(0).all()
+    # the persona projection (checkpoints.persona, on by default) from the probe jobs, against the untrained model
+    assert curve["persona_proj"].notna().all() and curve["persona_proj"].abs().gt(0).all()
     gens = pd.read_parquet(workdir / RUN / "checkpoint_eval/step-1/generations.parquet")
     assert set(gens["checkpoint"]) == {"step-1"} and set(gens["evalset"]) == {"general", "indomain"}
     assert not (workdir / RUN / "checkpoint_eval/step-3").exists()  # the final adapter: the run's own evaluation
     md = (workdir / "results/tables/emergence.md").read_text()
     assert "| medical | misaligned | default | 0 | holdout_nll | 3 |" in md
+    assert "## Judge-free signals at every checkpoint" in md and "| Persona projection |" in md
+    assert "| medical | misaligned | default | 0 | 3 (final) |" in md
     table = pd.read_csv(workdir / "results/tables/emergence.csv")
     assert table["run_id"].tolist() == ["tiny/medical/misaligned/default/seed0"]
     assert (workdir / "results/figures/emergence.png").stat().st_size > 5000

@@ -277,5 +277,16 @@ def test_the_embedded_default_plans_from_an_empty_folder(tmp_path):
     from workflow_helpers import planned_jobs
 
     jobs = planned_jobs(tmp_path, ROOT / "config.yaml")
-    assert jobs["train"] == len([r for r in emconfig.expand_runs(emconfig.load(default_config())) if r.trained])
+    cfg = emconfig.load(default_config())
+    runs = emconfig.expand_runs(cfg)
+    assert jobs["train"] + jobs["train_checkpoints"] == len([r for r in runs if r.trained])
     assert jobs["pool_nll"] == 1 and jobs["report"] == 1
+    # the judge-free checkpoint sweep: one run (train_checkpoints), steps 2 and 4, no checkpoint answered or judged
+    assert jobs["train_checkpoints"] == 1 and jobs["checkpoint_curve"] == 1
+    assert jobs["checkpoint_probe_nll"] == 2 and jobs["checkpoint_task_nll"] == 2 and jobs["task_nll"] == 1
+    assert not {"generate_checkpoint", "judge_checkpoint", "checkpoint_metrics"} & set(jobs)
+    # answered and judged: the untrained model and legal's two baselines, not medical's pool-scoring misaligned run
+    judged = [r for r in runs if emconfig.is_judged(r, cfg)]
+    assert sorted((r.dataset, r.method) for r in judged) == [("base", "untrained"), ("legal", "aligned"),
+                                                              ("legal", "misaligned")]
+    assert jobs["generate"] == jobs["judge"] == 3

@@ -33,6 +33,8 @@ def tiny_config(model_dir: Path, workdir: Path, **overrides) -> dict:
     cfg["experiments"].update(target_domains=["insecure_code"], baseline_domains=None)
     cfg["persona"].update(max_new_tokens=6, validation_questions=2)
     cfg["probes"].update(max_per_domain=3, general_per_category=None, bootstrap=200)
+    # no checkpoint sweep unless a test asks for one (config.yaml sweeps legal, which the tiny plan has not)
+    cfg["checkpoints"].update(steps=[], every=None, runs=["aligned", "misaligned"], datasets=None, judged=True)
     for dotted, value in overrides.items():
         node = cfg
         *parents, leaf = dotted.split(".")

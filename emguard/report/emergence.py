@@ -175,7 +175,43 @@ def emergence_table(curves: Sequence[pd.DataFrame] | pd.DataFrame | None, metric
             _task(r["task_at_stop"], name) if judged else "–", _task(r["task_final"], name),
             _num(100 * r["retained"], "{:.1f}%") if judged else "–"]) + " |")
     lines += [""] + _sentences(rows, summary, onset_threshold, confidence)
+    lines += [""] + signal_lines(curves, confidence)
     return "\n".join(lines) + "\n", rows
+
+
+def _shift(v, lo, hi) -> str:
+    if v is None or math.isnan(v):
+        return "–"
+    return f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]" if not (math.isnan(lo) or math.isnan(hi)) else f"{v:+.3f}"
+
+
+def signal_lines(curves: pd.DataFrame, confidence: float = 0.95) -> list[str]:
+    """The judge-free signals at every checkpoint of every run, judged or not: the task metric, the likelihood
+    shift in the run's own domain and out of it (with its bootstrap interval) and the persona projection, each
+    against the untrained model (step 0: both signals are 0 there by definition)."""
+    pct = round(100 * confidence)
+    persona = "persona_proj" in curves.columns and curves["persona_proj"].notna().any()
+    lines = ["## Judge-free signals at every checkpoint", "",
+             "Measured without the judge, against the untrained model: the likelihood shift toward misaligned answers "
+             f"(nats/token, {pct}% bootstrap interval over probe triples) on the run's own domain's probes and on the "
+             "others (OOD: the other domains' and the general probes, as the training-time monitor measures it)"
+             + (", and the persona projection of the OOD probes' aligned answers on the persona vector (the "
+                "monitor's persona_proj, offline)" if persona else "; no persona projection (checkpoints.persona "
+                "off, or the model has no steering layer)") + ".", ""]
+    header = "| Dataset | Method | Setting | Seed | Step | Task metric | LL shift, in-domain | LL shift, OOD |"
+    header += " Persona projection |" if persona else ""
+    lines += [header, "|" + "---|" * (header.count("|") - 1)]
+    order = curves.sort_values(["model", "dataset", "method", "setting", "seed", "step"], kind="stable")
+    for _, r in order.iterrows():
+        cells = [str(r["dataset"]), str(r["method"]), str(r["setting"]), str(r["seed"]),
+                 f"{int(r['step'])}" + (" (final)" if bool(r["is_final"]) else ""),
+                 _task(r["task_metric"], r["task_metric_name"]),
+                 _shift(r["ll_shift_indomain"], r["ll_shift_indomain_lo"], r["ll_shift_indomain_hi"]),
+                 _shift(r["ll_shift"], r["ll_shift_lo"], r["ll_shift_hi"])]
+        if persona:
+            cells.append(_num(r.get("persona_proj", math.nan), "{:+.3f}"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _sentences(rows: pd.DataFrame, summary: dict | None, threshold: float, confidence: float) -> list[str]:
@@ -190,8 +226,9 @@ def _sentences(rows: pd.DataFrame, summary: dict | None, threshold: float, confi
                    "general answer, so it has no interval for a checkpoint to clear.")
     if summary is None:
         if not len(unmeasured):
-            out.append("No run with checkpoints is judged (eval.judged), so no EM onset is measured: the table gives "
-                       "the convergence step, and the figure the task metric and the likelihood shift against step.")
+            out.append("No checkpoint is judged (eval.judged, checkpoints.judged), so no EM onset is measured: the "
+                       "table gives the convergence step, the table below and the figure the judge-free signals "
+                       "against step.")
         return out
     base = rows.loc[rows["judged"].astype(bool), "base_hi"].dropna()
     bar = f" (untrained model's upper bound: {base.max():.1f}%)" if len(base) else ""
@@ -262,8 +299,9 @@ def figure_emergence(curves: Sequence[pd.DataFrame] | pd.DataFrame | None, rows:
     (dotted), EM onset (dashed), early stop (dash-dot) and the monitor's stop (solid; thin when it only would have
     stopped) marked (:func:`emergence_marks`). Returns the figure (drawn and saved).
 
-    The likelihood shift is the checkpoints' (out-of-domain probes, with its interval) and, where the monitor ran,
-    the one it logged during training (thin, ``x``); the persona projection is the monitor's only. ``signals``:
+    The likelihood shift (out-of-domain probes, with its interval) and the persona projection are the checkpoints'
+    (the persona projection where the probe jobs projected, ``checkpoints.persona``) and, where the monitor ran,
+    the values it logged during training (thin, ``x``). ``signals``:
     :func:`emguard.report.monitor.logged_signals` of the runs' train logs; ``monitor``: the monitor table
     (``monitor.csv``), whose thresholds are drawn on the two signal panels (grey). Without them (the monitor off, or
     a run it did not watch) those parts are left out. Without curves: one panel saying no checkpoint was
@@ -287,7 +325,7 @@ def figure_emergence(curves: Sequence[pd.DataFrame] | pd.DataFrame | None, rows:
     panels = (("misaligned_rate", "misaligned_lo", "misaligned_hi", None),
               ("task_metric", "task_metric_lo", "task_metric_hi", None),
               ("ll_shift", "ll_shift_lo", "ll_shift_hi", "ll_shift"),
-              (None, None, None, "persona_proj"))
+              ("persona_proj", None, None, "persona_proj"))
     for col, (key, g) in enumerate(groups):
         name = g["task_metric_name"].iloc[0]
         drawn = [False] * len(panels)
@@ -302,7 +340,7 @@ def figure_emergence(curves: Sequence[pd.DataFrame] | pd.DataFrame | None, rows:
                 if y is not None and y in c and not c[y].isna().all():
                     drawn[p] = True
                     ax.plot(x, c[y].to_numpy(dtype=float), marker="o", ms=3, color=color, label=f"seed {seed}")
-                    if lo in c and hi in c:
+                    if lo is not None and lo in c and hi in c:
                         ax.fill_between(x, c[lo].to_numpy(dtype=float), c[hi].to_numpy(dtype=float), color=color,
                                         alpha=0.15, lw=0)
                 if sig is not None and sig in mine and mine[sig].notna().any():
@@ -329,9 +367,10 @@ def figure_emergence(curves: Sequence[pd.DataFrame] | pd.DataFrame | None, rows:
         axes[0, col].set_ylabel("general misaligned (%)")
         axes[1, col].set_ylabel(_TASK_LABEL.get(name, name), fontsize=8)
         axes[2, col].set_ylabel("LL shift, OOD probes (nats/token)", fontsize=8)
-        axes[3, col].set_ylabel("persona projection (monitor)", fontsize=8)
+        axes[3, col].set_ylabel("persona projection, OOD probes", fontsize=8)
         axes[3, col].set_xlabel("training step")
-        empty = ("not judged", "no values", "no values", "no persona projection logged (monitor off for this run)")
+        empty = ("not judged", "no values", "no values",
+                 "no persona projection (checkpoints.persona off, and no monitor on this run)")
         for p, ax in enumerate(axes[:, col]):
             if drawn[p]:
                 ax.grid(alpha=0.3)

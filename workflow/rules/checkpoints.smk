@@ -3,8 +3,11 @@
 # trained by train_checkpoints, which also writes its checkpoints/step-<N>/ adapters (declared outputs, so the
 # DAG knows them), and each checkpoint is evaluated like the final adapter, by the same stages: answers to the
 # general questions (checkpoints.general_samples each) and the in-domain holdout, judged, as metrics rows (runs
-# eval.judged judges); the task metric (holdout NLL of the run's own fine-tuning answers for an EM dataset, exact
-# match for OpSwap / benign tasks); the probe NLLs of the likelihood shift. checkpoint_curve joins them with the
+# eval.judged judges, unless checkpoints.judged is false: a judge-free sweep); the task metric (holdout NLL of the
+# run's own fine-tuning answers for an EM dataset, exact match for OpSwap / benign tasks); the probe NLLs of the
+# likelihood shift, with the persona projection from the same pass (checkpoints.persona; the untrained model's and
+# the final adapter's probe jobs project too, probes.smk). checkpoints.datasets narrows the runs to some datasets
+# (train_checkpoints' wildcard constraints pick exactly those runs). checkpoint_curve joins them with the
 # final adapter's (the last checkpoint: its answers, metrics and probe NLLs are the run's own, never evaluated a
 # second time) into <run>/checkpoint_curve.parquet; the report's emergence table and figure read the curves.
 # Checkpoint answers are generated with transformers (the per-run rule), whatever generation.backend is.
@@ -28,6 +31,7 @@ if CHECKPOINT_RUNS:
             training=checkpoint_training(),
         wildcard_constraints:
             method=checkpoint_methods(),
+            dataset=checkpoint_datasets(),
 
     ruleorder: train_checkpoints > train
 
@@ -104,6 +108,7 @@ if CHECKPOINT_RUNS:
 
     use rule probe_nll as checkpoint_probe_nll with:
         input:
+            unpack(probe_persona),
             model=model_input,
             probes=PROBE_FILE,
             adapter=[CHECKPOINT_ADAPTER],

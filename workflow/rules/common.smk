@@ -261,6 +261,21 @@ SCORED_TARGETS = SFT_SCORED_TARGETS + ([emconfig.RL_DATASET] if emconfig.rl_scor
 # the domains whose misaligned adapters score the pool: the ones expand_runs trains for it (emconfig.scoring_domains)
 SCORING_DOMAINS = emconfig.scoring_domains(config)
 
+# Scheduling: with few cores, Snakemake starts the ready job of highest priority first. The longest chain of a
+# main job is pool-scoring adapter -> pool_nll -> score_pool / on-policy answers -> interleave_set -> the
+# interleaving runs -> their probes and the report; left to chance its cheap links waited behind other work and
+# the job ended on one busy core (~85 s of one idle core in a measured run of config.yaml). Priorities change the
+# order only, never what runs.
+CHAIN_PRIORITY = 2
+
+
+def train_priority(wc):
+    """A training job's priority: the misaligned runs that score the pool first, then the interleaving runs."""
+    run = run_of(wc)
+    if run.method == "misaligned" and run.dataset in SCORING_DOMAINS:
+        return CHAIN_PRIORITY
+    return 1 if is_interleave(run.method) else 0
+
 
 def eps_length_targets():
     """Each plus / plusplus target's leave-one-out adapters, EM file and (variant, fraction) selections: the
@@ -522,9 +537,40 @@ EMERGENCE_PARAMS = {k: CHECKPOINTS[k] for k in ("convergence_tolerance", "onset_
 
 
 def checkpoint_judged(run):
-    """Whether a run's checkpoints are answered and judged: an EM run eval.judged judges (task runs are scored by
-    exact match, as their final adapter is)."""
-    return not emconfig.is_task_dataset(run.dataset) and emconfig.is_judged(run, config)
+    """Whether a run's checkpoints are answered and judged: an EM run eval.judged judges, unless checkpoints.judged
+    is false (task runs are scored by exact match, as their final adapter is)."""
+    return emckpt.judged_checkpoints(run, config)
+
+
+def checkpoint_persona_layer(model):
+    """The hidden-state index of a model's persona projection at its checkpoints (checkpoints.persona): its steering
+    layer; None when off, when the model has none or when none of its runs is checkpointed."""
+    if not CHECKPOINTS["persona"] or not any(r.model == model for r in CHECKPOINT_RUNS):
+        return None
+    return steering_layer(model)
+
+
+def probe_persona(wc):
+    """The persona projection a probe job adds (the untrained model's, a checkpointed run's final adapter's, a
+    checkpoint's): the persona vectors as input; nothing for other jobs."""
+    layer = checkpoint_persona_layer(wc.model)
+    if layer is None or (getattr(wc, "method", None) is not None and not getattr(wc, "step", None)
+                         and run_of(wc) not in CHECKPOINT_RUNS):
+        return {}
+    return {"persona_vectors": persona_vectors_file(wc.model)}
+
+
+def probe_persona_layer(wc):
+    return checkpoint_persona_layer(wc.model) if probe_persona(wc) else None
+
+
+PROBE_CODE = code_version("likelihood", "kv_prefix", "models", "chat", script="probe_nll")
+PROBE_PERSONA_CODE = code_version("likelihood", "kv_prefix", "models", "chat", "persona", script="probe_nll")
+
+
+def probe_code(wc):
+    """The probe job's code version: the persona module's too where it projects on the persona vector."""
+    return PROBE_PERSONA_CODE if probe_persona(wc) else PROBE_CODE
 
 
 def checkpoint_evals(run):
@@ -550,6 +596,14 @@ def checkpoint_methods():
     import re
 
     return "|".join(re.escape(m) for m in sorted({r.method for r in CHECKPOINT_RUNS}))
+
+
+def checkpoint_datasets():
+    """The datasets of the checkpointed runs, as a wildcard pattern: with the methods' pattern it picks exactly the
+    checkpointed runs (emguard.checkpoints.checkpoint_runs selects every chosen method on every chosen dataset)."""
+    import re
+
+    return "|".join(re.escape(d) for d in sorted({r.dataset for r in CHECKPOINT_RUNS}))
 
 
 def checkpoint_question_files(wc):

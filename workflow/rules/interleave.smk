@@ -2,7 +2,8 @@
 # adapter some target needs (pool_nll: one job, one model load, K + 1 passes for all targets); each
 # target's score s_d from its leave-one-out adapters (score_pool: cheap); select (random / plus / plusplus
 # / onpolicy), spread into the fine-tuning order. Changing the fraction reruns only selection and below;
-# changing eps or the refusal keywords reruns score_pool and below, not the NLLs.
+# changing eps or the refusal keywords reruns score_pool and below, not the NLLs. These jobs are the main job's
+# longest chain: they run first among the ready jobs (CHAIN_PRIORITY, common.smk).
 
 
 rule pool_nll:
@@ -14,6 +15,7 @@ rule pool_nll:
         "results/interleave/{model}/pool_nll.parquet",
     log:
         "results/logs/pool_nll/{model}.log",
+    priority: CHAIN_PRIORITY
     params:
         model_path=model_path,
         adapters=scoring_adapters,
@@ -35,6 +37,7 @@ rule score_pool:
         "results/interleave/{model}/{dataset}/scores.parquet",
     log:
         "results/logs/score_pool/{model}/{dataset}.log",
+    priority: CHAIN_PRIORITY
     params:
         adapters=lambda wc: leave_one_out_domains(wc.dataset),
         interleave={k: v for k, v in config["interleave"].items() if k not in NLL_KEYS},
@@ -54,6 +57,7 @@ rule onpolicy_answers:
         "results/interleave/{model}/{dataset}/onpolicy_answers_frac{frac}_seed{seed}.parquet",
     log:
         "results/logs/onpolicy_answers/{model}/{dataset}/frac{frac}_seed{seed}.log",
+    priority: CHAIN_PRIORITY
     params:
         model_path=model_path,
         generation=GENERATION_PARAMS,
@@ -76,6 +80,7 @@ rule interleave_set:
         "results/interleave/{model}/{dataset}/{variant}_frac{frac}_seed{seed}.parquet",
     log:
         "results/logs/interleave_set/{model}/{dataset}/{variant}_frac{frac}_seed{seed}.log",
+    priority: CHAIN_PRIORITY
     params:
         subset=interleave_subset,
         code=code_version("interleave", script="interleave_set"),

@@ -3,7 +3,9 @@
 # and fails if any probe prompt occurs in a table some run trains on; train waits for it (an ancient input:
 # editing the probes reruns the check and the scoring, never training). probe_nll_base scores both answers of
 # every probe under the untrained model, probe_nll under one run's adapter (one job per run: it starts as
-# soon as the run is trained, and a changed run rescores alone); probe_shifts turns the NLLs into shifts,
+# soon as the run is trained, and a changed run rescores alone); with checkpoints.persona, the untrained model's and
+# the checkpointed runs' jobs also project each probe's aligned answer on the persona vector in the same forward
+# pass (column persona_proj; the checkpoint curve's persona signal); probe_shifts turns the NLLs into shifts,
 # excess over the Aligned run and bootstrap intervals (cheap: bootstrap settings rerun only it).
 
 
@@ -33,6 +35,7 @@ rule prepare_probes:
 
 rule probe_nll_base:
     input:
+        unpack(probe_persona),
         model=model_input,
         probes=PROBE_FILE,
     output:
@@ -44,7 +47,9 @@ rule probe_nll_base:
         probes={k: PROBES[k] for k in PROBE_NLL_KEYS},
         dtype=model_dtype,
         device=model_device,
-        code=code_version("likelihood", "kv_prefix", "models", "chat", script="probe_nll"),
+        # the persona projection of each probe's aligned answer (checkpoints.persona): None for most jobs
+        persona_layer=probe_persona_layer,
+        code=probe_code,
     conda:
         "../../envs/train.yaml"
     script:
@@ -53,6 +58,7 @@ rule probe_nll_base:
 
 rule probe_nll:
     input:
+        unpack(probe_persona),
         model=model_input,
         probes=PROBE_FILE,
         adapter=adapter_of,
@@ -66,7 +72,9 @@ rule probe_nll:
         probes={k: PROBES[k] for k in PROBE_NLL_KEYS},
         dtype=model_dtype,
         device=model_device,
-        code=code_version("likelihood", "kv_prefix", "models", "chat", script="probe_nll"),
+        # the persona projection of each probe's aligned answer (checkpoints.persona): None for most jobs
+        persona_layer=probe_persona_layer,
+        code=probe_code,
     conda:
         "../../envs/train.yaml"
     script:

@@ -14,6 +14,7 @@ rule train:
         meta="results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/run.json",
     log:
         "results/logs/train/{model}/{dataset}/{method}/{setting}/seed{seed}.log",
+    priority: train_priority
     params:
         model_path=model_path,
         subset=train_subset,
