@@ -15,7 +15,8 @@ from emguard.io import write_parquet
 from emguard.likelihood import probes as pr
 from emguard.likelihood.shift import run_shifts
 from emguard.models import LoraSettings, load_model, load_tokenizer
-from emguard.training.monitor import SIGNALS, EMMonitor, MonitorSettings, build_monitor, persona_projection, with_monitor_columns
+from emguard.training.monitor import (SIGNALS, EMMonitor, MonitorSettings, build_monitor, persona_projection,
+                                      persona_shift, with_monitor_columns)
 from emguard.persona import save_vectors
 from emguard.regularisers import SteeringRegulariser
 from emguard.steering import decoder_layers
@@ -82,7 +83,9 @@ def fake_signals(monkeypatch, values_by_step):
 def test_callback_signals_equal_the_offline_measure_on_saved_checkpoints(tiny_model_dir, tmp_path):
     """(a) + (b): the shift the callback logs at step N equals run_shifts' ``ood`` shift of checkpoint step-N scored
     offline (one model load, the adapter switched by peft), and the persona projection the same computed from
-    the checkpoint loaded on its own; at step 0 both are exactly 0."""
+    the checkpoint loaded on its own: both as persona_projection's difference and as an offline job computes it,
+    persona_shift of probe_nll(persona=...) tables of the untrained model and the checkpoint; at step 0 both are
+    exactly 0."""
     tok = load_tokenizer(tiny_model_dir)
     probes = probe_table()
     vector = torch.randn(32, generator=torch.Generator().manual_seed(1))
@@ -100,7 +103,9 @@ def test_callback_signals_equal_the_offline_measure_on_saved_checkpoints(tiny_mo
     shifts, _ = run_shifts(nll, runs, n_bootstrap=0)
     offline = shifts[shifts["scope"] == "ood"].set_index("run_id")["shift"]
     unit = vector / vector.norm()
-    base_proj = persona_projection(load_model(tiny_model_dir, device="cpu"), tok, probes, unit, 3, batch_size=4)
+    untrained = load_model(tiny_model_dir, device="cpu")
+    base_proj = persona_projection(untrained, tok, probes, unit, 3, batch_size=4)
+    base_table = pr.probe_nll(untrained, tok, probes, batch_size=4, persona=(unit, 3))
     for n in (2, 4):
         assert abs(offline[f"step-{n}"]) > 1e-3  # training did move the margins
         assert got.loc[n, "ll_shift"] == pytest.approx(offline[f"step-{n}"], abs=1e-5)
@@ -108,6 +113,8 @@ def test_callback_signals_equal_the_offline_measure_on_saved_checkpoints(tiny_mo
         proj = persona_projection(trained, tok, probes, unit, 3, batch_size=4) - base_proj
         assert abs(proj) > 1e-4
         assert got.loc[n, "persona_proj"] == pytest.approx(proj, abs=1e-5)
+        shift = persona_shift(base_table, pr.probe_nll(trained, tok, probes, batch_size=4, persona=(unit, 3)))
+        assert got.loc[n, "persona_proj"] == pytest.approx(shift, abs=1e-5)
     # the untrained reference the callback kept is the untrained model's NLL table
     ref = monitor.reference["nll"]
     base_rows = nll[nll["adapter"] == "base"]
@@ -161,6 +168,24 @@ def test_persona_projection_reads_the_given_layer(tiny_model_dir):
         monitor.measure(model, untrained=True)  # the reference needs a peft model: its own base weights
     _, raw = monitor.measure(model)
     assert raw == pytest.approx(by_hand(2), abs=1e-5)
+
+
+def test_persona_shift_pairs_probes_by_set_and_id():
+    """The mean over sets of the mean over probes of current - reference, paired by (set, id) whatever the row order;
+    NaN without the column in either table; different probes are an error, not a silent mean."""
+    ref = pd.DataFrame({"probe_set": ["a", "a", "a", "b"], "probe_id": ["x", "y", "z", "x"],
+                        "persona_proj": [1.0, 2.0, 3.0, 10.0]})
+    cur = pd.DataFrame({"probe_set": ["b", "a", "a", "a"], "probe_id": ["x", "z", "y", "x"],
+                        "persona_proj": [14.0, 3.5, 2.5, 1.5]})
+    # set a: mean(0.5, 0.5, 0.5) = 0.5; set b: 4; each set weighs the same
+    assert persona_shift(ref, cur) == pytest.approx((0.5 + 4.0) / 2)
+    assert persona_shift(ref, ref) == 0.0
+    assert math.isnan(persona_shift(ref.drop(columns="persona_proj"), cur))
+    assert math.isnan(persona_shift(ref, cur.drop(columns="persona_proj")))
+    with pytest.raises(InputError, match="probe a/w is only in the current table"):
+        persona_shift(ref, cur.assign(probe_id=["x", "z", "y", "w"]))
+    with pytest.raises(InputError, match="reference table has probe a/x twice"):
+        persona_shift(pd.concat([ref, ref.iloc[:1]]), cur)
 
 
 # ------------------------------------------------------------------------------------------ stopping
@@ -250,26 +275,22 @@ def test_monitor_passes_run_without_steering_hooks_and_leave_training_unchanged(
 
     tok = load_tokenizer(tiny_model_dir)
     layer = 2
-    in_monitor, in_training, modes = [], [], []
-    original_nll, original_means = mon.probe_nll, mon.response_hidden_means
+    in_monitor, in_training, modes, persona = [], [], [], []
+    original_nll = mon.probe_nll
     cls = trainer_class()
     original_loss = cls.compute_loss
 
     def spy_nll(model, *a, **kw):
         in_monitor.append(_steering_hooks(model, layer))
         modes.append(model.training)
+        persona.append(kw.get("persona") is not None)
         return original_nll(model, *a, **kw)
-
-    def spy_means(model, *a, **kw):
-        in_monitor.append(_steering_hooks(model, layer))
-        return original_means(model, *a, **kw)
 
     def spy_loss(self, model, inputs, **kw):
         in_training.append(_steering_hooks(model, layer))
         return original_loss(self, model, inputs, **kw)
 
     monkeypatch.setattr(mon, "probe_nll", spy_nll)
-    monkeypatch.setattr(mon, "response_hidden_means", spy_means)
     monkeypatch.setattr(cls, "compute_loss", spy_loss)
     for name, monitor in (("with", EMMonitor(probe_table(), MonitorSettings(every_steps=1), persona_vector=torch.ones(32),
                                              persona_layer=layer)), ("without", None)):
@@ -277,7 +298,8 @@ def test_monitor_passes_run_without_steering_hooks_and_leave_training_unchanged(
         train_model(load_model(tiny_model_dir, device="cpu"), tok, training_rows(), tmp_path / name,
                     settings(max_steps=3), regularisers=[reg], device="cpu", monitor=monitor)
     assert in_training == [1] * 6  # the hook is there in every training step of both runs
-    assert in_monitor == [0] * 10  # and never in a monitor pass: reference + steps 0..3, two passes each
+    # and never in a monitor pass: reference + steps 0..3, one pass each (the persona projection read in it)
+    assert in_monitor == [0] * 5 and persona == [True] * 5
     assert modes == [False] * 5
     assert same_adapter(tmp_path / "with" / "adapter", tmp_path / "without" / "adapter")
     plain = pd.read_parquet(tmp_path / "without" / "train_log.parquet")

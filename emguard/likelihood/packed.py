@@ -13,6 +13,12 @@ The logits at the prompt's last token predict every answer's first token; answer
 token ``j + 1``. Only those positions go through the vocabulary projection (``logits_to_keep``). The result equals
 scoring each (prompt, answer) as its own row up to floating-point rounding (tests compare both paths).
 
+The same pass can also read the residual stream: with ``hidden_layer``, :func:`packed_answer_nll` averages one
+decoder block's output over the first tokens of each group's first answer (a forward hook on that block, removed
+after the call). The probe measure takes the persona projection from it (:func:`emguard.likelihood.probes.probe_nll`
+with ``persona``), so that signal costs no forward pass of its own. Positions restart after the prompt and no answer
+sees another, so the first answer's states are those of the row ``prompt | first answer`` on its own.
+
 Hand-written because transformers scores one continuation per row; the mask-and-positions packing is the technique
 the HF judge uses for its number tree (:mod:`emguard.judge`). It needs an attention implementation that takes a 4D
 additive mask (``eager``, ``sdpa``): with any other (flash attention) :func:`supports_packing` is false and callers
@@ -21,6 +27,7 @@ score the rows one by one.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -82,8 +89,13 @@ def supports_packing(model) -> bool:
     return "flash" not in impl
 
 
-def _batch(model, groups: Sequence[PromptGroup], pad_id: int, n_prefix: int, states) -> list[np.ndarray]:
-    """Summed answer NLL (float64) of each answer of each group in one packed, right-padded forward pass."""
+def _batch(model, groups: Sequence[PromptGroup], pad_id: int, n_prefix: int, states, captured=None,
+           hidden_tokens: Sequence[int] | None = None):
+    """Summed answer NLL (float64) of each answer of each group in one packed, right-padded forward pass.
+
+    With ``captured`` (the slot of :func:`_block_output`, filled by this pass), also the mean of the captured
+    states over the first ``hidden_tokens[r]`` tokens of group ``r``'s first answer (``[len(groups), hidden]``,
+    float32 on the CPU); returns ``(nll, means)`` then, and the NLL list alone otherwise."""
     import torch
 
     b = len(groups)
@@ -140,19 +152,72 @@ def _batch(model, groups: Sequence[PromptGroup], pad_id: int, n_prefix: int, sta
     for g in groups:
         out.append(sums[k:k + len(g.answers)].numpy())
         k += len(g.answers)
-    return out
+    if captured is None:
+        return out
+    # the row's columns start after the shared prefix (its states are in the cache), so the first answer
+    # begins at column len(prompt) - n_prefix, as in the layout above
+    hidden = captured.pop("h")
+    means = torch.stack([hidden[r, len(g.prompt) - n_prefix:len(g.prompt) - n_prefix + n].float().sum(0) / n
+                         for r, (g, n) in enumerate(zip(groups, hidden_tokens))])
+    return out, means.cpu()
+
+
+@contextlib.contextmanager
+def _block_output(model, layer: int):
+    """A slot whose ``"h"`` is the output of decoder block ``layer - 1`` (hidden-state index ``layer``, numbered as
+    in :mod:`emguard.persona`: the last block's output is taken before the final norm) of each forward pass run
+    inside the ``with``. A forward hook that changes nothing, removed on leaving, also on an error."""
+    from emguard.steering import decoder_layers
+
+    layers = decoder_layers(model)
+    if not 1 <= int(layer) <= len(layers):
+        raise ValueError(f"hidden_layer {layer} outside 1..{len(layers)} (hidden-state index of a decoder block's "
+                         "output)")
+    slot: dict = {}
+
+    def hook(_module, _inputs, output):
+        slot["h"] = output[0] if isinstance(output, tuple) else output
+
+    handle = layers[int(layer) - 1].register_forward_hook(hook)
+    try:
+        yield slot
+    finally:
+        handle.remove()
+
+
+def _hidden_size(model) -> int:
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return int(getattr(getattr(inner, "config", None), "hidden_size", 0) or 0)
 
 
 def packed_answer_nll(model, groups: Sequence[PromptGroup], pad_id: int, *, batch_size: int = 16,
-                      max_padding: float | None = 0.1, share_prefix: bool = True) -> np.ndarray:
+                      max_padding: float | None = 0.1, share_prefix: bool = True, hidden_layer: int | None = None,
+                      hidden_tokens: Sequence[int] | None = None):
     """Mean token NLL of every answer of every group under ``model`` as it is (``[len(groups), group size]``,
-    groups in input order; every group must have the same number of answers)."""
+    groups in input order; every group must have the same number of answers).
+
+    With ``hidden_layer`` (a hidden-state index, 1..n_layers), returns ``(nll, means)``: ``means[i]`` is the
+    output of decoder block ``hidden_layer - 1`` averaged over the first ``hidden_tokens[i]`` tokens of group
+    ``i``'s first answer (1..its length; None: all of them), float32 on the CPU, ``[len(groups), hidden]``,
+    read in the same forward pass."""
     import torch
 
     from emguard.likelihood.nll import length_sorted_batches
 
+    if hidden_tokens is not None and hidden_layer is None:
+        raise ValueError("hidden_tokens given without hidden_layer")
+    if hidden_layer is not None:
+        hidden_tokens = ([len(g.answers[0]) for g in groups] if hidden_tokens is None
+                         else [int(n) for n in hidden_tokens])
+        if len(hidden_tokens) != len(groups):
+            raise ValueError(f"{len(hidden_tokens)} hidden_tokens for {len(groups)} groups")
+        for i, (g, n) in enumerate(zip(groups, hidden_tokens)):
+            if not 1 <= n <= len(g.answers[0]):
+                raise ValueError(f"group {i}: hidden_tokens {n} outside 1..{len(g.answers[0])} (its first answer's "
+                                 "tokens)")
     if not groups:
-        return np.zeros((0, 0))
+        empty = np.zeros((0, 0))
+        return empty if hidden_layer is None else (empty, torch.zeros((0, _hidden_size(model))))
     size = len(groups[0].answers)
     if any(len(g.answers) != size for g in groups):
         raise ValueError("every prompt group must have the same number of answers")
@@ -160,9 +225,21 @@ def packed_answer_nll(model, groups: Sequence[PromptGroup], pad_id: int, *, batc
     if n_prefix < MIN_SHARED_PREFIX or len(groups) < 2:
         n_prefix = 0
     out = np.full((len(groups), size), np.nan)
+    means = None
     with torch.inference_mode():
         states = kv_prefix.prefix_states(model, groups[0].prompt[:n_prefix]) if n_prefix else None
-        for idx in length_sorted_batches([g.width for g in groups], batch_size, max_padding):
-            for i, sums in zip(idx, _batch(model, [groups[i] for i in idx], pad_id, n_prefix, states)):
-                out[i] = sums / np.array([len(a) for a in groups[i].answers])
-    return out
+        # hooked after the prefix pass: only the batches' own columns are read
+        with (_block_output(model, hidden_layer) if hidden_layer is not None else contextlib.nullcontext()) as slot:
+            for idx in length_sorted_batches([g.width for g in groups], batch_size, max_padding):
+                batch = [groups[i] for i in idx]
+                if slot is None:
+                    sums = _batch(model, batch, pad_id, n_prefix, states)
+                else:
+                    sums, part = _batch(model, batch, pad_id, n_prefix, states, slot,
+                                        [hidden_tokens[i] for i in idx])
+                    if means is None:
+                        means = torch.empty((len(groups), part.shape[1]), dtype=torch.float32)
+                    means[torch.tensor(idx)] = part
+                for i, s in zip(idx, sums):
+                    out[i] = s / np.array([len(a) for a in groups[i].answers])
+    return out if hidden_layer is None else (out, means)

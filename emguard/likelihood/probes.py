@@ -12,14 +12,16 @@ Probe table (one row per triple): ``probe_id``, ``probe_set``, ``category``, ``m
 system and user messages, no answer), ``aligned``, ``misaligned``.
 
 :func:`probe_nll` scores every answer under the untrained model and each run's adapter in one model load
-(the multi-adapter machinery of :mod:`emguard.likelihood.nll`, shared with pool scoring).
+(the multi-adapter machinery of :mod:`emguard.likelihood.nll`, shared with pool scoring). Under one model it can
+also give each probe's persona projection (``persona``: the training monitor's signal, and the same measure
+offline on a saved checkpoint), read in the same packed pass as the NLLs.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,11 +33,17 @@ from emguard.io import check_columns, read_yaml
 from emguard.likelihood.nll import encode_conversations, mean_answer_nll, score_encoded
 from emguard.likelihood.packed import group_encoded, packed_answer_nll, supports_packing
 
+if TYPE_CHECKING:  # torch is imported where tensors are made: reading probe files needs none
+    import torch
+
 PROBE = ["probe_id", "probe_set", "category", "messages", "aligned", "misaligned"]
 
 #: columns of the probe NLL table (one row per (adapter, probe))
 PROBE_NLL = ["adapter", "probe_set", "probe_id", "nll_aligned", "nll_misaligned", "n_aligned_tokens",
              "n_misaligned_tokens"]
+
+#: the column :func:`probe_nll` adds with ``persona``: each probe's persona projection
+PERSONA_PROJ = "persona_proj"
 
 #: adapter name of the untrained model in the probe NLL table
 BASE = "base"
@@ -181,15 +189,25 @@ def trainable_rows(df: pd.DataFrame, *, whole: bool = False) -> pd.DataFrame:
 
 def probe_nll(model, tokenizer, probes: pd.DataFrame, adapters: Mapping[str, str] | None = None, *,
               name: str = BASE, batch_size: int = 16, max_length: int | None = None,
-              where: str = "probes") -> pd.DataFrame:
+              where: str = "probes", persona: tuple[torch.Tensor, int] | None = None) -> pd.DataFrame:
     """Answer-only mean token NLL of both answers of every probe: each answer is one row of a batched forward pass.
 
     Without ``adapters``, under ``model`` as it is, rows labelled ``name`` (the pipeline: one job per run, the
     run's adapter already in the model, or the untrained model as :data:`BASE`). With ``adapters`` (name ->
     folder), under the untrained model (``BASE``) and each adapter switched on one model load (the
     multi-adapter machinery of pool scoring: a monitor scoring several checkpoints at once). Returns the
-    :data:`PROBE_NLL` table."""
+    :data:`PROBE_NLL` table.
+
+    ``persona`` (``(unit vector [hidden], hidden-state index 1..n_layers)``, numbered as in
+    :mod:`emguard.persona`; not with ``adapters``) adds the float64 column :data:`PERSONA_PROJ`: the hidden state
+    at that index averaged over the probe's **aligned** answer's response tokens (the answer text, not the
+    template's closing tokens: the span of :func:`emguard.persona.response_hidden_means`), dotted with the
+    vector (as given: the caller normalises it) in double precision. It is read in the packed pass that scores
+    the answers (a forward hook on one block, :func:`emguard.likelihood.packed.packed_answer_nll`); a model that
+    cannot pack (flash attention) takes it from :func:`emguard.persona.response_hidden_means`, one more pass."""
     validate_probes(probes, where)
+    if persona is not None and adapters:
+        raise ValueError("probe_nll: persona is not supported together with adapters (score one model at a time)")
     convs = []
     for row in probes.itertuples(index=False):
         prompt = schemas.to_messages(row.messages)
@@ -204,15 +222,25 @@ def probe_nll(model, tokenizer, probes: pd.DataFrame, adapters: Mapping[str, str
                 raise InputError(f"{where}: probe {row['probe_set']}/{row['probe_id']} ({('aligned', 'misaligned')[k % 2]} "
                                  f"answer) is {len(e.input_ids)} tokens, over probes.max_length={max_length}; raise "
                                  "it or leave it null (no limit)")
+    vector, layer = _persona_args(model, persona) if persona is not None else (None, None)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    means = None
     if adapters:
         nll = score_encoded(model, encoded, dict(adapters), pad_id, batch_size=batch_size)
     elif supports_packing(model):
         # one packed row per probe: its prompt once, both answers after it (emguard.likelihood.packed)
-        values = packed_answer_nll(model, group_encoded(encoded, 2), pad_id, batch_size=batch_size)
+        groups = group_encoded(encoded, 2)
+        if persona is None:
+            values = packed_answer_nll(model, groups, pad_id, batch_size=batch_size)
+        else:
+            n_response = _response_tokens(tokenizer, probes, groups, where)
+            values, means = packed_answer_nll(model, groups, pad_id, batch_size=batch_size, hidden_layer=layer,
+                                              hidden_tokens=n_response)
         nll = {name: values.reshape(-1)}
     else:
         nll = {name: mean_answer_nll(model, encoded, pad_id, batch_size=batch_size)}
+        if persona is not None:
+            means = _unpacked_means(model, tokenizer, probes, layer, vector.numel(), batch_size, max_length)
     counts = np.array([e.n_answer_tokens for e in encoded], dtype=np.int64)
     frames = []
     for label, values in nll.items():
@@ -220,4 +248,63 @@ def probe_nll(model, tokenizer, probes: pd.DataFrame, adapters: Mapping[str, str
             "adapter": label, "probe_set": probes["probe_set"].to_numpy(), "probe_id": probes["probe_id"].to_numpy(),
             "nll_aligned": values[0::2], "nll_misaligned": values[1::2],
             "n_aligned_tokens": counts[0::2], "n_misaligned_tokens": counts[1::2]}))
-    return pd.concat(frames, ignore_index=True)
+    out = pd.concat(frames, ignore_index=True)
+    if persona is not None:
+        out[PERSONA_PROJ] = (means.double() @ vector.double()).numpy()
+    return out
+
+
+def _persona_args(model, persona) -> tuple[torch.Tensor, int]:
+    """``probe_nll``'s ``persona`` checked against the model: a finite 1-D vector of its hidden size (on the CPU)
+    and a hidden-state index of one of its decoder blocks."""
+    import torch
+
+    from emguard.steering import decoder_layers
+
+    vector, layer = persona
+    vector = torch.as_tensor(vector).detach().cpu()
+    n_layers = len(decoder_layers(model))
+    if isinstance(layer, bool) or int(layer) != layer or not 1 <= int(layer) <= n_layers:
+        raise ValueError(f"probe_nll: persona layer {layer!r} outside 1..{n_layers} (hidden-state index of a "
+                         "decoder block's output)")
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = getattr(getattr(inner, "config", None), "hidden_size", None)
+    if vector.dim() != 1 or (hidden is not None and vector.numel() != int(hidden)) or not torch.isfinite(vector).all():
+        raise ValueError(f"probe_nll: the persona vector must be a finite 1-D tensor of the model's hidden size "
+                         f"{hidden}, got shape {tuple(vector.shape)}")
+    return vector, int(layer)
+
+
+def _response_tokens(tokenizer, probes: pd.DataFrame, groups, where: str) -> list[int]:
+    """Per probe, the number of response tokens of its aligned answer: the span
+    :func:`emguard.persona.response_hidden_means` averages over (``emguard.persona._response_span``, the one
+    definition), which starts the packed row's first answer. Its tokens must be the packed encoding's, else the
+    projection would average other positions than that span: a :class:`ValueError` naming the probe."""
+    from emguard.persona import _response_span
+
+    out = []
+    for row, group in zip(probes.itertuples(index=False), groups):
+        ids, start, end = _response_span(tokenizer, schemas.to_messages(row.messages), str(row.aligned), None)
+        item = f"{where}: probe {row.probe_set}/{row.probe_id}"
+        if ids[:start] != group.prompt or ids[start:] != group.answers[0]:
+            raise ValueError(f"{item}: the persona span's encoding of the aligned answer differs from the packed "
+                             f"row's (prompt {start} vs {len(group.prompt)} tokens); the projection would average "
+                             "other tokens than the response")
+        if end <= start:
+            raise InputError(f"{item}: the aligned answer has no response token")
+        out.append(end - start)
+    return out
+
+
+def _unpacked_means(model, tokenizer, probes: pd.DataFrame, layer: int, hidden: int, batch_size: int,
+                    max_length: int | None) -> torch.Tensor:
+    """The aligned answers' response-token means at ``layer`` from a pass of their own (a model that cannot pack)."""
+    import torch
+
+    from emguard.persona import response_hidden_means
+
+    if not len(probes):
+        return torch.zeros((0, hidden))
+    convs = [schemas.to_messages(m) for m in probes["messages"]]
+    return response_hidden_means(model, tokenizer, convs, list(probes["aligned"]), batch_size=batch_size,
+                                 max_length=max_length)[:, layer]

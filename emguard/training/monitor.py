@@ -11,11 +11,12 @@ relative to the untrained model, i.e. the same weights with the LoRA adapter dis
   :func:`emguard.likelihood.shift.run_shifts` (each set weighs the same, however many probes it has); with
   one set it is the mean over its probes. Positive means the misaligned answers became relatively likelier.
 * ``persona_proj``, the persona projection. At hidden-state index ``persona_layer`` (numbered as in
-  ``docs/architecture.md``), take the mean activation over each probe's response tokens
-  (:func:`emguard.persona.response_hidden_means`) and project it on the unit persona vector ``v / |v|``. Take
-  the mean over probes within a set, then the mean over sets, and subtract the same value for the untrained
-  model. Positive means the model's states moved along the trait direction (positive-minus-negative in
-  :func:`emguard.persona.persona_vectors`).
+  ``docs/architecture.md``), take the mean activation over each probe's response tokens (the span of
+  :func:`emguard.persona.response_hidden_means`) and project it on the unit persona vector ``v / |v|``
+  (:func:`emguard.likelihood.probes.probe_nll` with ``persona``: its ``persona_proj`` column). Take the
+  difference to the untrained model probe by probe, its mean over probes within a set, then the mean over sets
+  (:func:`persona_shift`). Positive means the model's states moved along the trait direction
+  (positive-minus-negative in :func:`emguard.persona.persona_vectors`).
 
   The response is each probe's **aligned** answer, held fixed as teacher-forced text. The text is the same at
   every check and for the untrained model, so a change in the projection is a change in how the model
@@ -31,23 +32,29 @@ adapter has ``B = 0``. After that the monitor checks every ``every_steps`` optim
 and once more at the last step. ``on_step_end`` runs after the optimiser step and outside
 :meth:`EMGuardTrainer.training_step`, so a regulariser's ``step_context`` (the persona method's steering hook) is
 not active during a check. Every pass runs in eval mode under ``torch.no_grad``, and the model's train mode is
-restored afterwards. The persona pass asks transformers for hidden states, and transformers then leaves its own
-output-capturing hooks on the model's blocks. Those hooks record nothing unless hidden states are requested, and
-a test checks that a run trains to the same adapter with and without the monitor. A check also asks the trainer
-to log that step (``control.should_log``), so each check has its own ``train_log.parquet`` row. :func:`emguard.training.train_model` writes the two signals there as columns
-``ll_shift`` and ``persona_proj``, with a step-0 row for the reference check. When a threshold is set for a
-signal, the first check whose value exceeds it (strictly, like the offline reading) sets ``control.should_training_stop``. Training then
-ends at that step. The adapter saved as ``adapter/`` is the model of that step. ``stop_step`` and
-``stop_reason`` are recorded, and ``train_model`` returns them as ``monitor_stop_step`` and
-``monitor_stop_reason``.
+restored afterwards. The persona projection is read by a forward hook of the probe pass on block
+``persona_layer - 1``; it changes nothing and is removed when the pass ends, and a test checks that a run trains
+to the same adapter with and without the monitor. A check also asks the trainer to log that step
+(``control.should_log``), so each check has its own ``train_log.parquet`` row. :func:`emguard.training.train_model`
+writes the two signals there as columns ``ll_shift`` and ``persona_proj``, with a step-0 row for the reference
+check. When a threshold is set for a signal, the first check whose value exceeds it (strictly, like the offline
+reading) sets ``control.should_training_stop``. Training then ends at that step. The adapter saved as
+``adapter/`` is the model of that step. ``stop_step`` and ``stop_reason`` are recorded, and ``train_model``
+returns them as ``monitor_stop_step`` and ``monitor_stop_reason``.
 
-**Cost.** A check is forward passes only: no generation, no backward pass, no judge. For ``P`` probes,
-``ll_shift`` takes ``P`` packed rows (each prompt once, then both answers: :mod:`emguard.likelihood.packed`) and
-``persona_proj`` takes ``P`` rows (prompt and aligned answer, with ``output_hidden_states``). Together that is
-about the forward pass of ``2P`` prompt-answer rows. With the 32 general probes, a check costs about a third of
-one training step on 64 such rows, taking a backward pass as twice a forward. Step 0 costs twice a check. A run
-of ``S`` steps makes ``floor(S / every_steps) + 2`` checks at most. Memory is that of an inference batch of
-``batch_size`` rows, plus ``output_hidden_states`` for the persona pass.
+**Cost.** A check is forward passes only: no generation, no backward pass, no judge. For ``P`` probes it is one
+pass over ``P`` packed rows, each prompt once and then both answers (:mod:`emguard.likelihood.packed`). Both
+signals come from that pass: the NLLs for ``ll_shift`` and, through the hook, the aligned answers' states for
+``persona_proj``. With the 32 general probes under SmolLM2-135M-Instruct's template a packed row holds ~170
+tokens (prompt ~51, answers ~59 and ~61), so a check runs ~5,500 tokens forward; a training step on 64
+prompt-answer rows of that size (~110 tokens) runs ~7,000 tokens forward and backward, about three forward
+passes' worth, so a check costs about a quarter of such a step. The persona projection used to be a second
+pass over ``P`` prompt-and-aligned-answer rows with ``output_hidden_states``: measured on a CPU with that model
+and those probes, it took ~70-75% of the probe pass's time again, a check ~1.8x as long as now, while the hook
+costs nothing measurable (within the ~2% run-to-run noise). A model that cannot pack (flash attention) still
+takes that second pass. Step 0 costs twice a check. A run of ``S`` steps makes ``floor(S / every_steps) + 2``
+checks at most. Memory is that of an inference batch of ``batch_size`` packed rows, plus one block's output held
+for the hook.
 """
 
 from __future__ import annotations
@@ -65,11 +72,9 @@ import pandas as pd
 import torch
 from transformers import TrainerCallback
 
-from emguard import schemas
 from emguard.errors import InputError
-from emguard.likelihood.probes import BASE, PROBE, probe_nll, validate_probes
+from emguard.likelihood.probes import BASE, PERSONA_PROJ, PROBE, probe_nll, validate_probes
 from emguard.likelihood.shift import margins
-from emguard.persona import response_hidden_means
 
 log = logging.getLogger(__name__)
 
@@ -138,16 +143,41 @@ def likelihood_shift(reference: pd.DataFrame, current: pd.DataFrame, where: str 
     return float(np.mean(per_set))
 
 
+def persona_shift(reference: pd.DataFrame, current: pd.DataFrame, where: str = "monitor") -> float:
+    """``persona_proj`` from two probe tables with a :data:`emguard.likelihood.probes.PERSONA_PROJ` column
+    (:func:`emguard.likelihood.probes.probe_nll` with ``persona``): ``reference`` under the untrained model,
+    ``current`` under the model at a check or a saved checkpoint. The mean over probe sets (in ``current``'s
+    order) of the mean over probes of ``current - reference``, paired by ``(probe_set, probe_id)``. NaN when
+    either table lacks the column; an :class:`InputError` when the two hold different probes."""
+    if PERSONA_PROJ not in reference.columns or PERSONA_PROJ not in current.columns:
+        return math.nan
+    keys = ["probe_set", "probe_id"]
+    for name, table in (("reference", reference), ("current", current)):
+        dup = table.duplicated(keys)
+        if dup.any():
+            row = table[dup].iloc[0]
+            raise InputError(f"{where}: the {name} table has probe {row['probe_set']}/{row['probe_id']} twice")
+    pairs = current[keys + [PERSONA_PROJ]].merge(reference[keys + [PERSONA_PROJ]], on=keys, how="outer",
+                                                 suffixes=("", "_ref"), indicator=True, sort=False)
+    unpaired = pairs[pairs["_merge"] != "both"]
+    if len(unpaired):
+        row = unpaired.iloc[0]
+        side = "current" if row["_merge"] == "left_only" else "reference"
+        raise InputError(f"{where}: probe {row['probe_set']}/{row['probe_id']} is only in the {side} table; the "
+                         "persona shift pairs the same probes")
+    diff = pairs[PERSONA_PROJ].to_numpy(float) - pairs[PERSONA_PROJ + "_ref"].to_numpy(float)
+    return _set_means(diff, pairs["probe_set"].to_numpy())
+
+
 def persona_projection(model, tokenizer, probes: pd.DataFrame, unit_vector: torch.Tensor, layer: int, *,
                        batch_size: int = 16, max_length: int | None = None) -> float:
     """Mean over probe sets of the mean over probes of ``<h_layer(aligned answer), unit_vector>``, where
     ``h_layer`` is the mean hidden state over the aligned answer's response tokens at hidden-state index
-    ``layer`` (:func:`emguard.persona.response_hidden_means`), under ``model`` as it is."""
-    convs = [schemas.to_messages(m) for m in probes["messages"]]
-    means = response_hidden_means(model, tokenizer, convs, list(probes["aligned"]), batch_size=batch_size,
-                                  max_length=max_length)[:, layer]
-    proj = (means.double() @ unit_vector.double().cpu()).numpy()
-    return _set_means(proj, probes["probe_set"].to_numpy())
+    ``layer``, under ``model`` as it is: the :data:`~emguard.likelihood.probes.PERSONA_PROJ` column of
+    :func:`emguard.likelihood.probes.probe_nll` (one packed pass; a probe over ``max_length`` is refused)."""
+    table = probe_nll(model, tokenizer, probes, batch_size=batch_size, max_length=max_length,
+                      persona=(unit_vector, layer))
+    return _set_means(table[PERSONA_PROJ].to_numpy(), table["probe_set"].to_numpy())
 
 
 def _unwrap(model):
@@ -214,7 +244,8 @@ class EMMonitor(TrainerCallback):
                              f"hidden size is {hidden}")
 
     def measure(self, model, *, untrained: bool = False) -> tuple[pd.DataFrame, float]:
-        """One pass over the probes: their NLL table and the raw persona projection (NaN without a vector),
+        """One pass over the probes: their NLL table (with the per-probe ``persona_proj`` column when the monitor
+        has a vector) and the raw persona projection, the mean over sets of its set means (NaN without a vector),
         under ``model`` as it is, or with its adapter disabled (``untrained``). The model is in eval mode and
         under ``torch.no_grad`` for the pass, and its train mode is restored afterwards."""
         net = _unwrap(model)
@@ -222,26 +253,23 @@ class EMMonitor(TrainerCallback):
             raise TypeError(f"EMMonitor: the model ({type(net).__name__}) has no adapter to disable; the "
                             "monitor measures a peft (LoRA) model against its own base weights")
         s = self.settings
+        persona = None if self.unit_vector is None else (self.unit_vector, self.persona_layer)
         was_training = net.training
         net.eval()
         try:
             with torch.no_grad(), (net.disable_adapter() if untrained else contextlib.nullcontext()):
                 nll = probe_nll(net, self.tokenizer, self.probes, name=BASE if untrained else CURRENT,
-                                batch_size=s.batch_size, max_length=s.max_length, where=self.where)
-                proj = math.nan
-                if self.unit_vector is not None:
-                    proj = persona_projection(net, self.tokenizer, self.probes, self.unit_vector,
-                                              self.persona_layer, batch_size=s.batch_size,
-                                              max_length=s.max_length)
+                                batch_size=s.batch_size, max_length=s.max_length, where=self.where, persona=persona)
         finally:
             net.train(was_training)
+        proj = math.nan if persona is None else _set_means(nll[PERSONA_PROJ].to_numpy(), nll["probe_set"].to_numpy())
         return nll, proj
 
     def signals(self, model) -> dict[str, float]:
         """Both signals of ``model`` as it is now, relative to the reference of ``on_train_begin``."""
-        nll, proj = self.measure(model)
+        nll, _ = self.measure(model)
         return {"ll_shift": likelihood_shift(self.reference["nll"], nll, self.where),
-                "persona_proj": proj - self.reference["persona_proj"]}
+                "persona_proj": persona_shift(self.reference["nll"], nll, self.where)}
 
     def _check(self, model, step: int, control) -> None:
         values = self.signals(model)
@@ -354,7 +382,7 @@ def build_monitor(probes_path: str | os.PathLike, *, run_dataset: str | None, se
 
 
 __all__ = ["SIGNALS", "MonitorSettings", "EMMonitor", "build_monitor", "likelihood_shift", "ood_probes",
-           "persona_projection", "with_monitor_columns"]
+           "persona_projection", "persona_shift", "with_monitor_columns"]
 
 
 # --------------------------------------------------------------------------------------------------------------
