@@ -263,7 +263,7 @@ def checkpoint_shift(base_nll: pd.DataFrame, run_nll: pd.DataFrame, run: Mapping
     return out
 
 
-def checkpoint_persona(base_nll: pd.DataFrame, run_nll: pd.DataFrame, dataset: str) -> float:
+def checkpoint_persona(base_nll: pd.DataFrame, run_nll: pd.DataFrame, dataset: str, where: str = "probe NLL") -> float:
     """The persona projection of one adapter against the untrained model, as the training-time monitor measures
     it (:func:`emguard.likelihood.shift.persona_shift` over the out-of-domain probe sets, every set but
     ``dataset``'s): NaN when either table has no ``persona_proj`` column (the probe job did not project)."""
@@ -276,7 +276,7 @@ def checkpoint_persona(base_nll: pd.DataFrame, run_nll: pd.DataFrame, dataset: s
     run = run_nll[run_nll["probe_set"] != dataset]
     if base.empty or run.empty:
         return math.nan
-    return float(persona_shift(base, run))
+    return float(persona_shift(base, run, where))
 
 
 # --------------------------------------------------------------------------------------------------- the curve

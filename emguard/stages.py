@@ -860,7 +860,7 @@ def checkpoint_curve_stage(meta_path: str, base_nll_path: str, out: str, *, run_
         nll = read_parquet(p, PROBE_NLL)
         shifts.append({"checkpoint": label, **ck.checkpoint_shift(
             base, nll, run_info, n_bootstrap=probes["bootstrap"], confidence=confidence, seed=probes["seed"], where=p),
-            ck.PERSONA_COLUMN: ck.checkpoint_persona(base, nll, run_info["dataset"])})
+            ck.PERSONA_COLUMN: ck.checkpoint_persona(base, nll, run_info["dataset"], where=p)})
     shifts = pd.DataFrame(shifts)
     metrics = None
     if metrics_paths:

@@ -32,7 +32,8 @@ def test_checkpoint_curve_and_emergence_table(finished):
     assert curve["task_metric"].notna().all() and curve["ll_shift"].notna().all()
     assert curve["n_answers"].gt(0).all()
     # the persona projection (checkpoints.persona, on by default) from the probe jobs, against the untrained model
-    assert curve["persona_proj"].notna().all() and curve["persona_proj"].abs().gt(0).all()
+    # (step 1 is still at the warm-up's learning rate 0: the weights, and so both signals, have not moved yet)
+    assert curve["persona_proj"].notna().all() and curve["persona_proj"].iloc[-1] != 0
     gens = pd.read_parquet(workdir / RUN / "checkpoint_eval/step-1/generations.parquet")
     assert set(gens["checkpoint"]) == {"step-1"} and set(gens["evalset"]) == {"general", "indomain"}
     assert not (workdir / RUN / "checkpoint_eval/step-3").exists()  # the final adapter: the run's own evaluation

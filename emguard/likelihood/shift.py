@@ -40,7 +40,7 @@ import pandas as pd
 
 from emguard.errors import InputError
 from emguard.io import check_columns
-from emguard.likelihood.probes import BASE, PROBE_NLL
+from emguard.likelihood.probes import BASE, PERSONA_PROJ, PROBE_NLL
 
 RUN_KEYS = ("model", "dataset", "method", "setting", "seed", "run_id")
 GROUP_KEYS = ("model", "dataset", "method", "setting")
@@ -208,3 +208,38 @@ def run_shifts(nll: pd.DataFrame, runs: Sequence[Mapping], *, n_bootstrap: int =
                              references(members, ALIGNED_METHOD), references(members, MISALIGNED_METHOD), m, **kw):
             summary.append({**dict(zip(GROUP_KEYS, key)), "n_seeds": len(members), **row})
     return pd.DataFrame(per_run, columns=SHIFT), pd.DataFrame(summary, columns=SHIFT_SUMMARY)
+
+
+# The persona projection's shift (the monitor's persona_proj, and the checkpoint curve's offline): pandas only, so
+# the checkpoint curve's job needs no torch.
+
+def set_means(values: np.ndarray, sets: np.ndarray) -> float:
+    """Mean over probe sets of each set's mean (sets in order of first appearance)."""
+    frame = pd.DataFrame({"v": values, "s": sets})
+    return float(frame.groupby("s", sort=False)["v"].mean().mean())
+
+
+def persona_shift(reference: pd.DataFrame, current: pd.DataFrame, where: str = "monitor") -> float:
+    """``persona_proj`` from two probe tables with a :data:`emguard.likelihood.probes.PERSONA_PROJ` column
+    (:func:`emguard.likelihood.probes.probe_nll` with ``persona``): ``reference`` under the untrained model,
+    ``current`` under the model at a check or a saved checkpoint. The mean over probe sets (in ``current``'s
+    order) of the mean over probes of ``current - reference``, paired by ``(probe_set, probe_id)``. NaN when
+    either table lacks the column; an :class:`InputError` when the two hold different probes."""
+    if PERSONA_PROJ not in reference.columns or PERSONA_PROJ not in current.columns:
+        return math.nan
+    keys = ["probe_set", "probe_id"]
+    for name, table in (("reference", reference), ("current", current)):
+        dup = table.duplicated(keys)
+        if dup.any():
+            row = table[dup].iloc[0]
+            raise InputError(f"{where}: the {name} table has probe {row['probe_set']}/{row['probe_id']} twice")
+    pairs = current[keys + [PERSONA_PROJ]].merge(reference[keys + [PERSONA_PROJ]], on=keys, how="outer",
+                                                 suffixes=("", "_ref"), indicator=True, sort=False)
+    unpaired = pairs[pairs["_merge"] != "both"]
+    if len(unpaired):
+        row = unpaired.iloc[0]
+        side = "current" if row["_merge"] == "left_only" else "reference"
+        raise InputError(f"{where}: probe {row['probe_set']}/{row['probe_id']} is only in the {side} table; the "
+                         "persona shift pairs the same probes")
+    diff = pairs[PERSONA_PROJ].to_numpy(float) - pairs[PERSONA_PROJ + "_ref"].to_numpy(float)
+    return set_means(diff, pairs["probe_set"].to_numpy())

@@ -15,7 +15,7 @@ relative to the untrained model, i.e. the same weights with the LoRA adapter dis
   :func:`emguard.persona.response_hidden_means`) and project it on the unit persona vector ``v / |v|``
   (:func:`emguard.likelihood.probes.probe_nll` with ``persona``: its ``persona_proj`` column). Take the
   difference to the untrained model probe by probe, its mean over probes within a set, then the mean over sets
-  (:func:`persona_shift`). Positive means the model's states moved along the trait direction
+  (:func:`emguard.likelihood.shift.persona_shift`). Positive means the model's states moved along the trait direction
   (positive-minus-negative in :func:`emguard.persona.persona_vectors`).
 
   The response is each probe's **aligned** answer, held fixed as teacher-forced text. The text is the same at
@@ -74,7 +74,7 @@ from transformers import TrainerCallback
 
 from emguard.errors import InputError
 from emguard.likelihood.probes import BASE, PERSONA_PROJ, PROBE, probe_nll, validate_probes
-from emguard.likelihood.shift import margins
+from emguard.likelihood.shift import margins, persona_shift, set_means
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +124,6 @@ class MonitorSettings:
         return dataclasses.asdict(self)
 
 
-def _set_means(values: np.ndarray, sets: np.ndarray) -> float:
-    """Mean over probe sets of each set's mean (sets in order of first appearance)."""
-    frame = pd.DataFrame({"v": values, "s": sets})
-    return float(frame.groupby("s", sort=False)["v"].mean().mean())
-
-
 def likelihood_shift(reference: pd.DataFrame, current: pd.DataFrame, where: str = "monitor") -> float:
     """``ll_shift`` from two probe NLL tables (:data:`emguard.likelihood.probes.PROBE_NLL`): ``reference`` under the
     untrained model, ``current`` under the model at a check. Margins come from
@@ -143,32 +137,6 @@ def likelihood_shift(reference: pd.DataFrame, current: pd.DataFrame, where: str 
     return float(np.mean(per_set))
 
 
-def persona_shift(reference: pd.DataFrame, current: pd.DataFrame, where: str = "monitor") -> float:
-    """``persona_proj`` from two probe tables with a :data:`emguard.likelihood.probes.PERSONA_PROJ` column
-    (:func:`emguard.likelihood.probes.probe_nll` with ``persona``): ``reference`` under the untrained model,
-    ``current`` under the model at a check or a saved checkpoint. The mean over probe sets (in ``current``'s
-    order) of the mean over probes of ``current - reference``, paired by ``(probe_set, probe_id)``. NaN when
-    either table lacks the column; an :class:`InputError` when the two hold different probes."""
-    if PERSONA_PROJ not in reference.columns or PERSONA_PROJ not in current.columns:
-        return math.nan
-    keys = ["probe_set", "probe_id"]
-    for name, table in (("reference", reference), ("current", current)):
-        dup = table.duplicated(keys)
-        if dup.any():
-            row = table[dup].iloc[0]
-            raise InputError(f"{where}: the {name} table has probe {row['probe_set']}/{row['probe_id']} twice")
-    pairs = current[keys + [PERSONA_PROJ]].merge(reference[keys + [PERSONA_PROJ]], on=keys, how="outer",
-                                                 suffixes=("", "_ref"), indicator=True, sort=False)
-    unpaired = pairs[pairs["_merge"] != "both"]
-    if len(unpaired):
-        row = unpaired.iloc[0]
-        side = "current" if row["_merge"] == "left_only" else "reference"
-        raise InputError(f"{where}: probe {row['probe_set']}/{row['probe_id']} is only in the {side} table; the "
-                         "persona shift pairs the same probes")
-    diff = pairs[PERSONA_PROJ].to_numpy(float) - pairs[PERSONA_PROJ + "_ref"].to_numpy(float)
-    return _set_means(diff, pairs["probe_set"].to_numpy())
-
-
 def persona_projection(model, tokenizer, probes: pd.DataFrame, unit_vector: torch.Tensor, layer: int, *,
                        batch_size: int = 16, max_length: int | None = None) -> float:
     """Mean over probe sets of the mean over probes of ``<h_layer(aligned answer), unit_vector>``, where
@@ -177,7 +145,7 @@ def persona_projection(model, tokenizer, probes: pd.DataFrame, unit_vector: torc
     :func:`emguard.likelihood.probes.probe_nll` (one packed pass; a probe over ``max_length`` is refused)."""
     table = probe_nll(model, tokenizer, probes, batch_size=batch_size, max_length=max_length,
                       persona=(unit_vector, layer))
-    return _set_means(table[PERSONA_PROJ].to_numpy(), table["probe_set"].to_numpy())
+    return set_means(table[PERSONA_PROJ].to_numpy(), table["probe_set"].to_numpy())
 
 
 def _unwrap(model):
@@ -262,7 +230,7 @@ class EMMonitor(TrainerCallback):
                                 batch_size=s.batch_size, max_length=s.max_length, where=self.where, persona=persona)
         finally:
             net.train(was_training)
-        proj = math.nan if persona is None else _set_means(nll[PERSONA_PROJ].to_numpy(), nll["probe_set"].to_numpy())
+        proj = math.nan if persona is None else set_means(nll[PERSONA_PROJ].to_numpy(), nll["probe_set"].to_numpy())
         return nll, proj
 
     def signals(self, model) -> dict[str, float]:
@@ -359,7 +327,7 @@ def build_monitor(probes_path: str | os.PathLike, *, run_dataset: str | None, se
     ``persona_proj`` is NaN. Errors name the file.
     """
     from emguard.io import read_parquet
-    from emguard.persona import load_vectors
+    from emguard.persona import layer_vector
 
     table = read_parquet(probes_path, PROBE)
     if probe_sets is not None:
@@ -373,10 +341,7 @@ def build_monitor(probes_path: str | os.PathLike, *, run_dataset: str | None, se
     if persona_vectors is not None:
         if persona_layer is None:
             raise ValueError("build_monitor: persona_vectors given without persona_layer")
-        vectors, _ = load_vectors(persona_vectors, n_layers=n_layers)
-        if not 1 <= int(persona_layer) < vectors.shape[0]:
-            raise InputError(f"{persona_vectors}: persona_layer {persona_layer} outside 1..{vectors.shape[0] - 1}")
-        vector = vectors[int(persona_layer)]
+        vector = layer_vector(persona_vectors, persona_layer, n_layers=n_layers)
     return EMMonitor(table, settings, persona_vector=vector,
                      persona_layer=persona_layer if vector is not None else None, where=str(probes_path))
 

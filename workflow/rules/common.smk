@@ -565,7 +565,7 @@ def probe_persona_layer(wc):
 
 
 PROBE_CODE = code_version("likelihood", "kv_prefix", "models", "chat", script="probe_nll")
-PROBE_PERSONA_CODE = code_version("likelihood", "kv_prefix", "models", "chat", "persona", script="probe_nll")
+PROBE_PERSONA_CODE = code_version("likelihood", "kv_prefix", "models", "chat", "persona", "steering", script="probe_nll")
 
 
 def probe_code(wc):
