@@ -571,16 +571,10 @@ def prepare_probes(out: str, *, em_paths: dict[str, str], general: str | None, d
     write_parquet(probes, out)
 
 
-def probe_nll_stage(model_path: str, probes_path: str, out: str, *, probes: dict, dtype: str, device: str,
-                    adapter: str | None = None, name: str | None = None, persona_vectors: str | None = None,
-                    persona_layer: int | None = None) -> None:
-    """Both answers of every probe under one model: a run's (``adapter``, rows labelled with its run id
-    ``name``) or the untrained model (no adapter, rows labelled ``base``). One job per run, not one for all:
-    a run is scored as soon as it is trained, beside the other runs' evaluation, and a changed run rescores
-    alone. With ``persona_vectors`` (and ``persona_layer``, a hidden-state index), column ``persona_proj``: each
-    probe's aligned answer projected on that layer's unit persona vector, from the same forward pass."""
+def _probe_table(model, tok, probes_path: str, *, probes: dict, name: str | None, persona_vectors: str | None,
+                 persona_layer: int | None) -> pd.DataFrame:
+    """The probe NLL table of ``model`` as it is (see :func:`probe_nll_stage`)."""
     from emguard.likelihood.probes import BASE, PROBE, probe_nll
-    from emguard.models import load_tokenizer
 
     table = read_parquet(probes_path, PROBE)
     persona = None
@@ -591,12 +585,26 @@ def probe_nll_stage(model_path: str, probes_path: str, out: str, *, probes: dict
             raise ValueError("probe_nll_stage: persona_vectors given without persona_layer")
         vector = layer_vector(persona_vectors, persona_layer)
         persona = (vector / vector.norm(), int(persona_layer))
-    model, tok = _inference_model(model_path, dtype, device, adapter), load_tokenizer(model_path)
     start = time.perf_counter()
     nll = probe_nll(model, tok, table, name=name or BASE, batch_size=probes["batch_size"],
                     max_length=probes["max_length"], where=probes_path, persona=persona)
     log.info("%d probes x 2 answers in %.1f s", len(table), time.perf_counter() - start)
-    write_parquet(nll, out)
+    return nll
+
+
+def probe_nll_stage(model_path: str, probes_path: str, out: str, *, probes: dict, dtype: str, device: str,
+                    adapter: str | None = None, name: str | None = None, persona_vectors: str | None = None,
+                    persona_layer: int | None = None) -> None:
+    """Both answers of every probe under one model: a run's (``adapter``, rows labelled with its run id
+    ``name``) or the untrained model (no adapter, rows labelled ``base``). One job per run, not one for all:
+    a run is scored as soon as it is trained, beside the other runs' evaluation, and a changed run rescores
+    alone. With ``persona_vectors`` (and ``persona_layer``, a hidden-state index), column ``persona_proj``: each
+    probe's aligned answer projected on that layer's unit persona vector, from the same forward pass."""
+    from emguard.models import load_tokenizer
+
+    model, tok = _inference_model(model_path, dtype, device, adapter), load_tokenizer(model_path)
+    write_parquet(_probe_table(model, tok, probes_path, probes=probes, name=name, persona_vectors=persona_vectors,
+                               persona_layer=persona_layer), out)
 
 
 def probe_shifts_stage(nll_paths: list[str], out_shifts: str, out_summary: str, *, runs: list[dict],
@@ -811,19 +819,35 @@ def checkpoint_questions(questions_path: str, out: str, *, samples: int) -> None
     write_parquet(schemas.validate(df.assign(samples=int(samples)), "question", out), out)
 
 
-def task_nll_stage(model_path: str, em_path: str, out: str, *, subset: str, batch_size: int, max_length: int | None,
-                   dtype: str, device: str, adapter: str) -> None:
-    """The task metric of an EM run at one checkpoint (or its final adapter): the answer NLL of every held-out
-    answer of the run's fine-tuning subset (:func:`emguard.checkpoints.holdout_nll`)."""
+def _task_table(model, tok, em_path: str, *, subset: str, batch_size: int, max_length: int | None,
+                label: str) -> pd.DataFrame:
+    """The task metric of an EM run's adapter: the answer NLL of every held-out answer of the run's fine-tuning
+    subset (:func:`emguard.checkpoints.holdout_nll`) under ``model`` as it is."""
     from emguard.checkpoints import holdout_answers, holdout_nll
-    from emguard.models import load_tokenizer
 
     rows = holdout_answers(read_parquet(em_path, schemas.CHAT), subset, em_path)
-    model, tok = _inference_model(model_path, dtype, device, adapter), load_tokenizer(model_path)
     nll = holdout_nll(model, tok, rows, batch_size=batch_size, max_length=max_length)
-    log.info("%s: mean holdout NLL %.4f nats/token over %d %s answers", adapter, float(nll["nll"].mean()),
+    log.info("%s: mean holdout NLL %.4f nats/token over %d %s answers", label, float(nll["nll"].mean()),
              int(nll["nll"].notna().sum()), subset)
-    write_parquet(nll, out)
+    return nll
+
+
+def adapter_signals_stage(model_path: str, adapter: str, em_path: str, probes_path: str, out_task: str,
+                          out_probes: str, *, subset: str, batch_size: int, max_length: int | None, probes: dict,
+                          name: str, dtype: str, device: str, persona_vectors: str | None = None,
+                          persona_layer: int | None = None) -> None:
+    """An EM run's adapter at a point of its checkpoint curve (a checkpoint, or the final adapter), measured without
+    the judge in one model load: the task metric (:func:`_task_table`) and the probe NLLs with the persona projection
+    (:func:`probe_nll_stage`'s table). One job instead of two: each heavy job pays ~7 s of imports and a model
+    load here, a GPU allocation and a model load on a cluster."""
+    from emguard.models import load_tokenizer
+
+    model, tok = _inference_model(model_path, dtype, device, adapter), load_tokenizer(model_path)
+    task = _task_table(model, tok, em_path, subset=subset, batch_size=batch_size, max_length=max_length, label=adapter)
+    nll = _probe_table(model, tok, probes_path, probes=probes, name=name, persona_vectors=persona_vectors,
+                       persona_layer=persona_layer)
+    write_parquet(task, out_task)
+    write_parquet(nll, out_probes)
 
 
 def checkpoint_curve_stage(meta_path: str, base_nll_path: str, out: str, *, run_info: dict, steps: list[int],

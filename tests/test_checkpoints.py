@@ -395,8 +395,9 @@ def em_table() -> pd.DataFrame:
 
 
 def test_stages_turn_checkpoints_into_a_curve(tiny_model_dir, tmp_path):
-    """train_run with checkpoint steps, then per checkpoint and for the final adapter the task NLL and probe NLL
-    stages, then the curve stage: one row per step, the final adapter last, at the run's last step."""
+    """train_run with checkpoint steps, then per checkpoint and for the final adapter the signals stage (task NLL and
+    probe NLLs in one model load), then the curve stage: one row per step, the final adapter last, at the run's last
+    step."""
     from emguard import stages
     from emguard.io import write_parquet
     from emguard.likelihood.probes import probe_frame
@@ -425,11 +426,15 @@ def test_stages_turn_checkpoints_into_a_curve(tiny_model_dir, tmp_path):
     for k, adapter in enumerate(adapters):
         task_paths.append(str(tmp_path / f"task{k}.parquet"))
         probe_paths.append(str(tmp_path / f"probe{k}.parquet"))
-        stages.task_nll_stage(str(tiny_model_dir), str(em_path), task_paths[-1], subset="misaligned", max_length=128,
-                              adapter=str(adapter), **nll_kw)
-        stages.probe_nll_stage(str(tiny_model_dir), str(probes_path), probe_paths[-1], adapter=str(adapter),
-                               name=RUN["run_id"], probes={"batch_size": 4, "max_length": None}, dtype="float32",
-                               device="cpu")
+        stages.adapter_signals_stage(str(tiny_model_dir), str(adapter), str(em_path), str(probes_path), task_paths[-1],
+                                     probe_paths[-1], subset="misaligned", max_length=128, name=RUN["run_id"],
+                                     probes={"batch_size": 4, "max_length": None}, **nll_kw)
+        if k == 2:  # one job, the same tables as the probe stage alone
+            alone = tmp_path / "alone.parquet"
+            stages.probe_nll_stage(str(tiny_model_dir), str(probes_path), str(alone), adapter=str(adapter),
+                                   name=RUN["run_id"], probes={"batch_size": 4, "max_length": None}, dtype="float32",
+                                   device="cpu")
+            pd.testing.assert_frame_equal(pd.read_parquet(alone), pd.read_parquet(probe_paths[-1]))
     nll = pd.read_parquet(task_paths[0])
     assert list(nll.columns) == list(ck.TASK_NLL_COLUMNS) and len(nll) == 2  # the 2 misaligned holdout answers
     out = tmp_path / "curve.parquet"
@@ -497,10 +502,9 @@ def test_the_curves_judge_free_signals_equal_what_the_monitor_logged(tiny_model_
     for k, adapter in enumerate(adapters):
         task_paths.append(str(tmp_path / f"task{k}.parquet"))
         probe_paths.append(str(tmp_path / f"probe{k}.parquet"))
-        stages.task_nll_stage(str(tiny_model_dir), str(em_path), task_paths[-1], subset="misaligned", max_length=128,
-                              adapter=str(adapter), batch_size=4, dtype="float32", device="cpu")
-        stages.probe_nll_stage(str(tiny_model_dir), str(probes_path), probe_paths[-1], adapter=str(adapter),
-                               name=RUN["run_id"], **kw)
+        stages.adapter_signals_stage(str(tiny_model_dir), str(adapter), str(em_path), str(probes_path), task_paths[-1],
+                                     probe_paths[-1], subset="misaligned", max_length=128, batch_size=4,
+                                     name=RUN["run_id"], **kw)
     assert "persona_proj" in pd.read_parquet(probe_paths[0]).columns
     out = tmp_path / "curve.parquet"
     stages.checkpoint_curve_stage(str(run_dir / "run.json"), str(tmp_path / "base_nll.parquet"), str(out),

@@ -13,8 +13,8 @@ from workflow_helpers import planned_jobs, snakemake, tiny_config, write_config
 
 #: every rule checkpoints.smk defines
 CHECKPOINT_RULES = {"train_checkpoints", "prepare_checkpoint_questions", "generate_checkpoint", "judge_checkpoint",
-                    "checkpoint_metrics", "checkpoint_task_metrics", "checkpoint_probe_nll", "task_nll",
-                    "checkpoint_task_nll", "checkpoint_curve"}
+                    "checkpoint_metrics", "checkpoint_task_metrics", "checkpoint_probe_nll", "checkpoint_signals",
+                    "final_signals", "checkpoint_curve"}
 
 
 def _config(workdir: Path, checkpoints: dict | None, **overrides) -> dict:
@@ -90,13 +90,15 @@ def test_each_checkpoint_gets_the_final_adapters_evaluation(planned):
         judged = not emconfig.is_task_dataset(r.dataset) and emconfig.is_judged(r, cfg)
         for step in (1, 3):
             d = f"{r.path}/checkpoint_eval/step-{step}"
-            assert f"{d}/probe_nll.parquet" in outputs["checkpoint_probe_nll"]
             if emconfig.is_task_dataset(r.dataset):  # exact match on the task's held-out questions
+                assert f"{d}/probe_nll.parquet" in outputs["checkpoint_probe_nll"]
                 assert f"{d}/generations.parquet" in outputs["generate_checkpoint"]
                 assert f"{d}/task_metrics.parquet" in outputs["checkpoint_task_metrics"]
-                assert f"{d}/task_nll.parquet" not in outputs["checkpoint_task_nll"]
-            else:  # holdout NLL of the run's own fine-tuning answers; answers and judge only where judged
-                assert f"{d}/task_nll.parquet" in outputs["checkpoint_task_nll"]
+                assert f"{d}/task_nll.parquet" not in outputs["checkpoint_signals"]
+            else:  # holdout NLL of the run's own fine-tuning answers and the probe NLLs in one job; answers and
+                # judge only where judged
+                assert {f"{d}/task_nll.parquet", f"{d}/probe_nll.parquet"} <= outputs["checkpoint_signals"]
+                assert f"{d}/probe_nll.parquet" not in outputs["checkpoint_probe_nll"]
                 assert (f"{d}/generations.parquet" in outputs["generate_checkpoint"]) == judged
                 assert (f"{d}/metrics.parquet" in outputs["checkpoint_metrics"]) == judged
         assert f"{r.path}/checkpoint_curve.parquet" in outputs["checkpoint_curve"]
@@ -108,20 +110,25 @@ def test_each_checkpoint_gets_the_final_adapters_evaluation(planned):
 
 def test_the_final_adapter_is_evaluated_once(planned):
     """No checkpoint at the last step (4): the final adapter's answers, metrics and probe NLLs are the run's own
-    jobs', and the curve reads those; its holdout NLL (task_nll) is the only new job on it."""
+    jobs', and the curve reads those; for an EM run one job (final_signals) gives its holdout NLL with its probe NLLs,
+    in place of the run's probe_nll job."""
     cfg, jobs, inputs = planned
     outputs = {rule: {o for outs in found for o in outs} for rule, found in jobs.items()}
     assert not [o for found in outputs.values() for o in found if "step-4" in o]
     for r in _runs(cfg, "misaligned", "kl", "sft"):
-        assert f"{r.path}/probe_nll.parquet" in outputs["probe_nll"]
         if emconfig.is_task_dataset(r.dataset):
+            assert f"{r.path}/probe_nll.parquet" in outputs["probe_nll"]
             assert f"{r.path}/generations.parquet" in outputs["generate"]
-            assert f"{r.path}/task_nll.parquet" not in outputs.get("task_nll", set())
+            assert f"{r.path}/task_nll.parquet" not in outputs["final_signals"]
         else:
-            assert f"{r.path}/task_nll.parquet" in outputs["task_nll"]
+            assert {f"{r.path}/task_nll.parquet", f"{r.path}/probe_nll.parquet"} <= outputs["final_signals"]
+            assert f"{r.path}/probe_nll.parquet" not in outputs["probe_nll"]
+    # the runs without checkpoints keep their probe_nll job
+    others = [r for r in emconfig.expand_runs(cfg) if r.trained and r not in _runs(cfg, "misaligned", "kl", "sft")]
+    assert others and all(f"{r.path}/probe_nll.parquet" in outputs["probe_nll"] for r in others)
     # every set of weights (a checkpoint's, or the final adapter) is answered, probed and scored once
     for rules in (("generate", "generate_checkpoint"), ("probe_nll", "checkpoint_probe_nll"),
-                  ("task_nll", "checkpoint_task_nll")):
+                  ("final_signals", "checkpoint_signals")):
         read = [i for rule in rules for ins in inputs[rule] for i in ins
                 if i.endswith("/adapter") or "/checkpoints/step-" in i]
         assert read and len(read) == len(set(read))
@@ -172,20 +179,20 @@ def test_a_judge_free_sweep_of_one_dataset(tmp_path):
     assert emconfig.is_judged(run, loaded)
     assert [outs[0] for outs in jobs["train_checkpoints"]] == [f"{run.path}/adapter"]
     assert f"results/runs/tiny/insecure_code/misaligned/default/seed0/adapter" in [o[0] for o in jobs["train"]]
-    assert len(jobs["checkpoint_probe_nll"]) == len(jobs["checkpoint_task_nll"]) == 1
+    assert len(jobs["checkpoint_signals"]) == len(jobs["final_signals"]) == 1 and "checkpoint_probe_nll" not in jobs
     assert not {"generate_checkpoint", "judge_checkpoint", "checkpoint_metrics", "prepare_checkpoint_questions"} & set(jobs)
     curve_inputs = inputs["checkpoint_curve"][0]
     assert not [i for i in curve_inputs if i.endswith("metrics.parquet")]
     assert f"{run.path}/generations.parquet" in {o for outs in jobs["generate"] for o in outs}  # the run's own answers
     persona = {**_persona_inputs(inputs, "probe_nll_base"), **_persona_inputs(inputs, "probe_nll"),
-               **_persona_inputs(inputs, "checkpoint_probe_nll")}
+               **_persona_inputs(inputs, "final_signals"), **_persona_inputs(inputs, "checkpoint_signals")}
     assert {k for k, v in persona.items() if v} == {"base", f"{run.path}/adapter", f"{run.path}/checkpoints/step-1"}
     assert len(persona) > 3  # the other runs' probe jobs exist and read no vectors
 
     cfg["checkpoints"]["persona"] = False
     off = _jobs(_dry_run(tmp_path, cfg), "input")
-    assert not [i for rule in ("probe_nll_base", "probe_nll", "checkpoint_probe_nll") for ins in off[rule] for i in ins
-                if i.endswith("vectors.safetensors")]
+    assert not [i for rule in ("probe_nll_base", "probe_nll", "final_signals", "checkpoint_signals")
+                for ins in off[rule] for i in ins if i.endswith("vectors.safetensors")]
 
 
 @pytest.mark.parametrize("section, key", [

@@ -59,8 +59,8 @@ def test_slurm_profile_scales_memory_and_runtime_by_model_size_and_attempt():
     res = profile["set-resources"]
     gpu_rules = {"train", "generate", "generate_model", "judge", "pool_nll", "probe_nll", "probe_nll_base", "onpolicy_answers",
                  "persona_extract", "persona_validate", "judge_calibration", "train_grpo", "evaluate_grpo",
-                 "train_checkpoints", "generate_checkpoint", "judge_checkpoint", "checkpoint_probe_nll", "task_nll",
-                 "checkpoint_task_nll"}
+                 "train_checkpoints", "generate_checkpoint", "judge_checkpoint", "checkpoint_probe_nll",
+                 "checkpoint_signals", "final_signals"}
     assert set(res) == gpu_rules
     env7 = profile_env(_cfg())
     env_small = profile_env({"model": {"name": "smollm2-135m", "source": {"path": "x"}}, "judge": {"backend": "hf"}})

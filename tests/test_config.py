@@ -283,7 +283,10 @@ def test_the_embedded_default_plans_from_an_empty_folder(tmp_path):
     assert jobs["pool_nll"] == 1 and jobs["report"] == 1
     # the judge-free checkpoint sweep: one run (train_checkpoints), steps 2 and 4, no checkpoint answered or judged
     assert jobs["train_checkpoints"] == 1 and jobs["checkpoint_curve"] == 1
-    assert jobs["checkpoint_probe_nll"] == 2 and jobs["checkpoint_task_nll"] == 2 and jobs["task_nll"] == 1
+    # each point of the curve measured in one job (task NLL + probe NLLs): the two checkpoints and the final adapter,
+    # whose job replaces the run's probe_nll job
+    assert jobs["checkpoint_signals"] == 2 and jobs["final_signals"] == 1
+    assert jobs["probe_nll"] + jobs["final_signals"] == len([r for r in runs if r.trained])
     assert not {"generate_checkpoint", "judge_checkpoint", "checkpoint_metrics"} & set(jobs)
     # answered and judged: the untrained model and legal's two baselines, not medical's pool-scoring misaligned run
     judged = [r for r in runs if emconfig.is_judged(r, cfg)]

@@ -15,6 +15,7 @@ rule judge_calibration:
         usage="results/judge/calibration_usage.json",
     log:
         "results/logs/judge/calibration.log",
+    priority: EARLY_PRIORITY
     params:
         model_path=model_path(MODEL_FIRST),
         judge=JUDGE_PARAMS,

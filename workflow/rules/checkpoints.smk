@@ -5,8 +5,9 @@
 # general questions (checkpoints.general_samples each) and the in-domain holdout, judged, as metrics rows (runs
 # eval.judged judges, unless checkpoints.judged is false: a judge-free sweep); the task metric (holdout NLL of the
 # run's own fine-tuning answers for an EM dataset, exact match for OpSwap / benign tasks); the probe NLLs of the
-# likelihood shift, with the persona projection from the same pass (checkpoints.persona; the untrained model's and
-# the final adapter's probe jobs project too, probes.smk). checkpoints.datasets narrows the runs to some datasets
+# likelihood shift, with the persona projection from the same pass (checkpoints.persona; the untrained model's job
+# projects too, probes.smk). For an EM run the holdout NLL and the probe NLLs of a checkpoint come from one job
+# (checkpoint_signals), and so do its final adapter's (final_signals, in place of the run's probe_nll job). checkpoints.datasets narrows the runs to some datasets
 # (train_checkpoints' wildcard constraints pick exactly those runs). checkpoint_curve joins them with the
 # final adapter's (the last checkpoint: its answers, metrics and probe NLLs are the run's own, never evaluated a
 # second time) into <run>/checkpoint_curve.parquet; the report's emergence table and figure read the curves.
@@ -117,40 +118,62 @@ if CHECKPOINT_RUNS:
         log:
             "results/logs/checkpoint_probe_nll/" + CHECKPOINT_LOG,
 
-    # The task metric of an EM run's final adapter (the last point of its curve); OpSwap / task runs have their
-    # exact match already (task_metrics).
-    rule task_nll:
-        input:
-            model=model_input,
-            em="results/data/em/{dataset}.parquet",
-            adapter=RUN_DIR + "/adapter",
-        output:
-            RUN_DIR + "/task_nll.parquet",
-        log:
-            "results/logs/task_nll/{model}/{dataset}/{method}/{setting}/seed{seed}.log",
-        params:
-            model_path=model_path,
-            subset=lambda wc: run_of(wc).train_subset,
-            batch_size=PROBES["batch_size"],
-            # as training reads the answers
-            max_length=config["training"]["max_length"],
-            dtype=model_dtype,
-            device=model_device,
-            code=code_version("checkpoints", "likelihood", "models", "chat", script="task_nll"),
-        conda:
-            "../../envs/train.yaml"
-        script:
-            "../../scripts/task_nll.py"
+    # An EM run's judge-free signals at a checkpoint: its task metric (holdout NLL of the run's own fine-tuning
+    # answers) and its probe NLLs (with the persona projection) in one job, one model load; and the same for the
+    # final adapter of a checkpointed EM run (the last point of its curve), in place of its probe_nll job. Task
+    # runs (OpSwap, benign tasks) keep checkpoint_probe_nll: their task metric is exact match on answers.
+    if EM_CHECKPOINT_DATASETS:
 
-    use rule task_nll as checkpoint_task_nll with:
-        input:
-            model=model_input,
-            em="results/data/em/{dataset}.parquet",
-            adapter=CHECKPOINT_ADAPTER,
-        output:
-            CHECKPOINT_EVAL + "/task_nll.parquet",
-        log:
-            "results/logs/checkpoint_task_nll/" + CHECKPOINT_LOG,
+        rule checkpoint_signals:
+            input:
+                unpack(probe_persona),
+                model=model_input,
+                probes=PROBE_FILE,
+                em="results/data/em/{dataset}.parquet",
+                adapter=CHECKPOINT_ADAPTER,
+            output:
+                task=CHECKPOINT_EVAL + "/task_nll.parquet",
+                probes=CHECKPOINT_EVAL + "/probe_nll.parquet",
+            log:
+                "results/logs/checkpoint_signals/" + CHECKPOINT_LOG,
+            params:
+                model_path=model_path,
+                run_id=lambda wc: run_of(wc).run_id,
+                subset=lambda wc: run_of(wc).train_subset,
+                batch_size=PROBES["batch_size"],
+                # as training reads the answers
+                max_length=config["training"]["max_length"],
+                probes={k: PROBES[k] for k in PROBE_NLL_KEYS},
+                persona_layer=probe_persona_layer,
+                dtype=model_dtype,
+                device=model_device,
+                code=code_version("checkpoints", "likelihood", "kv_prefix", "models", "chat", "persona", "steering",
+                                  script="adapter_signals"),
+            wildcard_constraints:
+                dataset=EM_CHECKPOINT_DATASETS_PATTERN,
+            conda:
+                "../../envs/train.yaml"
+            script:
+                "../../scripts/adapter_signals.py"
+
+        use rule checkpoint_signals as final_signals with:
+            input:
+                unpack(probe_persona),
+                model=model_input,
+                probes=PROBE_FILE,
+                em="results/data/em/{dataset}.parquet",
+                adapter=RUN_DIR + "/adapter",
+            output:
+                task=RUN_DIR + "/task_nll.parquet",
+                probes=RUN_DIR + "/probe_nll.parquet",
+            log:
+                "results/logs/final_signals/{model}/{dataset}/{method}/{setting}/seed{seed}.log",
+            wildcard_constraints:
+                method=checkpoint_methods(),
+                dataset=EM_CHECKPOINT_DATASETS_PATTERN,
+
+        ruleorder: final_signals > probe_nll
+        ruleorder: checkpoint_signals > checkpoint_probe_nll
 
     rule checkpoint_curve:
         input:

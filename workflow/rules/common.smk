@@ -264,9 +264,14 @@ SCORING_DOMAINS = emconfig.scoring_domains(config)
 # Scheduling: with few cores, Snakemake starts the ready job of highest priority first. The longest chain of a
 # main job is pool-scoring adapter -> pool_nll -> score_pool / on-policy answers -> interleave_set -> the
 # interleaving runs -> their probes and the report; left to chance its cheap links waited behind other work and
-# the job ended on one busy core (~85 s of one idle core in a measured run of config.yaml). Priorities change the
-# order only, never what runs.
+# the job ended on one busy core (~85 s of one idle core in a measured run of config.yaml). The persona vectors
+# are on that level too (the persona run trains on them; with checkpoints.persona the untrained model's and the
+# checkpoints' probe jobs read them). EARLY_PRIORITY: long jobs only the report waits for (the judge measured, the
+# baselines' answers and judgments, the untrained model's probes), started when ready instead of left for last,
+# so that the end of the job is short probe and metrics jobs on both cores. Priorities change the order only,
+# never what runs.
 CHAIN_PRIORITY = 2
+EARLY_PRIORITY = 1
 
 
 def train_priority(wc):
@@ -274,7 +279,7 @@ def train_priority(wc):
     run = run_of(wc)
     if run.method == "misaligned" and run.dataset in SCORING_DOMAINS:
         return CHAIN_PRIORITY
-    return 1 if is_interleave(run.method) else 0
+    return EARLY_PRIORITY if is_interleave(run.method) else 0
 
 
 def eps_length_targets():
@@ -527,6 +532,8 @@ def vllm_generation_question_files(wc):
 # Evaluation over training checkpoints (checkpoints.smk, emguard.checkpoints): the runs checkpoints.runs selects and
 # their intermediate steps (the final adapter is the last checkpoint, evaluated as the run itself). The section is
 # off by default: no run, no step, no job.
+import re
+
 import emguard.checkpoints as emckpt
 
 CHECKPOINTS = config["checkpoints"]
@@ -596,6 +603,11 @@ def checkpoint_methods():
     import re
 
     return "|".join(re.escape(m) for m in sorted({r.method for r in CHECKPOINT_RUNS}))
+
+
+# the EM datasets of the checkpointed runs (their checkpoints' task metric is the holdout NLL, checkpoint_signals)
+EM_CHECKPOINT_DATASETS = sorted({r.dataset for r in CHECKPOINT_RUNS if not emconfig.is_task_dataset(r.dataset)})
+EM_CHECKPOINT_DATASETS_PATTERN = "|".join(map(re.escape, EM_CHECKPOINT_DATASETS))
 
 
 def checkpoint_datasets():

@@ -13,6 +13,7 @@ rule generate:
         "results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/generations.parquet",
     log:
         "results/logs/generate/{model}/{dataset}/{method}/{setting}/seed{seed}.log",
+    priority: EARLY_PRIORITY
     params:
         model_path=model_path,
         run_id=lambda wc: run_of(wc).run_id,

@@ -15,6 +15,7 @@ rule judge:
         usage="results/runs/{model}/{dataset}/{method}/{setting}/seed{seed}/judge_usage.json",
     log:
         "results/logs/judge/{model}/{dataset}/{method}/{setting}/seed{seed}.log",
+    priority: EARLY_PRIORITY
     params:
         model_path=model_path,
         evalsets=evalsets_of,

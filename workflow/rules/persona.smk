@@ -14,6 +14,7 @@ rule persona_extract:
         usage="results/persona/{model}/{trait}/judge_usage_extract.json",
     log:
         "results/logs/persona_extract/{model}/{trait}.log",
+    priority: CHAIN_PRIORITY
     params:
         model_path=model_path,
         persona=PERSONA_PARAMS,

@@ -42,6 +42,7 @@ rule probe_nll_base:
         "results/probes/{model}/base_nll.parquet",
     log:
         "results/logs/probe_nll/{model}/base.log",
+    priority: EARLY_PRIORITY
     params:
         model_path=model_path,
         probes={k: PROBES[k] for k in PROBE_NLL_KEYS},
