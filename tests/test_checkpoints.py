@@ -394,6 +394,20 @@ def em_table() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _curve_points(model_dir, run_dir, em_path, probes_path, out_dir, **kw) -> tuple[list[str], list[str]]:
+    """The signals stage on a run's checkpoints 1 and 2 and its final adapter: their task and probe NLL files."""
+    from emguard import stages
+
+    task_paths, probe_paths = [], []
+    for k, adapter in enumerate([run_dir / "checkpoints" / "step-1", run_dir / "checkpoints" / "step-2",
+                                 run_dir / "adapter"]):
+        task_paths.append(str(out_dir / f"task{k}.parquet"))
+        probe_paths.append(str(out_dir / f"probe{k}.parquet"))
+        stages.adapter_signals_stage(str(model_dir), str(adapter), str(em_path), str(probes_path), task_paths[-1],
+                                     probe_paths[-1], subset="misaligned", max_length=128, name=RUN["run_id"], **kw)
+    return task_paths, probe_paths
+
+
 def test_stages_turn_checkpoints_into_a_curve(tiny_model_dir, tmp_path):
     """train_run with checkpoint steps, then per checkpoint and for the final adapter the signals stage (task NLL and
     probe NLLs in one model load), then the curve stage: one row per step, the final adapter last, at the run's last
@@ -421,20 +435,14 @@ def test_stages_turn_checkpoints_into_a_curve(tiny_model_dir, tmp_path):
     nll_kw = dict(batch_size=4, dtype="float32", device="cpu")
     stages.probe_nll_stage(str(tiny_model_dir), str(probes_path), str(tmp_path / "base_nll.parquet"),
                            probes={"batch_size": 4, "max_length": None}, dtype="float32", device="cpu")
-    adapters = [run_dir / "checkpoints" / "step-1", run_dir / "checkpoints" / "step-2", run_dir / "adapter"]
-    task_paths, probe_paths = [], []
-    for k, adapter in enumerate(adapters):
-        task_paths.append(str(tmp_path / f"task{k}.parquet"))
-        probe_paths.append(str(tmp_path / f"probe{k}.parquet"))
-        stages.adapter_signals_stage(str(tiny_model_dir), str(adapter), str(em_path), str(probes_path), task_paths[-1],
-                                     probe_paths[-1], subset="misaligned", max_length=128, name=RUN["run_id"],
-                                     probes={"batch_size": 4, "max_length": None}, **nll_kw)
-        if k == 2:  # one job, the same tables as the probe stage alone
-            alone = tmp_path / "alone.parquet"
-            stages.probe_nll_stage(str(tiny_model_dir), str(probes_path), str(alone), adapter=str(adapter),
-                                   name=RUN["run_id"], probes={"batch_size": 4, "max_length": None}, dtype="float32",
-                                   device="cpu")
-            pd.testing.assert_frame_equal(pd.read_parquet(alone), pd.read_parquet(probe_paths[-1]))
+    task_paths, probe_paths = _curve_points(tiny_model_dir, run_dir, em_path, probes_path, tmp_path,
+                                            probes={"batch_size": 4, "max_length": None}, **nll_kw)
+    # one job, the same probe table as the probe stage alone
+    alone = tmp_path / "alone.parquet"
+    stages.probe_nll_stage(str(tiny_model_dir), str(probes_path), str(alone), adapter=str(run_dir / "adapter"),
+                           name=RUN["run_id"], probes={"batch_size": 4, "max_length": None}, dtype="float32",
+                           device="cpu")
+    pd.testing.assert_frame_equal(pd.read_parquet(alone), pd.read_parquet(probe_paths[-1]))
     nll = pd.read_parquet(task_paths[0])
     assert list(nll.columns) == list(ck.TASK_NLL_COLUMNS) and len(nll) == 2  # the 2 misaligned holdout answers
     out = tmp_path / "curve.parquet"
@@ -497,14 +505,8 @@ def test_the_curves_judge_free_signals_equal_what_the_monitor_logged(tiny_model_
     kw = dict(probes={"batch_size": 4, "max_length": None}, dtype="float32", device="cpu",
               persona_vectors=str(vectors_path), persona_layer=layer)
     stages.probe_nll_stage(str(tiny_model_dir), str(probes_path), str(tmp_path / "base_nll.parquet"), **kw)
-    adapters = [run_dir / "checkpoints" / "step-1", run_dir / "checkpoints" / "step-2", run_dir / "adapter"]
-    task_paths, probe_paths = [], []
-    for k, adapter in enumerate(adapters):
-        task_paths.append(str(tmp_path / f"task{k}.parquet"))
-        probe_paths.append(str(tmp_path / f"probe{k}.parquet"))
-        stages.adapter_signals_stage(str(tiny_model_dir), str(adapter), str(em_path), str(probes_path), task_paths[-1],
-                                     probe_paths[-1], subset="misaligned", max_length=128, batch_size=4,
-                                     name=RUN["run_id"], **kw)
+    task_paths, probe_paths = _curve_points(tiny_model_dir, run_dir, em_path, probes_path, tmp_path, batch_size=4,
+                                            **kw)
     assert "persona_proj" in pd.read_parquet(probe_paths[0]).columns
     out = tmp_path / "curve.parquet"
     stages.checkpoint_curve_stage(str(run_dir / "run.json"), str(tmp_path / "base_nll.parquet"), str(out),
