@@ -87,3 +87,16 @@ def test_a_script_importing_no_stage_is_an_error(tmp_path):
     (root / "scripts" / "none.py").write_text("import os\n")
     with pytest.raises(ValueError, match="scripts/none.py imports nothing"):
         codeversion.code_version(root, script="none")
+
+
+def test_a_named_package_hashes_every_module_of_it(tmp_path):
+    """A module name that is a folder (``config``, ``judge``) hashes each of its ``.py`` files: editing any
+    submodule, not only ``__init__.py``, reruns the rules that name the package."""
+    root = _project(tmp_path, STAGES)
+    pkg = root / "emguard" / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from emguard.pkg.part import A\n")
+    (pkg / "part.py").write_text("A = 1\n")
+    before = codeversion.code_version(root, "pkg", script="a")
+    (pkg / "part.py").write_text("A = 2\n")
+    assert codeversion.code_version(root, "pkg", script="a") != before
