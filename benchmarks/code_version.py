@@ -21,26 +21,28 @@ from emguard import codeversion
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def stage_sources_before(script: str, modules=codeversion.STAGE_MODULES) -> str:
+def stage_sources_before(script: str, modules=None) -> str:
     """The earlier way to collect the stage modules' sources, kept here as the baseline: each module parsed on every
     call, each node cut with ``ast.get_source_segment`` (which splits the whole file again); the walk from the
-    script's imports is the library's (:func:`emguard.codeversion.reached_sources`)."""
+    script's imports is the library's (:func:`emguard.codeversion.reached_sources`). ``modules``: ``{name: path}``,
+    by default every module of ``emguard/stages/`` (:func:`emguard.codeversion.stage_modules`)."""
+    modules = codeversion.stage_modules(ROOT) if modules is None else modules
     heads, defs = {}, {}
-    for m in modules:
-        text = (ROOT / "emguard" / f"{m}.py").read_text()
+    for m, path in modules.items():
+        text = path.read_text()
         body = ast.parse(text).body
         heads[m] = [ast.get_source_segment(text, n) for n in body if not isinstance(n, (ast.FunctionDef, ast.ClassDef))]
         for n in body:
             if isinstance(n, (ast.FunctionDef, ast.ClassDef)):
                 defs.setdefault(n.name, (m, n, ast.get_source_segment(text, n)))
-    return codeversion.reached_sources(ROOT / "scripts" / f"{script}.py", heads, defs, modules)
+    return codeversion.reached_sources(ROOT / "scripts" / f"{script}.py", heads, defs, list(modules))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
-    wanted = {f"emguard.{m}" for m in codeversion.STAGE_MODULES}
+    wanted = {f"emguard.{m}" for m in codeversion.stage_modules(ROOT)}
     scripts = sorted(p.stem for p in (ROOT / "scripts").glob("*.py")
                      if any(isinstance(n, ast.ImportFrom) and n.module in wanted for n in ast.walk(ast.parse(p.read_text()))))
     times = {}

@@ -2,10 +2,12 @@
 everything below them, and nothing else.
 
 A rule's code is the emguard modules it names (``"likelihood"``, a package such as ``"judge"``, a package module
-such as ``"training/sft"``), the shared ``io`` / ``schemas`` / ``errors``, and, of the stage modules
-(``emguard.stages``, ``emguard.stages_rl``), only the stage functions its script imports and the ones those reach
-by name, across both modules, with the top-level statements (imports, constants) of every stage module reached.
-So adding or editing one stage does not rerun the others.
+such as ``"training/sft"``), the shared ``io`` / ``schemas`` / ``errors``, and, of the stage modules (every module
+of the package ``emguard/stages/``, found by listing the folder, so a new file needs no edit here), only the stage
+functions its script imports and the ones those reach by name, across the modules, with the top-level statements
+(imports, constants) of every stage module reached. So adding or editing one stage does not rerun the others. The
+package's ``__init__.py`` only re-exports: it defines no stage, so its imports are hashed by no rule, and adding a
+stage's re-export reruns nothing.
 
 The stage modules are parsed once per process (``workflow/rules/common.smk`` asks for ~30 rules' hashes each time
 Snakemake reads the Snakefile, in every dry run and every job), and each node's source is cut from lines split
@@ -21,9 +23,10 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
-STAGE_MODULES = ("stages", "stages_rl")
+#: the package of the stage modules, ``emguard/stages/``
+STAGE_PACKAGE = "stages"
 SHARED_MODULES = ("io", "schemas", "errors")
 
 
@@ -64,19 +67,34 @@ def _stage_module(path: Path, module: str, stamp: tuple[int, int]) -> tuple[list
     return heads, defs
 
 
-def stage_sources(basedir: str | os.PathLike, script: str, modules: Sequence[str] = STAGE_MODULES) -> str:
-    """The stage code ``scripts/<script>.py`` runs: the functions it imports from the stage modules, every stage
-    function they reach by name (across modules: a stages_rl function calling ``build_method`` of emguard.stages
-    reaches it), and the top-level statements of every module reached, joined in a fixed order."""
+def stage_modules(basedir: str | os.PathLike) -> dict[str, Path]:
+    """The stage modules, ``{dotted name under emguard: path}``: every ``.py`` of ``emguard/stages/``, sorted by file
+    name (``stages`` for the package's ``__init__.py``, ``stages.<file>`` for the others)."""
+    folder = Path(basedir) / "emguard" / STAGE_PACKAGE
+    paths = sorted(folder.glob("*.py"))
+    if not paths:
+        raise ValueError(f"{folder}: no stage modules")
+    return {STAGE_PACKAGE if p.stem == "__init__" else f"{STAGE_PACKAGE}.{p.stem}": p for p in paths}
+
+
+def stage_sources(basedir: str | os.PathLike, script: str, modules: Mapping[str, Path] | None = None) -> str:
+    """The stage code ``scripts/<script>.py`` runs: the functions it imports from the stage modules (``modules``:
+    ``{name: path}``, by default :func:`stage_modules`), every stage function they reach by name (across modules:
+    an RL stage calling ``build_method`` of ``emguard.stages.train`` reaches it), and the top-level statements of
+    every module reached, joined in a fixed order. The walk goes by name, so a name defined in two stage modules
+    is an error (an edit to one of them could otherwise go unhashed)."""
     root = Path(basedir)
+    modules = stage_modules(root) if modules is None else modules
     heads, defs = {}, {}
-    for m in modules:
-        path = root / "emguard" / f"{m}.py"
+    for m, path in modules.items():
         st = path.stat()
         heads[m], module_defs = _stage_module(path, m, (st.st_mtime_ns, st.st_size))
         for name, d in module_defs.items():
-            defs.setdefault(name, d)
-    return reached_sources(root / "scripts" / f"{script}.py", heads, defs, modules)
+            if name in defs:
+                raise ValueError(f"{name} is defined in both emguard.{defs[name][0]} and emguard.{m}: the stage "
+                                 "modules' code hashes follow names, so each name is defined once")
+            defs[name] = d
+    return reached_sources(root / "scripts" / f"{script}.py", heads, defs, list(modules))
 
 
 def reached_sources(script_path: Path, heads: dict[str, list[str]], defs: dict[str, tuple], modules: Sequence[str]
@@ -87,7 +105,8 @@ def reached_sources(script_path: Path, heads: dict[str, list[str]], defs: dict[s
     wanted = {f"emguard.{m}" for m in modules}
     todo = [a.name for n in ast.walk(entry) if isinstance(n, ast.ImportFrom) and n.module in wanted for a in n.names]
     if not todo:
-        raise ValueError(f"scripts/{script_path.name} imports nothing from {' or '.join(sorted(wanted))}")
+        raise ValueError(f"scripts/{script_path.name} imports nothing from the stage modules "
+                         f"({', '.join(sorted(wanted))})")
     seen = {}
     while todo:
         name = todo.pop()

@@ -1,7 +1,6 @@
 from pathlib import Path
 
-from emguard.stages import run_stage
-from emguard.stages_rl import evaluate_grpo_run, rl_judge_config
+from emguard.stages import evaluate_grpo_run, rl_judge_config, run_stage
 
 p, i, o = snakemake.params, snakemake.input, snakemake.output
 run_stage(snakemake, evaluate_grpo_run, model_path=p.model_path, problems_path=i.problems, answers_out=o.answers,

@@ -1,7 +1,6 @@
 from pathlib import Path
 
-from emguard.stages import run_stage
-from emguard.stages_rl import rl_judge_config, train_grpo_run
+from emguard.stages import rl_judge_config, run_stage, train_grpo_run
 
 p, i = snakemake.params, snakemake.input
 run_stage(snakemake, train_grpo_run, model_path=p.model_path, problems_path=i.problems,

@@ -579,6 +579,7 @@ def test_question_files_give_sampling_overrides_checked_at_load(tmp_path):
 
 def test_hf_backend_honours_a_questions_own_length_limit(tiny_model_dir, tmp_path, monkeypatch):
     from emguard import stages
+    from emguard.stages import evaluation
     from emguard.models import load_model
     from emguard.sampling import question_sampling, sampling_groups
 
@@ -591,7 +592,8 @@ def test_hf_backend_honours_a_questions_own_length_limit(tiny_model_dir, tmp_pat
         for p in model.parameters():
             if p.dim() >= 2:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    monkeypatch.setattr(stages, "_inference_model", lambda *a, **k: model)
+    # generate_run (emguard.stages.evaluation) looks the model loader up in its own module
+    monkeypatch.setattr(evaluation, "_inference_model", lambda *a, **k: model)
     rows = [{"question_id": q, "paraphrase": "Rate 5", "system": None, "samples": 1, "judge_prompts": ["aligned"],
              "category": "c", "max_new_tokens": n} for q, n in (("short", 1), ("long", None), ("short2", 1))]
     path = _question_file(tmp_path / "q.parquet", rows)

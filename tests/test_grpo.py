@@ -432,7 +432,7 @@ def test_judge_reward_from_the_config_trains_logs_and_evaluates(tiny_model_dir, 
 
     import emguard.config as emconfig
     from emguard.judge.hf import HFJudge
-    from emguard.stages_rl import evaluate_grpo_run, prepare_rl_problems, rl_judge_config, train_grpo_run
+    from emguard.stages import evaluate_grpo_run, prepare_rl_problems, rl_judge_config, train_grpo_run
 
     template = tmp_path / "grade.txt"
     template.write_text("MARK. Problem: {question}\nAnswer: {answer}\nScore 0-100:")

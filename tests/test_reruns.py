@@ -160,9 +160,17 @@ def test_report_module_edit_reruns_only_the_report(killed_and_resumed):
     assert set(jobs) == {"report", "all"}
 
 
+def stage_file(repo: Path, function: str) -> Path:
+    """The module of the ``emguard/stages/`` package that defines ``function``."""
+    found = [p for p in sorted((repo / "emguard" / "stages").glob("*.py")) if f"\ndef {function}(" in p.read_text()]
+    assert len(found) == 1, f"{function} defined in {found}"
+    return found[0]
+
+
 def planned_after_stage_edit(repo: Path, workdir: Path, configfile: Path, function: str) -> dict[str, int]:
-    """The dry-run plan with one function of ``emguard/stages.py`` edited (a statement added at its top)."""
-    path = repo / "emguard" / "stages.py"
+    """The dry-run plan with one stage function (in its module of ``emguard/stages/``) edited (a statement added at
+    its top)."""
+    path = stage_file(repo, function)
     before = path.read_text()
     head = f"\ndef {function}("
     start = before.index(head)
@@ -175,17 +183,23 @@ def planned_after_stage_edit(repo: Path, workdir: Path, configfile: Path, functi
 
 
 def test_editing_one_stage_function_reruns_that_stage_only(killed_and_resumed):
-    """emguard/stages.py holds every stage: an edit to one function reruns the rules whose scripts call it (and
-    what is below them), not every rule, and a new stage function added for another rule reruns nothing."""
+    """The emguard/stages/ package holds every stage: an edit to one function reruns the rules whose scripts call it
+    (and what is below them), not every rule, and a new stage function added for another rule reruns nothing,
+    whether in a module other stages live in or in a new module re-exported by the package."""
     repo, workdir, configfile, _, _ = killed_and_resumed
     jobs = planned_after_stage_edit(repo, workdir, configfile, "report")
     assert set(jobs) == {"report", "all"}
     jobs = planned_after_stage_edit(repo, workdir, configfile, "train_run")
     assert "train" in jobs and "prepare_em" not in jobs and "judge_calibration" not in jobs
-    path = repo / "emguard" / "stages.py"
-    before = path.read_text()
+    path, init = stage_file(repo, "report"), repo / "emguard" / "stages" / "__init__.py"
+    new_module = repo / "emguard" / "stages" / "a_new_family.py"
+    before, init_before = path.read_text(), init.read_text()
     path.write_text(before + "\n\ndef a_new_stage(out: str) -> None:\n    \"\"\"A stage no rule calls yet.\"\"\"\n")
+    new_module.write_text("def another_new_stage(out: str) -> None:\n    \"\"\"A stage no rule calls yet.\"\"\"\n")
+    init.write_text(init_before + "from emguard.stages.a_new_family import another_new_stage  # noqa: F401\n")
     try:
         assert planned_jobs(workdir, configfile, snakefile=repo / "Snakefile") == {}
     finally:
         path.write_text(before)
+        init.write_text(init_before)
+        new_module.unlink()

@@ -38,7 +38,7 @@ def test_defaults_are_grpo_settings_defaults_and_the_papers():
     assert defaults["problems"]["n"] == settings.n_problems == 1000
     assert defaults["eval"]["n_problems"] == 100  # Table 9: 100 held-out samples
     # the stage builds GRPOSettings from the section plus what it knows
-    from emguard.stages_rl import grpo_settings
+    from emguard.stages import grpo_settings
 
     cfg = emconfig.load(with_rl())
     s = grpo_settings(cfg["rl"]["training"], n_problems=40, seed=3, rewards=cfg["rl"]["rewards"], dtype="float32")

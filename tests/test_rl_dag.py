@@ -90,8 +90,7 @@ def test_rl_plusplus_picks_the_top_scored_non_refusal_rows(tmp_path, tiny_model_
     """The GRPO stage hands train_grpo the pool rows the scores rank first (refusals dropped for ++)."""
     import emguard.training.grpo as grpo
     from emguard.io import write_parquet
-    from emguard.stages_rl import train_grpo_run
-    from emguard.stages_rl import prepare_rl_problems
+    from emguard.stages import prepare_rl_problems, train_grpo_run
 
     problems = tmp_path / "problems.parquet"
     prepare_rl_problems(str(problems), source="generated", n=8, n_eval=4, seed=0)

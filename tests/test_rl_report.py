@@ -10,7 +10,7 @@ import pytest
 from emguard.errors import InputError
 from emguard.io import write_json, write_parquet
 from emguard.report import rl as rr
-from emguard.stages_rl import eval_adapter, prepare_rl_problems, prune_checkpoints, rl_problems, rl_report
+from emguard.stages import eval_adapter, prepare_rl_problems, prune_checkpoints, rl_problems, rl_report
 
 GSM8K_SAMPLE = "tests/data/tasks/gsm8k_sample.jsonl"
 

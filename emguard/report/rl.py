@@ -22,7 +22,7 @@ from emguard.metrics import mean_interval, welch_interval
 from emguard.report._common import (_SERIES_COLORS, _empty_axes, _is_null, _new_figure, _save_png, _setting_key,
                                     _split_setting, write_table)
 
-#: columns of an evaluation metrics row the table reads (``emguard.stages_rl.evaluate_grpo_run`` writes them)
+#: columns of an evaluation metrics row the table reads (``emguard.stages.rl.evaluate_grpo_run`` writes them)
 EVAL_REQUIRED = ["model", "method", "setting", "seed", "run_id", "checkpoint", "accuracy", "mean_reward", "n_answers"]
 #: columns of a GRPO train log the table and the figure read (``emguard.training.grpo.LOG_COLUMNS``)
 LOG_REQUIRED = ["step", "policy_step", "reward", "accuracy"]

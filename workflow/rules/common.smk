@@ -641,7 +641,7 @@ def checkpoint_curve_inputs(wc):
 
 
 # The RL setting (grpo.smk): GRPO runs per (method, setting, seed) of rl.methods plus plain GRPO, none when
-# rl.enabled is false; its stages live in emguard/stages_rl.py.
+# rl.enabled is false; its stages live in emguard/stages/rl.py.
 RL = config["rl"]
 RL_RUNS = emconfig.expand_rl_runs(config)
 RL_PROBLEMS = "results/data/rl/problems.parquet"

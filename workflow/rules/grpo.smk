@@ -3,7 +3,7 @@
 # problems (train / holdout); train_grpo one run (adapter, train log with every reward component, run.json with the
 # best checkpoint); evaluate_grpo its held-out accuracy and reward (the untrained model's too); rl_report the
 # table (results/tables/rl.{md,csv}) and reward curves (results/figures/rl_rewards.png), which say the setting is
-# off when rl.enabled is false, the only RL job then planned. Stages: emguard/stages_rl.py.
+# off when rl.enabled is false, the only RL job then planned. Stages: emguard/stages/rl.py.
 
 
 rule prepare_rl_problems:

@@ -1,10 +1,8 @@
-"""The RL setting's pipeline stages (workflow/rules/grpo.smk): plain paths and values in, files out.
+"""The RL setting's pipeline stages (rules of ``workflow/rules/grpo.smk``): plain paths and values in, files out.
 
-Apart from :mod:`emguard.stages` (which holds every other stage) so that module stays readable; the scripts of
-the RL rules import :func:`emguard.stages.run_stage` from there and their stage from here, and their
-``code_version`` (``rl_code_version`` in ``workflow/rules/common.smk``) hashes the functions of both modules they
-reach. The library behind them: :mod:`emguard.training.grpo` (trainer, evaluation, best checkpoint),
-:mod:`emguard.rewards` and :mod:`emguard.data.math_problems`; the table and figure: :mod:`emguard.report.rl`.
+The library behind them: :mod:`emguard.training.grpo` (trainer, evaluation, best checkpoint), :mod:`emguard.rewards`
+and :mod:`emguard.data.math_problems`; the table and figure: :mod:`emguard.report.rl`. A run's method other than
+plain GRPO gets its regulariser or inoculation prompt from the SFT runs' :func:`emguard.stages.train.build_method`.
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ import pandas as pd
 from emguard import schemas
 from emguard.errors import InputError
 from emguard.io import read_parquet, write_json, write_parquet
+from emguard.stages.train import build_method
 
 log = logging.getLogger("emguard")
 
@@ -147,7 +146,7 @@ def train_grpo_run(model_path: str, problems_path: str, out_dir: str, *, trainin
     ``checkpoints/step-N/`` and ``run.json`` (dtype record, method, hyperparameters, the training summary of
     :func:`emguard.training.grpo.train_grpo`, with ``best_checkpoint_step``).
 
-    ``method``: ``grpo`` (plain) or an SFT method (:func:`emguard.stages.build_method` gives its steering or KL
+    ``method``: ``grpo`` (plain) or an SFT method (:func:`emguard.stages.train.build_method` gives its steering or KL
     regulariser and inoculation prompt; ``interleave_<variant>`` mixes :func:`emguard.training.grpo.interleave_rows` pool
     rows of ``pool_path`` picked by :func:`emguard.interleave.select` with the run's seed; ``plus`` / ``plusplus``
     rank them by ``scores_path``, the pool scored with every EM domain's misaligned adapter, rule score_pool).
@@ -159,7 +158,6 @@ def train_grpo_run(model_path: str, problems_path: str, out_dir: str, *, trainin
     from emguard.rewards import split_reward_weights
     from emguard.training.grpo import interleave_rows, require_rollout_backend, train_grpo
     from emguard.models import dtype_record
-    from emguard.stages import build_method
 
     hparams = hparams or {}
     record = dtype_record(dtype, device)
