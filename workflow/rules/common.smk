@@ -275,11 +275,15 @@ EARLY_PRIORITY = 1
 
 
 def train_priority(wc):
-    """A training job's priority: the misaligned runs that score the pool first, then the interleaving runs."""
+    """A training job's priority, by the work that waits on it: first the misaligned runs that score the pool and the
+    checkpointed runs (each checkpoint's evaluation follows), then the interleaving runs (the end of the pool chain)
+    and the runs that are answered and judged, then the rest (one probe job each)."""
     run = run_of(wc)
-    if run.method == "misaligned" and run.dataset in SCORING_DOMAINS:
+    if (run.method == "misaligned" and run.dataset in SCORING_DOMAINS) or run in CHECKPOINT_RUNS:
         return CHAIN_PRIORITY
-    return EARLY_PRIORITY if is_interleave(run.method) else 0
+    if is_interleave(run.method) or emconfig.is_judged(run, config):
+        return EARLY_PRIORITY
+    return 0
 
 
 def eps_length_targets():
