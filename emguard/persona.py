@@ -580,7 +580,7 @@ def extract(model, tokenizer, trait: Trait, judge, *, cache, sampling, seed: int
             coherence_template: str, trait_threshold: float = 50, coherence_threshold: float = 50,
             min_pairs: int = 1, fallback: str | None = None, batch_size: int = 8, max_length: int | None = None,
             model_name: str = "", sample_fn: Callable | None = None,
-            score_fn: Callable | None = None) -> tuple[torch.Tensor, pd.DataFrame, dict]:
+            score_fn: Callable | None = None, judge_filter: bool = True) -> tuple[torch.Tensor, pd.DataFrame, dict]:
     """Plan, generate, judge, filter and average: returns ``(vectors, rollouts, meta)``.
 
     ``rollouts`` is the plan plus ``answer``, ``trait_*``/``coherent_*`` judge columns and ``kept``.
@@ -591,7 +591,9 @@ def extract(model, tokenizer, trait: Trait, judge, *, cache, sampling, seed: int
     weak vector is never produced silently. The trait is judged under metric ``trait_<name>``, coherence
     under ``coherent`` (shared cache entries with the EM evaluation when the template is the same).
     ``sample_fn`` / ``score_fn`` default to :func:`emguard.generate.sample` and
-    :func:`emguard.judge.score_texts` (same signatures); tests pass stand-ins.
+    :func:`emguard.judge.score_texts` (same signatures); tests pass stand-ins. ``judge_filter=False``: no judge
+    call at all, every complete pair averaged (the unfiltered selection; ``meta["judge_filter"]`` false, the judge
+    columns NaN), for a judge that cannot score the trait.
     """
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
@@ -609,6 +611,15 @@ def extract(model, tokenizer, trait: Trait, judge, *, cache, sampling, seed: int
     if len(answers) != len(rollouts):
         raise PersonaError(f"the sampler returned {len(answers)} answers for {len(rollouts)} prompts")
     rollouts["answer"] = [str(a) for a in answers]
+    if not judge_filter:
+        kept, counts = complete_pairs(rollouts)
+        if kept.empty:
+            raise PersonaError(f"persona vectors for trait '{trait.name}': no complete pair with non-empty answers")
+        for col in ("trait_score", "coherent_score"):
+            rollouts[col] = float("nan")
+        return _vectors(model, tokenizer, rollouts, kept, counts, "none", batch_size=batch_size, max_length=max_length,
+                        meta={"model": model_name, "trait": trait.name, "n_samples": int(n_samples), "seed": int(seed),
+                              "judge_filter": False, "judge": "none"})
     qa = list(zip(rollouts["question"], rollouts["answer"]))
     if announce_calls:
         _announce(judge, [(f"trait_{trait.name}", trait.judge_prompt, qa), ("coherent", coherence_template, qa)],
@@ -634,18 +645,25 @@ def extract(model, tokenizer, trait: Trait, judge, *, cache, sampling, seed: int
         fallback_used = "unfiltered"
         log.warning("persona vectors for trait %r: %s; fallback=unfiltered uses all %d complete pairs",
                     trait.name, hint, kept["key"].nunique())
-    rollouts["kept"] = rollouts["key"].isin(set(kept["key"]))
+    return _vectors(model, tokenizer, rollouts, kept, counts, fallback_used, batch_size=batch_size,
+                    max_length=max_length,
+                    meta={"model": model_name, "trait": trait.name, "n_samples": int(n_samples), "seed": int(seed),
+                          "judge_filter": True, "trait_threshold": trait_threshold,
+                          "coherence_threshold": coherence_threshold, "judge": str(getattr(judge, "name", judge))})
 
+
+def _vectors(model, tokenizer, rollouts: pd.DataFrame, kept: pd.DataFrame, counts: dict, fallback_used: str, *,
+             batch_size: int, max_length: int | None, meta: dict) -> tuple[torch.Tensor, pd.DataFrame, dict]:
+    """The per-layer mean difference of the ``kept`` pairs, the rollouts marked ``kept`` and the vector file's
+    metadata (``meta`` plus the counts, the fallback used and the vectors' shape)."""
+    rollouts["kept"] = rollouts["key"].isin(set(kept["key"]))
     convs = conversations_for(kept)
     means = response_hidden_means(model, tokenizer, convs, list(kept["answer"]), batch_size=batch_size,
                                   max_length=max_length)
     vectors = persona_vectors(means, list(kept["side"]))
-    meta = {"model": model_name, "trait": trait.name, **counts, "fallback_used": fallback_used,
-            "pairs_used": int(kept["key"].nunique()), "n_rollouts": int(len(rollouts)),
-            "n_samples": int(n_samples), "seed": int(seed), "trait_threshold": trait_threshold,
-            "coherence_threshold": coherence_threshold, "judge": str(getattr(judge, "name", judge)),
-            "n_layers": int(vectors.shape[0] - 1), "hidden_size": int(vectors.shape[1]),
-            "layer_convention": LAYER_CONVENTION}
+    meta = {**meta, **counts, "fallback_used": fallback_used, "pairs_used": int(kept["key"].nunique()),
+            "n_rollouts": int(len(rollouts)), "n_layers": int(vectors.shape[0] - 1),
+            "hidden_size": int(vectors.shape[1]), "layer_convention": LAYER_CONVENTION}
     return vectors, rollouts, meta
 
 

@@ -416,6 +416,22 @@ def test_extract_with_no_surviving_pairs_fails_loudly_unless_fallback(tiny):
     assert torch.isfinite(vec).all() and rollouts["kept"].all()
 
 
+def test_extract_without_the_judge_filter_calls_no_judge_and_averages_every_pair(tiny):
+    """judge_filter=False: not one judge call; the vectors are those the unfiltered fallback gives when no pair
+    passes (the embedded default's case), and the rollouts say nothing was judged."""
+    model, tok = tiny
+    calls = []
+    kwargs = dict(cache=None, sampling=None, seed=1, n_samples=1, coherence_template="{question} {answer}",
+                  sample_fn=fake_sample, score_fn=make_scorer(trait_for_evil=10.0, calls=calls))
+    fallback, _, _ = extract(model, tok, small_trait(), Judge(), fallback="unfiltered", **kwargs)
+    calls.clear()
+    vec, rollouts, meta = extract(model, tok, small_trait(), Judge(), judge_filter=False, **kwargs)
+    assert calls == []
+    assert torch.allclose(vec, fallback, atol=1e-6)
+    assert meta["judge_filter"] is False and meta["pairs_used"] == 4 and meta["fallback_used"] == "none"
+    assert rollouts["kept"].all() and rollouts["trait_score"].isna().all()
+
+
 def test_validate_steering_orders_alphas(tiny):
     model, tok = tiny
     torch.manual_seed(1)

@@ -31,7 +31,8 @@ def tiny_config(model_dir: Path, workdir: Path, **overrides) -> dict:
                                                        fractions=[0.2])
     # the tests' plan: every defense on insecure_code, both domains' baselines, every run judged (eval above)
     cfg["experiments"].update(target_domains=["insecure_code"], baseline_domains=None)
-    cfg["persona"].update(max_new_tokens=6, validation_questions=2)
+    # the judge filter on (config.yaml turns it off for its 135M judge): the tests' runs go through the judged path
+    cfg["persona"].update(max_new_tokens=6, validation_questions=2, judge_filter=True)
     cfg["probes"].update(max_per_domain=3, general_per_category=None, bootstrap=200)
     # no checkpoint sweep unless a test asks for one (config.yaml sweeps legal, which the tiny plan has not)
     cfg["checkpoints"].update(steps=[], every=None, runs=["aligned", "misaligned"], datasets=None, judged=True)

@@ -44,7 +44,8 @@ DEFAULTS: dict[str, Any] = {
                     "methods": {}},
     "persona": {"trait": "workflow/resources/traits/evil.yaml", "n_samples": 1, "max_pairs": None,
                 "max_questions": None, "trait_threshold": 50,
-                "coherence_threshold": 50, "min_pairs": 1, "fallback": "error", "max_new_tokens": 128,
+                "coherence_threshold": 50, "min_pairs": 1, "fallback": "error", "judge_filter": True,
+                "max_new_tokens": 128,
                 "validation_alpha": 5.0, "validation_questions": 8},
     # eps: the median of the pool's base NLLs, so chance-low NLLs of short answers do not top the ranking
     "interleave": {"eps": {"quantile": 0.5}, "batch_size": 16, "max_length": None, "refusal_keywords": None, "first_n_words": 10},

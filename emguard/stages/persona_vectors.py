@@ -30,7 +30,8 @@ def _persona_setup(model_path, trait_path, persona, generation, judge_cfg, dtype
 def persona_extract(model_path: str, trait_path: str, out_vectors: str, out_rollouts: str, *, persona: dict,
                     generation: dict, judge_cfg: dict, dtype: str, device: str, model_name: str,
                     usage_out: str | None = None) -> None:
-    """Answers under contrasting system prompts, judged and filtered; per-layer mean difference. ``usage_out``:
+    """Answers under contrasting system prompts, judged and filtered (not with ``persona.judge_filter`` false);
+    per-layer mean difference. ``usage_out``:
     the job's judge usage (``judge_usage.json`` format, stage ``persona extraction``)."""
     from emguard import persona as pv
 
@@ -42,7 +43,8 @@ def persona_extract(model_path: str, trait_path: str, out_vectors: str, out_roll
                 model, tok, trait, judge, cache=cache, sampling=sampling, seed=generation["seed"],
                 n_samples=persona["n_samples"], coherence_template=coherence,
                 trait_threshold=persona["trait_threshold"], coherence_threshold=persona["coherence_threshold"],
-                min_pairs=persona["min_pairs"], fallback=persona["fallback"], model_name=model_name)
+                min_pairs=persona["min_pairs"], fallback=persona["fallback"], model_name=model_name,
+                judge_filter=persona.get("judge_filter", True))
     finally:  # what was paid for is logged also when the stage fails (too few pairs, the API out of retries)
         _log_judge_usage(judge, "persona extraction", usage_out)
     write_parquet(rollouts, out_rollouts)
