@@ -604,8 +604,6 @@ def checkpoint_training():
 
 def checkpoint_methods():
     """The methods whose runs are checkpointed, as a wildcard pattern (selection is by method)."""
-    import re
-
     return "|".join(re.escape(m) for m in sorted({r.method for r in CHECKPOINT_RUNS}))
 
 
@@ -617,8 +615,6 @@ EM_CHECKPOINT_DATASETS_PATTERN = "|".join(map(re.escape, EM_CHECKPOINT_DATASETS)
 def checkpoint_datasets():
     """The datasets of the checkpointed runs, as a wildcard pattern: with the methods' pattern it picks exactly the
     checkpointed runs (emguard.checkpoints.checkpoint_runs selects every chosen method on every chosen dataset)."""
-    import re
-
     return "|".join(re.escape(d) for d in sorted({r.dataset for r in CHECKPOINT_RUNS}))
 
 
