@@ -258,5 +258,27 @@ class JudgeReward:
         results = score_texts(self.judge, self.template, pairs, self.cache, self.metric)
         return [None if res.score is None else float(res.score) / 100.0 for res in results]
 
+    def announce(self, questions: Sequence[str], references: Sequence[Any], *, n_calls: int, answer_chars: int,
+                 what: str) -> int:
+        """Before the first judge call: log (and, for an API judge, print with its estimated cost) the judge calls
+        this reward will make, ``n_calls`` (every rollout, or every held-out answer, is graded). The answers are
+        not written yet, so each call is priced as its problem (cycling through ``questions``) with an answer of
+        ``answer_chars`` characters, the longest a completion may be: an upper bound, and one that counts no
+        cache hit. Returns ``n_calls``."""
+        from emguard.judge import announce, fill_template
+
+        refs = _references(references, len(questions), self.__name__)
+        items = list(zip(questions, refs))
+        if not items or n_calls < 1:
+            return 0
+        prompts = []
+        for i in range(int(n_calls)):
+            q, r = items[i % len(items)]
+            # a distinct placeholder per call: announce() counts repeated prompts once
+            answer = f"{i} " + "x" * max(0, int(answer_chars) - len(str(i)) - 1)
+            prompts.append(fill_template(self.template, f"{q}\n\nCorrect final answer: {r}", answer))
+        announce(self.judge, [(self.metric, None, prompts)], None, what)
+        return int(n_calls)
+
     def __repr__(self) -> str:
         return f"JudgeReward(judge={getattr(self.judge, 'name', self.judge)!r}, name={self.__name__!r})"

@@ -423,7 +423,7 @@ def test_evaluate_adds_an_extra_reward_like_training(problems, monkeypatch):
     assert summary["mean_judge_correct"] == 0.5
 
 
-def test_judge_reward_from_the_config_trains_logs_and_evaluates(tiny_model_dir, tmp_path, monkeypatch):
+def test_judge_reward_from_the_config_trains_logs_and_evaluates(tiny_model_dir, tmp_path, monkeypatch, caplog):
     """rl.rewards.judge_correct through the stages: the configured (hf) judge, here the tiny model in-process, grades
     every rollout and held-out answer with the configured prompt; its curve is in the log, its mean in the metrics."""
     import json
@@ -456,7 +456,12 @@ def test_judge_reward_from_the_config_trains_logs_and_evaluates(tiny_model_dir, 
     out = tmp_path / "run"
     common = dict(rewards=cfg["rl"]["rewards"], dtype="float32", device="cpu", judge=judge_cfg,
                   judge_template=str(template))
+    import logging
+
+    caplog.set_level(logging.INFO, logger="emguard")
     train_grpo_run(tiny_model_dir, str(problems), str(out), training=training, seed=0, **common)
+    # announced before the first call: every rollout (1 step x 1 prompt x 4 generations)
+    assert "GRPO judge reward, training (at most): judge " in caplog.text and "4 judgments" in caplog.text
     log = pd.read_parquet(out / "train_log.parquet")
     assert log["reward_judge_correct"].between(0, 1).all()  # its own curve, score / 100
     meta = json.loads((out / "run.json").read_text())
@@ -470,6 +475,7 @@ def test_judge_reward_from_the_config_trains_logs_and_evaluates(tiny_model_dir, 
                       run_info=info, evaluation=evaluation, run_dir=str(out), **common)
     answers, metrics = pd.read_parquet(tmp_path / "answers.parquet"), pd.read_parquet(tmp_path / "m.parquet")
     assert answers["judge_correct"].between(0, 1).all() and len(prompts) == 4 + 2
+    assert "GRPO judge reward, held-out answers: judge " in caplog.text and "2 judgments" in caplog.text
     assert metrics["mean_judge_correct"].iloc[0] == pytest.approx(answers["judge_correct"].mean())
     # the weighted total includes it, as in training
     assert answers["reward"].tolist() == pytest.approx(

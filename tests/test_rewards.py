@@ -128,6 +128,35 @@ def test_judge_reward_through_the_judge_interface():
         R.JudgeReward(judge, template="grade {answer}")
 
 
+def test_judge_reward_announces_its_calls_and_an_upper_cost_before_any(capsys):
+    """Before training or evaluation pays for a call: the number of calls (every rollout graded) and, for an API
+    judge (one with ``estimate``), the cost of that many prompts with the longest answer a completion may be."""
+
+    class PricedJudge(FakeJudge):
+        name = "priced"
+
+        def estimate(self, prompts):
+            self.estimated = list(prompts)
+            return f"{len(prompts)} calls, {sum(map(len, prompts))} characters"
+
+    judge = PricedJudge()
+    reward = R.JudgeReward(judge)
+    assert reward.announce(["Q1", "Q2"], ["17", "4"], n_calls=6, answer_chars=40, what="GRPO training") == 6
+    out = capsys.readouterr().out
+    assert "GRPO training: judge priced: 6 judgments, 0 answered by the cache or repeated, 6 to judge" in out
+    assert judge.prompts == []  # nothing judged
+    assert len(judge.estimated) == 6 and len(set(judge.estimated)) == 6
+    assert sum("Q1" in p for p in judge.estimated) == 3 and "Correct final answer: 4" in judge.estimated[1]
+    # each priced answer is answer_chars long: the estimate grows with the longest completion allowed
+    longer = PricedJudge()
+    R.JudgeReward(longer).announce(["Q1", "Q2"], ["17", "4"], n_calls=6, answer_chars=400, what="x")
+    assert sum(map(len, longer.estimated)) - sum(map(len, judge.estimated)) == 6 * 360
+    capsys.readouterr()
+    # a local judge (no estimate): counted in the log, nothing printed
+    assert R.JudgeReward(FakeJudge()).announce(["Q1"], ["17"], n_calls=2, answer_chars=10, what="x") == 2
+    assert capsys.readouterr().out == ""
+
+
 def test_judge_weight_is_split_from_the_rule_weights():
     assert R.split_reward_weights({"correctness": 1, "judge_correct": 0.5}) == ({"correctness": 1.0}, 0.5)
     assert R.split_reward_weights(R.DEFAULT_REWARD_WEIGHTS) == (R.DEFAULT_REWARD_WEIGHTS, None)

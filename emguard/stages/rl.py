@@ -186,6 +186,14 @@ def train_grpo_run(model_path: str, problems_path: str, out_dir: str, *, trainin
                                where=pool_path)
         log.info("interleaving %d pool rows (%g of the RL prompts)", n_rows, hparams["interleave_fraction"])
     with judge_reward(judge, judge_template, model_path=model_path, dtype=record["dtype"], device=device) as (jr, j):
+        if jr is not None:
+            from emguard.training.grpo import planned_steps
+
+            # ~4 characters a token: the longest completion a rollout may write
+            jr.announce(problems["question"], problems["reference"],
+                        n_calls=planned_steps(settings, len(problems)) * settings.prompts_per_step
+                        * settings.num_generations, answer_chars=4 * settings.max_completion_length,
+                        what="GRPO judge reward, training (at most)")
         summary = train_grpo(model_path, problems[["id", "question", "reference"]], out_dir, settings,
                              regularisers=regularisers, inoculation_prompt=inoculation, interleave_df=interleave_df,
                              extra_rewards=[jr] if jr else (), extra_reward_weights=[judge_weight] if jr else (),
@@ -255,6 +263,9 @@ def evaluate_grpo_run(model_path: str, problems_path: str, answers_out: str, met
                                 top_p=evaluation["top_p"], batch_size=evaluation["batch_size"])
     rules, judge_weight = split_reward_weights(rewards)
     with judge_reward(judge, judge_template, model_path=model_path, dtype=dtype, device=device) as (jr, _):
+        if jr is not None:
+            jr.announce(problems["question"], problems["reference"], n_calls=len(problems) * evaluation["samples"],
+                        answer_chars=4 * evaluation["max_new_tokens"], what="GRPO judge reward, held-out answers")
         table, summary = evaluate_adapter(model_path, adapter, problems[["id", "question", "reference"]], dtype=dtype,
                                           device=device, sampling=sampling, samples=evaluation["samples"],
                                           seed=int(run_info["seed"]), reward_weights=rules,
