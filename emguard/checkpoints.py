@@ -268,13 +268,14 @@ def checkpoint_persona(base_nll: pd.DataFrame, run_nll: pd.DataFrame, dataset: s
     it (:func:`emguard.likelihood.shift.persona_shift` over the out-of-domain probe sets, every set but
     ``dataset``'s): NaN when either table has no ``persona_proj`` column (the probe job did not project)."""
     from emguard.likelihood.probes import BASE
-    from emguard.likelihood.shift import persona_shift
+    from emguard.likelihood.shift import ood_probes, persona_shift
 
     if PERSONA_COLUMN not in base_nll.columns or PERSONA_COLUMN not in run_nll.columns:
         return math.nan
-    base = base_nll[(base_nll["adapter"] == BASE) & (base_nll["probe_set"] != dataset)]
-    run = run_nll[run_nll["probe_set"] != dataset]
-    if base.empty or run.empty:
+    try:
+        base = ood_probes(base_nll[base_nll["adapter"] == BASE], dataset, where)
+        run = ood_probes(run_nll, dataset, where)
+    except InputError:  # no out-of-domain set (or no untrained rows): no projection to report, as ll_shift is NaN
         return math.nan
     return float(persona_shift(base, run, where))
 

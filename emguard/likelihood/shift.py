@@ -213,6 +213,17 @@ def run_shifts(nll: pd.DataFrame, runs: Sequence[Mapping], *, n_bootstrap: int =
 # The persona projection's shift (the monitor's persona_proj, and the checkpoint curve's offline): pandas only, so
 # the checkpoint curve's job needs no torch.
 
+def ood_probes(probes: pd.DataFrame, run_dataset: str | None, where: str = "probes") -> pd.DataFrame:
+    """The probe sets out of the run's domain (rows of a probe or probe NLL table): every set except the one named
+    ``run_dataset`` (all sets when it names none, e.g. OpSwap or a benign task). An :class:`InputError` when none
+    is left. The monitor's probes and the checkpoint curve's persona projection both take their sets here."""
+    keep = probes if run_dataset is None else probes[probes["probe_set"] != run_dataset]
+    if len(keep) == 0:
+        raise InputError(f"{where}: no out-of-domain probe set for a run on {run_dataset!r} (sets: "
+                         f"{sorted(probes['probe_set'].unique())})")
+    return keep.reset_index(drop=True)
+
+
 def set_means(values: np.ndarray, sets: np.ndarray) -> float:
     """Mean over probe sets of each set's mean (sets in order of first appearance)."""
     frame = pd.DataFrame({"v": values, "s": sets})

@@ -74,7 +74,7 @@ from transformers import TrainerCallback
 
 from emguard.errors import InputError
 from emguard.likelihood.probes import BASE, PERSONA_PROJ, PROBE, probe_nll, validate_probes
-from emguard.likelihood.shift import margins, persona_shift, set_means
+from emguard.likelihood.shift import margins, ood_probes, persona_shift, set_means
 
 log = logging.getLogger(__name__)
 
@@ -304,16 +304,6 @@ def with_monitor_columns(log_df: pd.DataFrame, checks: pd.DataFrame) -> pd.DataF
         log.warning("monitor checks at steps %s have no train_log row; left out of the log", missing)
     out = base.join(checks, on="step")
     return out.sort_values("step", kind="stable").reset_index(drop=True)
-
-
-def ood_probes(probes: pd.DataFrame, run_dataset: str | None, where: str = "probes") -> pd.DataFrame:
-    """The probe sets out of the run's domain: every set except the one named ``run_dataset`` (all sets when it
-    names none, e.g. OpSwap or a benign task). An :class:`InputError` when none is left."""
-    keep = probes if run_dataset is None else probes[probes["probe_set"] != run_dataset]
-    if len(keep) == 0:
-        raise InputError(f"{where}: no out-of-domain probe set for a run on {run_dataset!r} (sets: "
-                         f"{sorted(probes['probe_set'].unique())})")
-    return keep.reset_index(drop=True)
 
 
 def build_monitor(probes_path: str | os.PathLike, *, run_dataset: str | None, settings: MonitorSettings,
